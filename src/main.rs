@@ -1,0 +1,77 @@
+//! `idbridge`: carry factory-provisioned secure-element identities into a product cloud.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Carry factory-provisioned secure-element identities (Infineon OPTIGA Trust M, Microchip
+/// ATECC608, Espressif) into a product cloud, verified against the vendors' pinned roots.
+#[derive(Debug, Parser)]
+#[command(name = "idbridge", version, about)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `idbridge_core=debug`.
+    #[arg(long, global = true, env = "IDBRIDGE_LOG", default_value = "warn")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Import vendor batch files, verify every certificate, and print one row per device.
+    Inspect(cmd::inspect::Args),
+    /// Register devices into a target cloud.
+    Provision(cmd::provision::Args),
+    /// Remove devices from a target cloud.
+    Deprovision(cmd::provision::DeprovisionArgs),
+    /// The backfill plan: what is missing from, identical in, different in, or extra in a target.
+    Diff(cmd::diff::Args),
+    /// Show jobs, or one job's per-device state.
+    Status(cmd::status::Args),
+    /// Finish an interrupted job.
+    Resume(cmd::status::ResumeArgs),
+    /// Run the Cloud ID-compatible interop receiver.
+    Serve(cmd::serve::Args),
+    /// Run a local mock cloud (speaking the real wire protocol) in the foreground.
+    MockCloud(cmd::mock_cloud::Args),
+    /// Measure throughput and memory.
+    Bench(cmd::bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cmd::init_tracing(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Inspect(args) => cmd::inspect::run(args).await,
+            Command::Provision(args) => cmd::provision::run(args).await,
+            Command::Deprovision(args) => cmd::provision::run_deprovision(args).await,
+            Command::Diff(args) => cmd::diff::run(args).await,
+            Command::Status(args) => cmd::status::run(args).await,
+            Command::Resume(args) => cmd::status::run_resume(args).await,
+            Command::Serve(args) => cmd::serve::run(args).await,
+            Command::MockCloud(args) => cmd::mock_cloud::run(args).await,
+            Command::Bench(args) => cmd::bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
