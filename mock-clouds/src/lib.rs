@@ -11,8 +11,10 @@
 //! Mock clouds never depend on idbridge-core: they are the other side of the wire.
 #![deny(missing_docs)]
 
+pub mod devices;
 pub mod server;
 pub mod tls;
 
+pub use devices::{TestDevice, TestPki};
 pub use server::{Fault, FaultRule, FaultScript, RunningServer};
 pub use tls::{DeviceHello, TestCa};
