@@ -10,8 +10,10 @@
 #![deny(missing_docs)]
 
 pub mod connector;
+pub mod engine;
 pub mod error;
 pub mod identity;
+pub mod journal;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
