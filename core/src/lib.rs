@@ -13,7 +13,10 @@ pub mod connector;
 pub mod engine;
 pub mod error;
 pub mod identity;
+pub mod importer;
+pub mod intake;
 pub mod journal;
+pub mod trust;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
