@@ -225,11 +225,7 @@ pub fn interpolate(
                 bail!("{at}: unterminated ${{ in a value");
             };
             let var = &tail[..end];
-            if var.is_empty()
-                || !var
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
+            if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 bail!("{at}: bad variable name {var:?} in ${{...}}");
             }
             match env(var) {
@@ -257,7 +253,10 @@ mod tests {
     #[test]
     fn interpolation() {
         assert_eq!(interpolate("a${TOKEN}b", &env, "x").unwrap(), "as3cretb");
-        assert_eq!(interpolate("$${TOKEN} $5", &env, "x").unwrap(), "${TOKEN} $5");
+        assert_eq!(
+            interpolate("$${TOKEN} $5", &env, "x").unwrap(),
+            "${TOKEN} $5"
+        );
         let e = interpolate("${NOPE}", &env, "f: [targets.a] token").unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -289,14 +288,19 @@ mod tests {
         assert!(!t.table.contains_key("engine"));
         assert_eq!(t.engine.rate, Some(50.0));
         let e = c.target_with("broken", &env).unwrap_err().to_string();
-        assert!(e.contains("[targets.broken] token") && e.contains("UNSET"), "{e}");
+        assert!(
+            e.contains("[targets.broken] token") && e.contains("UNSET"),
+            "{e}"
+        );
         assert_eq!(c.target_with("demo", &env).unwrap().kind, "mock");
         let e = c.target_with("nope", &env).unwrap_err().to_string();
         assert!(e.contains("lab") && e.contains("demo"), "{e}");
-        assert!(Config::parse("[targets.x]\nkind = 3", None)
-            .unwrap()
-            .target("x")
-            .is_err());
+        assert!(
+            Config::parse("[targets.x]\nkind = 3", None)
+                .unwrap()
+                .target("x")
+                .is_err()
+        );
         assert!(Config::parse("bogus = 1", None).is_err());
     }
 }

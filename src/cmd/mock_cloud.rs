@@ -19,7 +19,12 @@ pub struct Args {
     pub listen: String,
 
     /// Bearer token the registry requires (`mock`).
-    #[arg(long, env = "IDBRIDGE_MOCK_TOKEN", default_value = "mock-token", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "IDBRIDGE_MOCK_TOKEN",
+        default_value = "mock-token",
+        hide_env_values = true
+    )]
     pub token: String,
 
     /// Calls per second the cloud accepts before answering 429 (`mock`; default unlimited).
@@ -31,10 +36,11 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.kind.as_str() {
         "mock" => {
-            let registry = idbridge_mock_clouds::Registry::new(idbridge_mock_clouds::RegistryConfig {
-                token: args.token.clone(),
-                quota: args.quota,
-            });
+            let registry =
+                idbridge_mock_clouds::Registry::new(idbridge_mock_clouds::RegistryConfig {
+                    token: args.token.clone(),
+                    quota: args.quota,
+                });
             let server = registry
                 .serve(&args.listen)
                 .await
