@@ -192,15 +192,19 @@ impl Staging {
 
     /// Every staged device, in staging order.
     pub fn read_all(&self) -> Result<Vec<Staged>> {
-        let text =
-            std::fs::read_to_string(&self.path).map_err(|e| parse_error("finish", &self.path, e))?;
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|e| parse_error("finish", &self.path, e))?;
         text.lines()
             .enumerate()
             .map(|(i, l)| {
                 serde_json::from_str(l).map_err(|e| {
                     Error::new(
                         ErrorKind::Unexpected,
-                        format!("{}:{}: not a staged device line", self.path.display(), i + 1),
+                        format!(
+                            "{}:{}: not a staged device line",
+                            self.path.display(),
+                            i + 1
+                        ),
                     )
                     .with_source(e)
                 })
@@ -348,7 +352,13 @@ pub fn write_outputs(
 /// idbridge's manifest: a header line, then one device per line.
 pub fn idbridge_manifest(devices: &[Staged]) -> Result<Vec<u8>> {
     let batch = match devices.first().and_then(|d| d.batch.clone()) {
-        Some(b) if devices.iter().all(|d| d.batch.as_deref() == Some(b.as_str())) => Some(b),
+        Some(b)
+            if devices
+                .iter()
+                .all(|d| d.batch.as_deref() == Some(b.as_str())) =>
+        {
+            Some(b)
+        }
         _ => None,
     };
     let created = time::OffsetDateTime::now_utc()

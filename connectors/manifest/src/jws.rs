@@ -26,13 +26,19 @@ impl SigningKey {
     /// Reads a P-256 PKCS#8 private key from PEM (`-----BEGIN PRIVATE KEY-----`).
     pub fn from_pem(pem_text: &str, what: &str) -> Result<Self> {
         let p = ::pem::parse(pem_text).map_err(|e| {
-            Error::new(ErrorKind::ConfigInvalid, format!("{what}: not a PEM private key"))
-                .with_source(e)
+            Error::new(
+                ErrorKind::ConfigInvalid,
+                format!("{what}: not a PEM private key"),
+            )
+            .with_source(e)
         })?;
         if p.tag() != "PRIVATE KEY" {
             return Err(Error::new(
                 ErrorKind::ConfigInvalid,
-                format!("{what}: expected a PKCS#8 \"PRIVATE KEY\", found {:?}", p.tag()),
+                format!(
+                    "{what}: expected a PKCS#8 \"PRIVATE KEY\", found {:?}",
+                    p.tag()
+                ),
             ));
         }
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, p.contents())
@@ -76,7 +82,10 @@ impl SigningKey {
 /// Verifies a detached JWS over `payload` with an uncompressed P-256 public point.
 pub fn verify_detached(payload: &[u8], jws: &str, public_point: &[u8]) -> Result<()> {
     let bad = |m: &str| Error::new(ErrorKind::InvalidInput, format!("manifest signature: {m}"));
-    let (h, rest) = jws.trim().split_once('.').ok_or_else(|| bad("not a compact JWS"))?;
+    let (h, rest) = jws
+        .trim()
+        .split_once('.')
+        .ok_or_else(|| bad("not a compact JWS"))?;
     let sig = rest
         .strip_prefix('.')
         .ok_or_else(|| bad("not a detached JWS (payload part must be empty)"))?;

@@ -52,7 +52,10 @@ impl ManifestConnector {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     Error::new(
                         ErrorKind::ConfigInvalid,
-                        format!("manifest target: cannot read signing_key {}", path.display()),
+                        format!(
+                            "manifest target: cannot read signing_key {}",
+                            path.display()
+                        ),
                     )
                     .with_source(e)
                 })?;
@@ -81,8 +84,10 @@ impl ManifestConnector {
     }
 
     fn remote(&self, d: &DeviceIdentity, name: &str) -> RemoteDevice {
-        let mut r = RemoteDevice::named(name)
-            .with_resource("file", self.config.dir.join(client::STAGING).display().to_string());
+        let mut r = RemoteDevice::named(name).with_resource(
+            "file",
+            self.config.dir.join(client::STAGING).display().to_string(),
+        );
         r.device_id = Some(d.device_id.clone());
         r
     }

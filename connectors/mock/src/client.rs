@@ -168,7 +168,13 @@ impl Client {
         match status {
             200 => Ok(Some(decode(&text, "lookup")?)),
             404 => Ok(None),
-            _ => Err(parse_error("lookup", status, ra.as_deref(), rid.as_deref(), &text)),
+            _ => Err(parse_error(
+                "lookup",
+                status,
+                ra.as_deref(),
+                rid.as_deref(),
+                &text,
+            )),
         }
     }
 
@@ -202,7 +208,13 @@ impl Client {
         }
         let (status, ra, rid, text) = self.send(ctx, "list", self.http.get(url)).await?;
         if status != 200 {
-            return Err(parse_error("list", status, ra.as_deref(), rid.as_deref(), &text));
+            return Err(parse_error(
+                "list",
+                status,
+                ra.as_deref(),
+                rid.as_deref(),
+                &text,
+            ));
         }
         #[derive(Deserialize)]
         struct Page {

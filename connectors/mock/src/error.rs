@@ -94,7 +94,13 @@ mod tests {
         let e = parse_error("lookup", 503, None, None, "upstream down");
         assert_eq!(e.kind(), ErrorKind::ServerError);
         assert!(e.is_temporary());
-        let e = parse_error("register", 400, None, None, r#"{"error":"invalid_request"}"#);
+        let e = parse_error(
+            "register",
+            400,
+            None,
+            None,
+            r#"{"error":"invalid_request"}"#,
+        );
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(!e.is_temporary());
     }

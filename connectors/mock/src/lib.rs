@@ -72,8 +72,11 @@ impl MockConnector {
                     quota: config.server_quota,
                 });
                 let server = registry.serve("127.0.0.1:0").await.map_err(|e| {
-                    Error::new(ErrorKind::Unexpected, "cannot start the in-process mock cloud")
-                        .with_source(e)
+                    Error::new(
+                        ErrorKind::Unexpected,
+                        "cannot start the in-process mock cloud",
+                    )
+                    .with_source(e)
                 })?;
                 Ok(MockConnector {
                     client: Client::new(&server.url, token)?,
@@ -118,7 +121,9 @@ impl Connector for MockConnector {
                     remote: None,
                     reason,
                 },
-                Err(e) if devices.len() == 1 => return Err(e.with_context("device_id", &d.device_id)),
+                Err(e) if devices.len() == 1 => {
+                    return Err(e.with_context("device_id", &d.device_id));
+                }
                 Err(e) => RegisterOutcome::Failed(e.with_context("device_id", &d.device_id)),
             });
         }
@@ -135,7 +140,9 @@ impl Connector for MockConnector {
             out.push(match self.client.delete(ctx, d.device_id.as_str()).await {
                 Ok(true) => DeregisterOutcome::Deleted,
                 Ok(false) => DeregisterOutcome::NotFound,
-                Err(e) if devices.len() == 1 => return Err(e.with_context("device_id", &d.device_id)),
+                Err(e) if devices.len() == 1 => {
+                    return Err(e.with_context("device_id", &d.device_id));
+                }
                 Err(e) => DeregisterOutcome::Failed(e.with_context("device_id", &d.device_id)),
             });
         }
@@ -157,7 +164,10 @@ impl Connector for MockConnector {
     async fn list(&self, ctx: &CallContext, cursor: Option<String>) -> Result<ListPage> {
         let (devices, next) = self.client.list(ctx, cursor.as_deref()).await?;
         Ok(ListPage {
-            devices: devices.into_iter().map(client::WireDevice::remote).collect(),
+            devices: devices
+                .into_iter()
+                .map(client::WireDevice::remote)
+                .collect(),
             next,
         })
     }
