@@ -1,1 +1,4 @@
+//! End-to-end tests of the `idbridge` binary: one test binary (ripgrep's layout).
 
+mod crash;
+mod engine_support;
