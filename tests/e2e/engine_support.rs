@@ -15,7 +15,8 @@ pub fn idbridge() -> Command {
 
 /// A generated batch: `n` devices in one PEM file, and the root to `--trust`.
 pub struct Batch {
-    pub dir: tempfile::TempDir,
+    /// Keeps the files alive.
+    pub _dir: tempfile::TempDir,
     pub pem: PathBuf,
     pub root: PathBuf,
     pub device_ids: Vec<String>,
@@ -35,7 +36,7 @@ pub fn batch(n: u64) -> Batch {
         .map(|d| idbridge_core::DeviceId::of_der(&d.cert_der).to_string())
         .collect();
     Batch {
-        dir,
+        _dir: dir,
         pem,
         root,
         device_ids,

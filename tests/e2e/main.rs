@@ -2,3 +2,5 @@
 
 mod crash;
 mod engine_support;
+mod provision;
+mod quota;
