@@ -1,4 +1,5 @@
 //! Every real vendor fixture under tests/fixtures/real, with the exact counts and verdicts.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Shared helpers for the core integration tests: fixture paths and a generated PKI.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
