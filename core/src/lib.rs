@@ -12,6 +12,9 @@
 pub mod connector;
 pub mod error;
 pub mod identity;
+pub mod importer;
+pub mod intake;
+pub mod trust;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+pub mod ingest;
+
 /// Arguments of `idbridge bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -10,9 +12,15 @@ pub struct Args {
 }
 
 #[derive(Debug, clap::Subcommand)]
-enum Bench {}
+enum Bench {
+    /// Import + verification throughput and peak RSS on 100k/1M synthetic devices, beside
+    /// `openssl speed`.
+    Ingest(ingest::Args),
+}
 
 /// Runs a benchmark.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    match args.which {}
+    match args.which {
+        Bench::Ingest(a) => ingest::run(a).await,
+    }
 }
