@@ -2,5 +2,6 @@
 
 mod crash;
 mod engine_support;
+mod inspect;
 mod provision;
 mod quota;

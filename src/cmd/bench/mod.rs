@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 pub mod engine;
+pub mod ingest;
 pub mod quota;
 
 /// Arguments of `idbridge bench`.
@@ -18,6 +19,9 @@ enum Bench {
     Engine(engine::Args),
     /// Quota accuracy: achieved rate and throttled calls against the mock cloud at a quota.
     Quota(quota::Args),
+    /// Import + verification throughput and peak RSS on 100k/1M synthetic devices, beside
+    /// `openssl speed`.
+    Ingest(ingest::Args),
 }
 
 /// Runs a benchmark.
@@ -25,6 +29,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.which {
         Bench::Engine(a) => engine::run(a).await,
         Bench::Quota(a) => quota::run(a).await,
+        Bench::Ingest(a) => ingest::run(a).await,
     }
 }
 
