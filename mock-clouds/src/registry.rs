@@ -199,7 +199,7 @@ impl Registry {
     }
 
     /// Auth and quota, common to every `/v1` call.
-    fn admit(&self, headers: &HeaderMap) -> Result<String, Response> {
+    fn admit(&self, headers: &HeaderMap) -> Result<String, Box<Response>> {
         let request_id = {
             let mut s = self.lock();
             s.next_id += 1;
@@ -227,7 +227,7 @@ impl Registry {
                     );
                     r.headers_mut()
                         .insert("retry-after", http::HeaderValue::from_static("1"));
-                    return Err(r);
+                    return Err(Box::new(r));
                 }
                 s.window.push_back(now);
             }
@@ -238,12 +238,12 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()));
         if !ok {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
                 "missing or wrong bearer token",
                 &request_id,
-            ));
+            )));
         }
         Ok(request_id)
     }
@@ -285,7 +285,7 @@ async fn create(
 ) -> Response {
     let rid = match reg.admit(&headers) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let new: NewDevice = match serde_json::from_slice(&body) {
         Ok(n) => n,
@@ -380,7 +380,7 @@ async fn read(
 ) -> Response {
     let rid = match reg.admit(&headers) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let found = reg.lock().by_name.get(&name).cloned();
     match found {
@@ -396,7 +396,7 @@ async fn remove(
 ) -> Response {
     let rid = match reg.admit(&headers) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut s = reg.lock();
     match s.by_name.remove(&name) {
@@ -429,7 +429,7 @@ async fn list(
 ) -> Response {
     let rid = match reg.admit(&headers) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let s = reg.lock();
@@ -459,7 +459,7 @@ async fn list(
 async fn health(State(reg): State<Registry>, headers: HeaderMap) -> Response {
     match reg.admit(&headers) {
         Ok(rid) => ok(StatusCode::OK, &serde_json::json!({"status": "ok"}), &rid),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
