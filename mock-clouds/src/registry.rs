@@ -496,4 +496,51 @@ mod tests {
         let r = bad.admit(&HeaderMap::new()).unwrap_err();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
+
+    #[tokio::test]
+    async fn device_endpoint_admits_only_registered_devices() {
+        use tower::ServiceExt;
+        let reg = Registry::new(RegistryConfig::default());
+        let pki = crate::TestPki::infineon_like().unwrap();
+        let (good, bad) = (pki.device(1).unwrap(), pki.device(2).unwrap());
+        let body = serde_json::json!({"name": "dev-1", "certificate_pem": good.cert_pem});
+        let req = http::Request::post("/v1/devices")
+            .header("authorization", "Bearer mock-token")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        let resp = reg.router().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let ca = TestCa::new("registry test").unwrap();
+        let ep = reg.device_endpoint("127.0.0.1:0", &ca).await.unwrap();
+        let chain = format!("{}{}", good.cert_pem, pki.ca_pem());
+        let ok = crate::tls::connect_device(
+            ep.addr,
+            ca.cert_pem(),
+            &chain,
+            &good.key_pem,
+            Some("localhost"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok, crate::tls::Connect::Accepted("dev-1".into()));
+        let refused = crate::tls::connect_device(
+            ep.addr,
+            ca.cert_pem(),
+            &bad.cert_pem,
+            &bad.key_pem,
+            Some("localhost"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(refused, crate::tls::Connect::Refused(_)),
+            "{refused:?}"
+        );
+        let st = reg.stats();
+        assert_eq!(
+            (st.devices, st.creates, st.max_creates_per_device),
+            (1, 1, 1)
+        );
+    }
 }
