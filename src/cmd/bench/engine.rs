@@ -106,6 +106,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     );
     let rss_before = super::peak_rss_mib();
+    let cpu0 = super::cpu_seconds();
     let t0 = Instant::now();
     let opened = engine
         .open(
@@ -116,10 +117,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
         .await?;
     let t_open = t0.elapsed();
+    let cpu_open = super::cpu_seconds();
     let report = engine
         .run(&opened, Operation::Provision, "bench", devices, &NoProgress)
         .await?;
     let elapsed = t0.elapsed();
+    let cpu1 = super::cpu_seconds();
     anyhow::ensure!(
         report.all_done(),
         "not every device is done: {:?}",
@@ -137,6 +140,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "seconds": elapsed.as_secs_f64(),
         "open_job_seconds": t_open.as_secs_f64(),
         "devices_per_second": rate.round(),
+        "cpu_seconds": cpu0.zip(cpu1).map(|(a, b)| b - a),
+        "open_job_cpu_seconds": cpu0.zip(cpu_open).map(|(a, b)| b - a),
+        "devices_per_cpu_second": cpu0.zip(cpu1).map(|(a, b)| (args.devices as f64 / (b - a)).round()),
         "peak_rss_mib_before_job": rss_before,
         "peak_rss_mib": super::peak_rss_mib(),
     });

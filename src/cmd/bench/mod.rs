@@ -41,6 +41,18 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU seconds (user + system) this process used so far (Linux `/proc/self/stat`), if known.
+/// On a shared machine this, not wall time, measures the engine's cost.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 /// `n` distinct certificates (one key, distinct serials and names), fast to make.
 pub fn certificates(n: u64) -> anyhow::Result<Vec<idbridge_core::DeviceIdentity>> {
     use idbridge_core::{DeviceIdentity, Source};
