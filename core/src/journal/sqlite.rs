@@ -228,9 +228,11 @@ CREATE TABLE IF NOT EXISTS devices (
     request_id TEXT,
     remote_name TEXT,
     resources TEXT,
-    source TEXT NOT NULL,
-    PRIMARY KEY (job, device_id)
-) WITHOUT ROWID;
+    source TEXT NOT NULL
+);
+-- Rows are stored in rowid (= input) order, so the devices a run updates together share pages;
+-- the key is looked up through this index, device id first (it differs in the first bytes).
+CREATE UNIQUE INDEX IF NOT EXISTS devices_key ON devices (device_id, job);
 CREATE INDEX IF NOT EXISTS devices_seq ON devices (job, seq);
 -- Certificates are written once and read only by `resume`: kept apart so the rows the engine
 -- updates stay small.
@@ -318,7 +320,7 @@ fn commit(conn: &mut Connection, writes: &[Write]) -> rusqlite::Result<()> {
         let mut st = tx.prepare_cached(
             "UPDATE devices SET state = ?1, outcome = ?2, attempts = ?3, error_kind = ?4,
              reason = ?5, request_id = ?6, remote_name = COALESCE(?7, remote_name),
-             resources = COALESCE(?8, resources) WHERE job = ?9 AND device_id = ?10",
+             resources = COALESCE(?8, resources) WHERE device_id = ?10 AND job = ?9",
         )?;
         for (job, updates, _) in writes {
             for u in updates {
