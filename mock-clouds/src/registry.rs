@@ -278,7 +278,11 @@ struct NewDevice {
     attributes: BTreeMap<String, String>,
 }
 
-async fn create(State(reg): State<Registry>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn create(
+    State(reg): State<Registry>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let rid = match reg.admit(&headers) {
         Ok(r) => r,
         Err(r) => return r,
@@ -369,7 +373,11 @@ async fn create(State(reg): State<Registry>, headers: HeaderMap, body: axum::bod
     ok(StatusCode::CREATED, &device, &rid)
 }
 
-async fn read(State(reg): State<Registry>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+async fn read(
+    State(reg): State<Registry>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
     let rid = match reg.admit(&headers) {
         Ok(r) => r,
         Err(r) => return r,
@@ -426,9 +434,10 @@ async fn list(
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let s = reg.lock();
     let range = match &q.page_token {
-        Some(t) => s
-            .by_name
-            .range::<String, _>((std::ops::Bound::Excluded(t.clone()), std::ops::Bound::Unbounded)),
+        Some(t) => s.by_name.range::<String, _>((
+            std::ops::Bound::Excluded(t.clone()),
+            std::ops::Bound::Unbounded,
+        )),
         None => s.by_name.range::<String, _>(..),
     };
     let devices: Vec<Device> = range.take(limit + 1).map(|(_, d)| d.clone()).collect();
@@ -479,7 +488,10 @@ mod tests {
         assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(throttled.headers()["retry-after"], "1");
         let st = reg.stats();
-        assert_eq!((st.requests, st.throttled, st.max_requests_in_any_second), (3, 1, 3));
+        assert_eq!(
+            (st.requests, st.throttled, st.max_requests_in_any_second),
+            (3, 1, 3)
+        );
         let bad = Registry::new(RegistryConfig::default());
         let r = bad.admit(&HeaderMap::new()).unwrap_err();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
