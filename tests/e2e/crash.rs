@@ -2,6 +2,7 @@
 //! a standalone mock cloud process (and into the manifest target), rerun (the same command or
 //! `idbridge resume JOB`) until done: every device registered exactly once, the journal says
 //! done for all.
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -59,16 +60,13 @@ fn run_and_kill(
             }
             return (Ended::Exited(status.code().unwrap_or(-1)), job);
         }
-        match rx.recv_timeout(Duration::from_millis(1)) {
-            Ok(line) => {
-                if let Some(j) = job_of(&line) {
-                    job = Some(j);
-                    if deadline.is_none() {
-                        deadline = Some(Instant::now() + delay);
-                    }
-                }
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(1))
+            && let Some(j) = job_of(&line)
+        {
+            job = Some(j);
+            if deadline.is_none() {
+                deadline = Some(Instant::now() + delay);
             }
-            Err(_) => {}
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             // SIGKILL: no destructor, no flush, no signal handler runs.

@@ -1,5 +1,6 @@
 //! Helpers for the engine's end-to-end tests: generated batches, a standalone mock cloud
 //! process, and running the CLI.
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

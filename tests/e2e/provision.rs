@@ -1,4 +1,5 @@
 //! `provision`, `deprovision`, `diff`, `status`, `mock-cloud` end to end.
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 use super::engine_support::{MockCloud, batch, code, run, stdout, write_config};
 

@@ -1,5 +1,6 @@
 //! The quota test: with a quota of 50/s the mock cloud never sees more than 50 calls in any
 //! second (sliding window, measured by the mock on arrival), and throttles none.
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 use super::engine_support::{MockCloud, batch, code, run, write_config};
 

@@ -108,14 +108,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let rss_before = super::peak_rss_mib();
     let t0 = Instant::now();
     let opened = engine
-        .open(Operation::Provision, "bench", &devices, serde_json::Value::Null)
+        .open(
+            Operation::Provision,
+            "bench",
+            &devices,
+            serde_json::Value::Null,
+        )
         .await?;
     let t_open = t0.elapsed();
     let report = engine
         .run(&opened, Operation::Provision, "bench", devices, &NoProgress)
         .await?;
     let elapsed = t0.elapsed();
-    anyhow::ensure!(report.all_done(), "not every device is done: {:?}", report.counts);
+    anyhow::ensure!(
+        report.all_done(),
+        "not every device is done: {:?}",
+        report.counts
+    );
     let held = connector.held.lock().map(|h| h.len()).unwrap_or(0);
     anyhow::ensure!(held as u64 == args.devices, "connector holds {held}");
     let rate = args.devices as f64 / elapsed.as_secs_f64();
