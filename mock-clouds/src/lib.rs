@@ -12,8 +12,10 @@
 #![deny(missing_docs)]
 
 pub mod devices;
+pub mod interop;
 pub mod server;
 pub mod tls;
+pub mod webhook;
 
 pub use devices::{TestDevice, TestPki};
 pub use server::{Fault, FaultRule, FaultScript, RunningServer};
