@@ -231,13 +231,13 @@ pub fn router(state: InteropState) -> Router {
 async fn auth_check(State(s): State<InteropState>, headers: HeaderMap) -> Response {
     match authorize(&s, &headers) {
         Ok(()) => (StatusCode::OK, "OK").into_response(),
-        Err(r) => r,
+        Err(msg) => unauthorized(msg),
     }
 }
 
 async fn interop(State(s): State<InteropState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
+    if let Err(msg) = authorize(&s, &headers) {
+        return unauthorized(msg);
     }
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -297,26 +297,23 @@ fn unauthorized(msg: &str) -> Response {
     (StatusCode::UNAUTHORIZED, Json(json!({ "error": msg }))).into_response()
 }
 
-/// Infineon's auth middleware, check by check.
-fn authorize(s: &InteropState, headers: &HeaderMap) -> Result<(), Response> {
+/// Infineon's auth middleware, check by check; `Err` is the 401 body's message.
+fn authorize(s: &InteropState, headers: &HeaderMap) -> Result<(), &'static str> {
     let Some(h) = headers.get(axum::http::header::AUTHORIZATION) else {
-        return Err(unauthorized("Missing Authorization Header"));
+        return Err("Missing Authorization Header");
     };
-    let h = h.to_str().map_err(|_| unauthorized("Token invalid"))?;
+    let h = h.to_str().map_err(|_| "Token invalid")?;
     let parts: Vec<&str> = h.split(' ').collect();
     if parts.len() != 2 {
-        return Err(unauthorized("Token invalid"));
+        return Err("Token invalid");
     }
     if !parts[0].eq_ignore_ascii_case("bearer") {
-        return Err(unauthorized(
-            "Authorization Header must contain Bearer Token",
-        ));
+        return Err("Authorization Header must contain Bearer Token");
     }
     let Some(aud) = &s.audience else {
-        return Err(unauthorized("Audience not configured"));
+        return Err("Audience not configured");
     };
-    verify_es256(parts[1], &s.key, aud, now())
-        .map_err(|_| unauthorized("Cannot verify and decode token"))
+    verify_es256(parts[1], &s.key, aud, now()).map_err(|_| "Cannot verify and decode token")
 }
 
 /// Verifies a compact JWS: header alg ES256 (what a P-256 key allows), signature, `aud`

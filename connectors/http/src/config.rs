@@ -50,8 +50,9 @@ pub struct InteropConfig {
     pub token_ttl_secs: u64,
 }
 
-/// Configuration of a target of kind `webhook`: Standard Webhooks v1 deliveries.
-#[derive(Debug, Clone, Deserialize)]
+/// Configuration of a target of kind `webhook`: Standard Webhooks v1 deliveries. `Debug` shows
+/// `secret` only when it is an `env:VAR` reference.
+#[derive(Clone, Deserialize)]
 pub struct WebhookConfig {
     /// Where events are POSTed.
     pub url: String,
@@ -93,6 +94,25 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret = if self.secret.starts_with("env:") {
+            self.secret.as_str()
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &secret)
+            .field("ca_file", &self.ca_file)
+            .field("allow_http", &self.allow_http)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("requests_per_second", &self.requests_per_second)
+            .field("batch_size", &self.batch_size)
+            .finish()
     }
 }
 
@@ -234,6 +254,7 @@ mod tests {
         let cfg: WebhookConfig = toml_like(r#"{"url":"https://x.test/h","secret":"hunter2"}"#);
         let e = cfg.validate().unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "secret leaked: {e}");
+        assert!(!format!("{cfg:?}").contains("hunter2"), "secret in Debug");
     }
 
     fn toml_like<T: serde::de::DeserializeOwned>(json: &str) -> T {
