@@ -22,6 +22,10 @@ pub struct ServeConfig {
     /// Target names (`[targets.NAME]`) every certificate is provisioned into.
     #[serde(default)]
     pub targets: Vec<String>,
+    /// The `endpoint` answered for every SUCCESS, overriding what the targets report (the
+    /// address devices connect to, e.g. the AWS IoT data endpoint).
+    #[serde(default)]
+    pub endpoint: Option<String>,
     /// Allowed clock skew for `exp`/`nbf`, seconds.
     #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
@@ -96,6 +100,7 @@ impl Default for ServeConfig {
             audience: String::new(),
             issuer_keys: Vec::new(),
             targets: Vec::new(),
+            endpoint: None,
             leeway_secs: default_leeway(),
             max_body_bytes: default_body(),
             max_certs: default_max_certs(),

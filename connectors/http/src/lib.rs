@@ -304,6 +304,10 @@ fn register_outcome(d: &DeviceIdentity, r: ItemResult) -> RegisterOutcome {
                 endpoint: r.endpoint.clone(),
                 ..Default::default()
             };
+            // Also a resource, so the journal keeps it.
+            if let Some(e) = &r.endpoint {
+                remote = remote.with_resource("endpoint", e);
+            }
             if let Some(topic) = &r.topic {
                 remote = remote.with_resource("topic", topic);
             }
