@@ -13,10 +13,12 @@
 
 pub mod devices;
 pub mod interop;
+pub mod registry;
 pub mod server;
 pub mod tls;
 pub mod webhook;
 
 pub use devices::{TestDevice, TestPki};
+pub use registry::{Registry, RegistryConfig};
 pub use server::{Fault, FaultRule, FaultScript, RunningServer};
 pub use tls::{DeviceHello, TestCa};
