@@ -1,1 +1,3 @@
-
+mod interop;
+mod serve;
+mod webhook;
