@@ -338,3 +338,52 @@ async fn wrong_audience_is_a_permanent_failure_and_nothing_is_registered() {
         "the receiver refused every token"
     );
 }
+
+/// The standalone `idbridge mock-cloud interop` process, fed by `idbridge provision`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_mock_cloud_interop_process() {
+    use tokio::io::AsyncBufReadExt;
+
+    let fx = Fixture::new();
+    let sender = InteropSender::new(AUD).unwrap();
+    let public = fx.write("sender.pub.pem", &sender.public_key_pem());
+    let key = fx.write("sender.key.pem", sender.private_key_pem());
+    let ca = fx.path("mock-ca.pem");
+    let mut child = tokio::process::Command::new(bin())
+        .args(["mock-cloud", "interop", "--tls", "--audience", AUD])
+        .arg("--public-key")
+        .arg(&public)
+        .arg("--ca-out")
+        .arg(&ca)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = lines.next_line().await.unwrap().unwrap();
+    let devices_line = lines.next_line().await.unwrap().unwrap();
+    assert!(url.starts_with("https://localhost:"), "{url}");
+    let port: u16 = devices_line
+        .strip_prefix("devices localhost:")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let config = fx.write(
+        "idbridge.toml",
+        &format!(
+            "[targets.ifx]\nkind = \"interop\"\nbase_url = \"{url}\"\naudience = \"{AUD}\"\nsigning_key = \"{}\"\nca_file = \"{}\"\n",
+            key.display(),
+            ca.display()
+        ),
+    );
+    let (devices, input) = fx.devices("batch.pem", 1..3);
+    let (code, report) = provision(&fx, &config, "ifx", &input, "provision").await;
+    assert_eq!(code, 0, "{report}");
+    let ca_pem = std::fs::read_to_string(&ca).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for d in &devices {
+        assert!(admitted(addr, &ca_pem, d).await);
+    }
+    let stranger = fx.pki.device(50).unwrap();
+    assert!(!admitted(addr, &ca_pem, &stranger).await);
+}
