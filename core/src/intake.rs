@@ -189,6 +189,32 @@ impl Intake {
         })
     }
 
+    /// Judges one already-open input (an upload, stdin) named `name` in messages, in
+    /// `format`, with `verifier`. Nothing is read until the first item is asked for.
+    pub fn from_reader(
+        reader: Box<dyn std::io::BufRead + Send>,
+        name: &str,
+        format: Format,
+        opts: &IntakeOptions,
+        verifier: Arc<Verifier>,
+    ) -> Intake {
+        let import = ImportOptions {
+            slot: opts.slot,
+            limits: opts.limits,
+        };
+        let items = importer::open_reader(reader, name.to_owned(), format, &import);
+        Intake {
+            inputs: Vec::new(),
+            queue: VecDeque::new(),
+            current: Some(items),
+            verifier,
+            import,
+            notes: Vec::new(),
+            seen: HashSet::new(),
+            claims: HashMap::new(),
+        }
+    }
+
     /// Every input file with its format, in reading order.
     pub fn inputs(&self) -> &[(PathBuf, Format)] {
         &self.inputs
@@ -204,6 +230,9 @@ impl Intake {
         &self.verifier
     }
 
+    // Checked and Rejected are both a few hundred bytes and are moved once per device; boxing
+    // only the error side would buy nothing.
+    #[allow(clippy::result_large_err)]
     fn judge(
         &mut self,
         item: std::result::Result<Imported, EntryError>,
@@ -251,6 +280,7 @@ impl Intake {
         }
     }
 
+    #[allow(clippy::result_large_err)]
     fn judge_record(&mut self, record: Record) -> std::result::Result<Checked, Rejected> {
         let Record {
             mut identity,

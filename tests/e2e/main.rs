@@ -1,3 +1,4 @@
+mod inspect;
 mod interop;
 mod serve;
 mod webhook;

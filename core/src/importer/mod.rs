@@ -316,6 +316,9 @@ pub fn detect_bytes(head: &[u8]) -> std::result::Result<Format, String> {
     if head.starts_with(&[b'7', b'z', 0xBC, 0xAF, 0x27, 0x1C]) {
         return Ok(Format::CloudIdBundle);
     }
+    if optiga::is_hex_text(head) {
+        return Ok(Format::Optiga);
+    }
     match head[0] {
         0x30 => return Ok(Format::Der),
         0xC0 => return Ok(Format::Optiga),
@@ -329,11 +332,8 @@ pub fn detect_bytes(head: &[u8]) -> std::result::Result<Format, String> {
             .unwrap_or(text.len());
         &text[start..]
     };
-    if trimmed.starts_with(b"-----BEGIN") || contains(trimmed, b"-----BEGIN CERTIFICATE-----") {
-        // A CSV whose first field is MAC also contains PEM: check the header first.
-        if !starts_with_ignore_case(trimmed, b"mac,") {
-            return Ok(Format::Pem);
-        }
+    if trimmed.starts_with(b"-----BEGIN") {
+        return Ok(Format::Pem);
     }
     if starts_with_ignore_case(trimmed, b"mac,") {
         return Ok(Format::EspressifCsv);
@@ -357,11 +357,9 @@ pub fn detect_bytes(head: &[u8]) -> std::result::Result<Format, String> {
                 .to_owned(),
         );
     }
-    let hexish = trimmed.iter().all(|b| {
-        b.is_ascii_hexdigit() || b.is_ascii_whitespace() || matches!(b, b',' | b'x' | b'X' | b':')
-    });
-    if hexish && !trimmed.is_empty() {
-        return Ok(Format::Optiga);
+    if contains(trimmed, b"-----BEGIN CERTIFICATE-----") {
+        // PEM after a preamble (openssl -text output, comments).
+        return Ok(Format::Pem);
     }
     if trimmed.is_empty() {
         return Err("only whitespace".to_owned());

@@ -143,10 +143,11 @@ fn der_len(b: &[u8]) -> Option<usize> {
 
 /// OPTIGA object data as certificates: hex text is decoded; the TLS identity tag is unwrapped.
 pub(crate) fn decode_object(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let raw = if bytes.first().is_some_and(|b| *b == 0x30 || *b == 0xC0) {
-        bytes.to_vec()
-    } else {
+    // Hex text can start with "30" or "0x", whose first byte is 0x30 too: decide by content.
+    let raw = if is_hex_text(bytes) {
         decode_hex_text(bytes)?
+    } else {
+        bytes.to_vec()
     };
     match raw.first() {
         Some(0x30) => {
@@ -159,6 +160,16 @@ pub(crate) fn decode_object(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         )),
         None => Err("OPTIGA object is empty".to_owned()),
     }
+}
+
+/// Hex digits with whitespace, `0x`, `,` or `:` separators only.
+pub(crate) fn is_hex_text(bytes: &[u8]) -> bool {
+    bytes.iter().any(u8::is_ascii_hexdigit)
+        && bytes.iter().all(|b| {
+            b.is_ascii_hexdigit()
+                || b.is_ascii_whitespace()
+                || matches!(b, b',' | b':' | b'x' | b'X')
+        })
 }
 
 fn decode_hex_text(bytes: &[u8]) -> Result<Vec<u8>, String> {

@@ -263,6 +263,20 @@ impl TrustStore {
             .map_err(|e| Error::new(ErrorKind::ConfigInvalid, e))
     }
 
+    /// Adds an intermediate CA (DER). Unlike an anchor it is trusted only once its own chain
+    /// to an anchor verifies (once, then cached).
+    pub fn add_intermediate_der(&mut self, der: &[u8]) -> Result<()> {
+        self.add_ca(der, false, false)
+            .map_err(|e| Error::new(ErrorKind::ConfigInvalid, e))
+    }
+
+    /// Adds a Microchip-style manifest (JWS) signer certificate (DER, P-256): a TrustFLEX
+    /// customer's own signer, or a generated one in tests and benchmarks.
+    pub fn add_manifest_signer_der(&mut self, der: &[u8]) -> Result<()> {
+        self.add_manifest_signer(der, false)
+            .map_err(|e| Error::new(ErrorKind::ConfigInvalid, e))
+    }
+
     /// Adds every certificate of a PEM or DER file, or of every `.pem`/`.crt`/`.cer`/`.der`
     /// file in a directory, as anchors. Returns how many were added.
     pub fn add_path(&mut self, path: &Path) -> Result<usize> {

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+pub mod ingest;
 #[cfg(feature = "http")]
 pub mod receiver;
 
@@ -14,6 +15,9 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Bench {
+    /// Import + verification throughput and peak RSS on 100k/1M synthetic devices, beside
+    /// `openssl speed`.
+    Ingest(ingest::Args),
     /// `idbridge serve` throughput: certificates/s and p50/p99 latency per request for
     /// batches of 1, 100 and 4,000 into the unthrottled in-process mock cloud.
     #[cfg(feature = "http")]
@@ -23,6 +27,7 @@ enum Bench {
 /// Runs a benchmark.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.which {
+        Bench::Ingest(a) => ingest::run(a).await,
         #[cfg(feature = "http")]
         Bench::Receiver(a) => receiver::run(a).await,
     }
