@@ -1,4 +1,19 @@
 //! The `[serve]` table of idbridge.toml.
+//!
+//! ```toml
+//! journal = "sqlite:idbridge-journal.sqlite"
+//!
+//! [serve]
+//! listen = "127.0.0.1:8443"          # TLS is terminated in front (load balancer, gateway)
+//! audience = "123456789012"          # the JWT aud CIRRENT (or your sender) puts in tokens
+//! issuer_keys = ["interop-public.key"]   # PEM `PUBLIC KEY` blocks or a JWKS file (P-256)
+//! targets = ["acme-aws"]             # [targets.NAME] to provision every certificate into
+//! # endpoint = "xxxx-ats.iot.eu-central-1.amazonaws.com"  # answered with every SUCCESS
+//! # leeway_secs = 30, max_body_bytes = 26214400, max_certs = 10000,
+//! # sync_deadline_secs = 20, chunk_size = 500
+//! ```
+//!
+//! Run: `idbridge serve --config idbridge.toml [--trust vendor-ca.pem] [--journal URL]`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
