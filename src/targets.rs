@@ -20,7 +20,7 @@ pub fn known_kinds() -> Vec<&'static str> {
     #[cfg(feature = "azure")]
     kinds.push("azure-iot-hub");
     #[cfg(feature = "http")]
-    kinds.push("http");
+    kinds.extend(["interop", "webhook"]);
     kinds
 }
 
@@ -35,6 +35,16 @@ pub async fn build(target: &TargetConfig) -> anyhow::Result<Arc<dyn Connector>> 
         ),
         "manifest" => Arc::new(
             idbridge_manifest::ManifestConnector::new(connector_config(target)?)
+                .with_context(|| format!("target {name}"))?,
+        ),
+        #[cfg(feature = "http")]
+        "interop" => Arc::new(
+            idbridge_http::InteropConnector::new(name, connector_config(target)?)
+                .with_context(|| format!("target {name}"))?,
+        ),
+        #[cfg(feature = "http")]
+        "webhook" => Arc::new(
+            idbridge_http::WebhookConnector::new(name, connector_config(target)?)
                 .with_context(|| format!("target {name}"))?,
         ),
         other => anyhow::bail!(

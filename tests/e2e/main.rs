@@ -5,3 +5,6 @@ mod engine_support;
 mod inspect;
 mod provision;
 mod quota;
+mod interop;
+mod serve;
+mod webhook;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 pub mod engine;
 pub mod ingest;
 pub mod quota;
+#[cfg(feature = "http")]
+pub mod receiver;
 
 /// Arguments of `idbridge bench`.
 #[derive(Debug, clap::Args)]
@@ -22,6 +24,10 @@ enum Bench {
     /// Import + verification throughput and peak RSS on 100k/1M synthetic devices, beside
     /// `openssl speed`.
     Ingest(ingest::Args),
+    /// `idbridge serve` throughput: certificates/s and p50/p99 latency per request for
+    /// batches of 1, 100 and 4,000 into the unthrottled in-process mock cloud.
+    #[cfg(feature = "http")]
+    Receiver(receiver::Args),
 }
 
 /// Runs a benchmark.
@@ -30,6 +36,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::Engine(a) => engine::run(a).await,
         Bench::Quota(a) => quota::run(a).await,
         Bench::Ingest(a) => ingest::run(a).await,
+        #[cfg(feature = "http")]
+        Bench::Receiver(a) => receiver::run(a).await,
     }
 }
 
