@@ -289,6 +289,24 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("host", "127.0.0.1:1".parse().unwrap());
         h.insert("x-amz-date", amz.parse().unwrap());
+        let auth = {
+            let r = Signed {
+                method: "POST",
+                raw_path: "/certificate/register-no-ca",
+                raw_query: None,
+                headers: &h,
+                body: b"{}",
+            };
+            sign(
+                &r,
+                &["host", "x-amz-date"],
+                "AKID",
+                "secret",
+                "eu-central-1",
+                &amz,
+            )
+        };
+        h.insert("authorization", auth.parse().unwrap());
         let r = Signed {
             method: "POST",
             raw_path: "/certificate/register-no-ca",
@@ -296,16 +314,6 @@ mod tests {
             headers: &h,
             body: b"{}",
         };
-        let auth = sign(
-            &r,
-            &["host", "x-amz-date"],
-            "AKID",
-            "secret",
-            "eu-central-1",
-            &amz,
-        );
-        h.insert("authorization", auth.parse().unwrap());
-        let r = Signed { headers: &h, ..r };
         assert_eq!(verify(&r, &keys(), "eu-central-1", now).unwrap(), "AKID");
         let tampered = Signed { body: b"{ }", ..r };
         let e = verify(&tampered, &keys(), "eu-central-1", now).unwrap_err();
