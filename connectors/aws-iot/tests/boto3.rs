@@ -1,5 +1,6 @@
 //! boto3 (a second, independent AWS client with its own SigV4 signer) reads back what the
 //! connector created in the mock: `tests/python/aws_readback.py`. Needs python3 with boto3.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::process::Command;
 

@@ -1,4 +1,5 @@
 //! The AWS IoT connector against the mock AWS IoT, over a socket, through the real aws-sdk-iot.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::sync::Arc;
 

@@ -300,12 +300,12 @@ impl Registry {
             ));
         }
         let key = id.to_ascii_lowercase();
-        if let Some(c) = self.certs.get_mut(&key) {
-            if c.status != new_status {
-                c.status = new_status.to_owned();
-                c.modified = now();
-                c.version += 1;
-            }
+        if let Some(c) = self.certs.get_mut(&key)
+            && c.status != new_status
+        {
+            c.status = new_status.to_owned();
+            c.modified = now();
+            c.version += 1;
         }
         Ok(Value::Null)
     }
@@ -401,12 +401,12 @@ impl Registry {
             .get("thingTypeName")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        if let Some(t) = &type_name {
-            if !self.thing_types.contains_key(t) {
-                return Err(AwsError::not_found(format!(
-                    "Thing type {t} does not exist."
-                )));
-            }
+        if let Some(t) = &type_name
+            && !self.thing_types.contains_key(t)
+        {
+            return Err(AwsError::not_found(format!(
+                "Thing type {t} does not exist."
+            )));
         }
         let mut attributes = BTreeMap::new();
         if let Some(a) = body
@@ -475,28 +475,28 @@ impl Registry {
         let Some(t) = self.things.get(name) else {
             return Ok(Value::Null); // AWS: deleting a missing thing succeeds
         };
-        if let Some(v) = expected_version {
-            if v != t.version {
-                return Err(AwsError::new(
-                    409,
-                    "VersionConflictException",
-                    format!("The version for thing {name} does not match the expected version."),
-                ));
-            }
+        if let Some(v) = expected_version
+            && v != t.version
+        {
+            return Err(AwsError::new(
+                409,
+                "VersionConflictException",
+                format!("The version for thing {name} does not match the expected version."),
+            ));
         }
         let principals: Vec<String> = t.principals.iter().cloned().collect();
         let mut attached = false;
         for p in principals {
-            if let Some(c) = self.certs.get_mut(&p) {
-                if let Some(link) = c.things.get_mut(name) {
-                    attached = true;
-                    if link.detaching > 0 {
-                        link.detaching -= 1;
-                        if link.detaching == 0 {
-                            c.things.remove(name);
-                            if let Some(th) = self.things.get_mut(name) {
-                                th.principals.remove(&p);
-                            }
+            if let Some(c) = self.certs.get_mut(&p)
+                && let Some(link) = c.things.get_mut(name)
+            {
+                attached = true;
+                if link.detaching > 0 {
+                    link.detaching -= 1;
+                    if link.detaching == 0 {
+                        c.things.remove(name);
+                        if let Some(th) = self.things.get_mut(name) {
+                            th.principals.remove(&p);
                         }
                     }
                 }
@@ -621,10 +621,8 @@ impl Registry {
                 c.things.remove(thing);
             }
         }
-        if remove {
-            if let Some(t) = self.things.get_mut(thing) {
-                t.principals.remove(&id);
-            }
+        if remove && let Some(t) = self.things.get_mut(thing) {
+            t.principals.remove(&id);
         }
         Ok(Value::Null)
     }
