@@ -38,8 +38,8 @@ fn not_found<T>(r: Result<T>) -> Result<Option<T>> {
 }
 
 impl IotClient {
-    /// RegisterCertificateWithoutCA, INACTIVE. `Ok(true)` when created, `Ok(false)` on 409.
-    pub async fn register(&self, ctx: &CallContext, pem: &str) -> Result<bool> {
+    /// RegisterCertificateWithoutCA, INACTIVE. `Ok(Some(arn))` when created, `Ok(None)` on 409.
+    pub async fn register(&self, ctx: &CallContext, pem: &str) -> Result<Option<String>> {
         const OP: &str = "RegisterCertificateWithoutCA";
         ctx.acquire(OP).await;
         let r = self
@@ -50,8 +50,8 @@ impl IotClient {
             .send()
             .await;
         match r.map_err(|e| from_sdk(OP, e)) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Ok(out) => Ok(Some(out.certificate_arn.unwrap_or_default())),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(e),
         }
     }

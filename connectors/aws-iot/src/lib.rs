@@ -44,6 +44,30 @@ impl AwsIot {
     /// Builds the connector with the standard AWS chain (env, profile, SSO, web identity,
     /// instance role), the configured or environment region and endpoint. SDK retries are off.
     pub async fn connect(cfg: AwsIotConfig) -> Result<Self> {
+        Self::load(cfg, None).await
+    }
+
+    /// Like [`AwsIot::connect`] but with fixed credentials instead of the AWS chain: for mock
+    /// clouds, benchmarks and tests. The secret is never logged or printed.
+    pub async fn connect_with_static_credentials(
+        cfg: AwsIotConfig,
+        access_key_id: &str,
+        secret_access_key: &str,
+    ) -> Result<Self> {
+        let creds = aws_sdk_iot::config::Credentials::new(
+            access_key_id,
+            secret_access_key,
+            None,
+            None,
+            "idbridge-static",
+        );
+        Self::load(cfg, Some(creds)).await
+    }
+
+    async fn load(
+        cfg: AwsIotConfig,
+        creds: Option<aws_sdk_iot::config::Credentials>,
+    ) -> Result<Self> {
         cfg.validate()?;
         if cfg.endpoint_url.is_none() {
             for var in ["AWS_ENDPOINT_URL_IOT", "AWS_ENDPOINT_URL"] {
@@ -63,6 +87,9 @@ impl AwsIot {
         }
         if let Some(u) = &cfg.endpoint_url {
             loader = loader.endpoint_url(u);
+        }
+        if let Some(c) = creds {
+            loader = loader.credentials_provider(c);
         }
         let sdk = loader.load().await;
         Self::from_sdk_config(cfg, &sdk)
@@ -143,18 +170,27 @@ impl AwsIot {
         }
         self.ensure_policy(ctx).await?;
         let id = d.device_id.as_str();
-        let created = self.client.register(ctx, &pem).await?;
-        let cert = self
-            .client
-            .describe_certificate(ctx, id)
-            .await?
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::OutcomeUnknown,
-                    "certificate not found right after registering it",
-                )
-                .with_operation("DescribeCertificate")
-            })?;
+        // A fresh registration is INACTIVE with the ARN in the answer; only a 409 needs
+        // DescribeCertificate (the certificate may be INACTIVE or REVOKED from an earlier run).
+        let registered = self.client.register(ctx, &pem).await?;
+        let created = registered.is_some();
+        let cert = match registered {
+            Some(arn) if !arn.is_empty() => client::CertInfo {
+                arn,
+                status: "INACTIVE".to_owned(),
+            },
+            _ => self
+                .client
+                .describe_certificate(ctx, id)
+                .await?
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::OutcomeUnknown,
+                        "certificate not found right after registering it",
+                    )
+                    .with_operation("DescribeCertificate")
+                })?,
+        };
         let mut remote = RemoteDevice::named(&thing).with_resource("certificate_arn", &cert.arn);
         remote.device_id = Some(d.device_id.clone());
         if cert.status == "REVOKED" {

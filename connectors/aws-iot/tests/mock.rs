@@ -509,7 +509,6 @@ async fn paced_calls_name_each_api() {
             "GetPolicy",
             "CreatePolicy",
             "RegisterCertificateWithoutCA",
-            "DescribeCertificate",
             "CreateThing",
             "AttachThingPrincipal",
             "AttachPolicy",
