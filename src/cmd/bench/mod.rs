@@ -2,6 +2,9 @@
 
 use std::process::ExitCode;
 
+#[cfg(feature = "aws-iot")]
+mod aws;
+
 /// Arguments of `idbridge bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -10,9 +13,22 @@ pub struct Args {
 }
 
 #[derive(Debug, clap::Subcommand)]
-enum Bench {}
+enum Bench {
+    /// AWS IoT connector against the mock AWS IoT: a reel at the default quotas, or unthrottled.
+    #[cfg(feature = "aws-iot")]
+    Aws(aws::AwsArgs),
+    /// The mock AWS IoT child process of `bench aws`.
+    #[cfg(feature = "aws-iot")]
+    #[command(hide = true)]
+    AwsMock(aws::AwsMockArgs),
+}
 
 /// Runs a benchmark.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    match args.which {}
+    match args.which {
+        #[cfg(feature = "aws-iot")]
+        Bench::Aws(a) => aws::run(a).await,
+        #[cfg(feature = "aws-iot")]
+        Bench::AwsMock(a) => aws::run_mock(a).await,
+    }
 }
