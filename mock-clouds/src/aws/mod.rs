@@ -269,8 +269,9 @@ pub struct StandaloneOptions {
     pub default_quotas: bool,
 }
 
-/// Runs the mock in the foreground until Ctrl-C (`idbridge mock-cloud aws --listen ADDR`). Prints
-/// one JSON line to stdout: endpoint URL, region, test keys, device address and SNI host.
+/// Runs the mock in the foreground until Ctrl-C or SIGTERM (`idbridge mock-cloud aws --listen
+/// ADDR`). Prints the control-plane URL on stdout's first line, then one JSON line: endpoint URL,
+/// region, test keys, device address and SNI host.
 pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
     let mut cfg = AwsMockConfig::default();
     if opts.default_quotas {
@@ -280,18 +281,38 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<()> {
     if let Some(path) = &opts.ca_file {
         std::fs::write(path, mock.device_ca_pem())?;
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "endpoint_url": mock.endpoint_url(),
-            "region": mock.region(),
-            "aws_access_key_id": TEST_ACCESS_KEY_ID,
-            "aws_secret_access_key": TEST_SECRET_ACCESS_KEY,
-            "device_endpoint": mock.device_addr().to_string(),
-            "device_sni": mock.data_host(),
-            "device_ca_file": opts.ca_file,
-        })
-    );
-    tokio::signal::ctrl_c().await?;
+    let details = serde_json::json!({
+        "endpoint_url": mock.endpoint_url(),
+        "region": mock.region(),
+        "aws_access_key_id": TEST_ACCESS_KEY_ID,
+        "aws_secret_access_key": TEST_SECRET_ACCESS_KEY,
+        "device_endpoint": mock.device_addr().to_string(),
+        "device_sni": mock.data_host(),
+        "device_ca_file": opts.ca_file,
+    });
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", mock.endpoint_url())?;
+        writeln!(out, "{details}")?;
+        out.flush()?;
+    }
+    shutdown_signal().await;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -71,11 +71,17 @@ pub async fn run(args: AwsArgs) -> anyhow::Result<ExitCode> {
         .spawn()
         .context("starting the mock AWS IoT child process")?;
     let stdout = child.stdout.take().context("mock stdout")?;
+    let mut reader = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).await?;
+    reader.read_line(&mut line).await?; // the URL
+    line.clear();
+    reader.read_line(&mut line).await?; // the details
     let info: serde_json::Value =
         serde_json::from_str(&line).with_context(|| format!("mock said {line:?}"))?;
-    let url = info["endpoint_url"].as_str().context("mock endpoint_url")?.to_owned();
+    let url = info["endpoint_url"]
+        .as_str()
+        .context("mock endpoint_url")?
+        .to_owned();
     let region = info["region"].as_str().context("mock region")?.to_owned();
 
     eprintln!("generating {} devices ...", args.devices);
@@ -103,7 +109,10 @@ pub async fn run(args: AwsArgs) -> anyhow::Result<ExitCode> {
     } else {
         let quotas = connector.info().quotas;
         CallContext::paced(Arc::new(SmoothPacer::new(
-            quotas.iter().map(|q| (q.api.clone(), q.per_second)).collect(),
+            quotas
+                .iter()
+                .map(|q| (q.api.clone(), q.per_second))
+                .collect(),
         )))
     };
     // Warm up: the policy check and creation happen once, outside the timed run.
@@ -175,7 +184,11 @@ pub async fn run(args: AwsArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
     let _ = child.kill().await;
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Per-API smooth pacing: each API's calls are spaced 1/rate apart (burst 1).

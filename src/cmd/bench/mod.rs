@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 #[cfg(feature = "aws-iot")]
 mod aws;
+pub mod ingest;
 
 /// Arguments of `idbridge bench`.
 #[derive(Debug, clap::Args)]
@@ -14,6 +15,9 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Bench {
+    /// Import + verification throughput and peak RSS on 100k/1M synthetic devices, beside
+    /// `openssl speed`.
+    Ingest(ingest::Args),
     /// AWS IoT connector against the mock AWS IoT: a reel at the default quotas, or unthrottled.
     #[cfg(feature = "aws-iot")]
     Aws(aws::AwsArgs),
@@ -26,6 +30,7 @@ enum Bench {
 /// Runs a benchmark.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.which {
+        Bench::Ingest(a) => ingest::run(a).await,
         #[cfg(feature = "aws-iot")]
         Bench::Aws(a) => aws::run(a).await,
         #[cfg(feature = "aws-iot")]
