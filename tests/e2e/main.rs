@@ -1,1 +1,3 @@
+#[cfg(feature = "aws-iot")]
+mod aws;
 mod inspect;
