@@ -91,6 +91,23 @@ pub(crate) async fn handle(
     };
     let raw_path = parts.uri.path();
     let raw_query = parts.uri.query();
+    if raw_path == "/_mock/aws/stats" {
+        // Mock-only, unsigned: what a benchmark or test in another process reads back.
+        let calls = shared
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let body = serde_json::json!({
+            "throttled": shared.throttled.load(Ordering::Relaxed),
+            "calls": calls,
+        });
+        return Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap_or_else(|_| Response::new(Body::empty()));
+    }
     let segs: Vec<String> = raw_path
         .trim_start_matches('/')
         .split('/')

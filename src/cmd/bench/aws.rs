@@ -1,10 +1,11 @@
 //! `idbridge bench aws`: the AWS IoT connector against the mock AWS IoT, over a socket.
 //!
 //! The mock runs in a child process (`idbridge bench aws-mock`), so the CPU figure is the
-//! client's alone (connector, SDK, SigV4, pacing). Until the engine is wired into this command,
-//! the driver is the bench's own: per-API smooth token buckets set to the connector's declared
-//! quotas (burst 1), a concurrency limit, and a retry of temporary failures. It reports wall
-//! time against the floor set by the slowest quota, and every throttled call the mock answered.
+//! client's alone (engine, journal, connector, SDK, SigV4, pacing). `--driver engine` (default)
+//! runs idbridge's engine with a SQLite journal, as `idbridge provision` does; `--driver own` is a
+//! minimal driver (per-API smooth token buckets at the connector's quotas, a concurrency limit,
+//! retry of temporary failures) that isolates the connector's cost. It reports wall time against
+//! the floor set by the slowest quota, and the throttled calls the mock itself counted.
 
 use std::collections::HashMap;
 use std::process::{ExitCode, Stdio};
@@ -32,6 +33,9 @@ pub struct AwsArgs {
     /// Devices in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// `engine` (idbridge's engine and journal) or `own` (the bench's minimal driver).
+    #[arg(long, default_value = "engine")]
+    driver: String,
 }
 
 /// Arguments of the hidden `idbridge bench aws-mock` (the bench's child process).
@@ -120,9 +124,75 @@ pub async fn run(args: AwsArgs) -> anyhow::Result<ExitCode> {
 
     let throttled = Arc::new(AtomicU64::new(0));
     let retried = Arc::new(AtomicU64::new(0));
-    let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let cpu0 = cpu_seconds();
     let start = Instant::now();
+    let failed = match args.driver.as_str() {
+        "engine" => {
+            run_engine(
+                Arc::clone(&connector) as Arc<dyn Connector>,
+                devices,
+                args.concurrency,
+                args.unthrottled,
+                &retried,
+            )
+            .await?
+        }
+        "own" => {
+            run_own(
+                Arc::clone(&connector),
+                ctx,
+                devices,
+                args.concurrency,
+                Arc::clone(&throttled),
+                Arc::clone(&retried),
+            )
+            .await
+        }
+        other => anyhow::bail!("--driver {other:?}: engine or own"),
+    };
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let n = args.devices as f64;
+    let mut report = serde_json::json!({
+        "bench": "aws",
+        "devices": args.devices,
+        "failed": failed,
+        "concurrency": args.concurrency,
+        "unthrottled": args.unthrottled,
+        "wall_seconds": round(wall),
+        "devices_per_second": round(n / wall),
+        "api_calls_per_second": round(5.0 * n / wall),
+        "client_cpu_seconds": round(cpu),
+        "client_cpu_ms_per_device": round(cpu * 1000.0 / n),
+        "throttled_calls_seen_by_mock": mock_throttled(&url).await.unwrap_or(-1),
+        "throttled_calls_seen_by_client": throttled.load(Ordering::Relaxed),
+        "retried": retried.load(Ordering::Relaxed),
+        "driver": args.driver,
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+    });
+    if !args.unthrottled {
+        let floor = n / 10.0;
+        report["floor_seconds"] = serde_json::json!(floor);
+        report["percent_of_floor"] = serde_json::json!(round(100.0 * wall / floor));
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    let _ = child.kill().await;
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn run_own(
+    connector: Arc<AwsIot>,
+    ctx: CallContext,
+    devices: Vec<DeviceIdentity>,
+    concurrency: usize,
+    throttled: Arc<AtomicU64>,
+    retried: Arc<AtomicU64>,
+) -> u64 {
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut set = tokio::task::JoinSet::new();
     for d in devices {
         let (c, ctx, sem) = (Arc::clone(&connector), ctx.clone(), Arc::clone(&sem));
@@ -158,37 +228,76 @@ pub async fn run(args: AwsArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let wall = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
-    let n = args.devices as f64;
-    let mut report = serde_json::json!({
-        "bench": "aws",
-        "devices": args.devices,
-        "failed": failed,
-        "concurrency": args.concurrency,
-        "unthrottled": args.unthrottled,
-        "wall_seconds": round(wall),
-        "devices_per_second": round(n / wall),
-        "api_calls_per_second": round(5.0 * n / wall),
-        "client_cpu_seconds": round(cpu),
-        "client_cpu_ms_per_device": round(cpu * 1000.0 / n),
-        "throttled_calls": throttled.load(Ordering::Relaxed),
-        "retried_calls": retried.load(Ordering::Relaxed),
-        "driver": "bench's own (per-API smooth token buckets at the connector's quotas), not the engine",
-        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
-    });
-    if !args.unthrottled {
-        let floor = n / 10.0;
-        report["floor_seconds"] = serde_json::json!(floor);
-        report["percent_of_floor"] = serde_json::json!(round(100.0 * wall / floor));
+    failed
+}
+
+/// idbridge's engine with a fresh SQLite journal, as `idbridge provision` runs it.
+async fn run_engine(
+    connector: Arc<dyn Connector>,
+    devices: Vec<DeviceIdentity>,
+    concurrency: usize,
+    unthrottled: bool,
+    retried: &AtomicU64,
+) -> anyhow::Result<u64> {
+    use idbridge_core::engine::{Engine, EngineOptions, Progress};
+    use idbridge_core::journal::{self, Operation};
+
+    struct Count<'a>(&'a AtomicU64);
+    impl Progress for Count<'_> {
+        fn retrying(&self, devices: usize, _error: &idbridge_core::Error, _delay: Duration) {
+            self.0.fetch_add(devices as u64, Ordering::Relaxed);
+        }
     }
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    let _ = child.kill().await;
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    let path =
+        std::env::temp_dir().join(format!("idbridge-bench-aws-{}.sqlite", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let journal = journal::open(&format!("sqlite:{}", path.display()))?;
+    let mut opts = EngineOptions {
+        concurrency: concurrency.max(1),
+        ..EngineOptions::default()
+    };
+    if unthrottled {
+        // No quotas: every API unlimited (the mock enforces none either).
+        opts.quotas = connector
+            .info()
+            .quotas
+            .into_iter()
+            .map(|mut q| {
+                q.per_second = 1e9;
+                q.burst = 1_000_000;
+                q
+            })
+            .collect();
+    }
+    let engine = Engine::new(connector, journal, opts);
+    let report = engine
+        .execute(
+            Operation::Provision,
+            "bench-aws",
+            devices,
+            serde_json::json!({}),
+            &Count(retried),
+        )
+        .await?;
+    let _ = std::fs::remove_file(&path);
+    Ok(report.counts.total() - report.counts.done)
+}
+
+/// The mock's own count of ThrottlingException answers (`GET /_mock/aws/stats`).
+async fn mock_throttled(url: &str) -> anyhow::Result<i64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET /_mock/aws/stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body)?;
+    v["throttled"].as_i64().context("no throttled count")
 }
 
 /// Per-API smooth pacing: each API's calls are spaced 1/rate apart (burst 1).
