@@ -3,6 +3,8 @@
 //! not bound is refused, `deprovision`, refused again; a killed job resumed leaves no orphan; a
 //! re-run makes nothing new.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
