@@ -212,3 +212,66 @@ fn killed_job_resumed_leaves_no_orphan() {
     }
     assert!(matches!(env.connect(&devices[39]), Connect::Accepted(_)));
 }
+
+#[test]
+fn standalone_mock_cloud_aws_serves_the_sdk() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("device-ca.pem");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idbridge"))
+        .args([
+            "mock-cloud",
+            "aws",
+            "--listen",
+            "127.0.0.1:0",
+            "--default-quotas",
+            "--ca-file",
+        ])
+        .arg(&ca)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = lines.next().unwrap().unwrap();
+    let details: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert_eq!(details["endpoint_url"], url.as_str());
+    assert!(
+        std::fs::read_to_string(&ca)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let result = rt.block_on(async {
+        use idbridge_core::{CallContext, Connector};
+        let c = idbridge_aws_iot::AwsIot::connect_with_static_credentials(
+            idbridge_aws_iot::AwsIotConfig {
+                region: Some(details["region"].as_str().unwrap().to_owned()),
+                endpoint_url: Some(url.clone()),
+                allow_http: true,
+                create_policy: true,
+                ..Default::default()
+            },
+            TEST_ACCESS_KEY_ID,
+            TEST_SECRET_ACCESS_KEY,
+        )
+        .await
+        .unwrap();
+        let ok = c.health_check(&CallContext::unpaced()).await;
+        let bad = idbridge_aws_iot::AwsIot::connect_with_static_credentials(
+            c.config().clone(),
+            TEST_ACCESS_KEY_ID,
+            "not-the-secret",
+        )
+        .await
+        .unwrap()
+        .health_check(&CallContext::unpaced())
+        .await;
+        (ok, bad)
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(result.0.is_ok(), "{:?}", result.0);
+    let e = result.1.unwrap_err();
+    assert_eq!(e.kind(), idbridge_core::ErrorKind::Unauthenticated, "{e}");
+}
