@@ -311,7 +311,10 @@ mod tests {
         assert_eq!(t.table["token"].as_str(), Some("s3cret"));
         assert!(!t.table.contains_key("engine"));
         assert_eq!(t.engine.rate, Some(50.0));
-        assert!(!format!("{t:?} {c:?}").contains("s3cret"), "Debug shows no secret");
+        assert!(
+            !format!("{t:?} {c:?}").contains("s3cret"),
+            "Debug shows no secret"
+        );
         let e = c.target_with("broken", &env).unwrap_err().to_string();
         assert!(
             e.contains("[targets.broken] token") && e.contains("UNSET"),

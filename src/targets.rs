@@ -47,6 +47,12 @@ pub async fn build(target: &TargetConfig) -> anyhow::Result<Arc<dyn Connector>> 
             idbridge_http::WebhookConnector::new(name, connector_config(target)?)
                 .with_context(|| format!("target {name}"))?,
         ),
+        #[cfg(feature = "aws-iot")]
+        "aws-iot" => Arc::new(
+            idbridge_aws_iot::AwsIot::connect(connector_config(target)?)
+                .await
+                .with_context(|| format!("target {name}"))?,
+        ),
         other => anyhow::bail!(
             "target {name}: unknown kind {other:?} (this build knows: {})",
             known_kinds().join(", ")

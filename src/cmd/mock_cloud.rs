@@ -56,6 +56,17 @@ pub struct Args {
     /// (`interop`, `webhook`).
     #[arg(long, value_name = "FILE")]
     pub ca_out: Option<std::path::PathBuf>,
+    /// Device (mutual TLS) endpoint listen address (`aws`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub device_listen: String,
+
+    /// Write the device endpoint's CA certificate (PEM) here (`aws`).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+
+    /// Enforce AWS IoT's default per-API quotas (`aws`).
+    #[arg(long)]
+    pub default_quotas: bool,
 }
 
 /// Runs the command.
@@ -117,9 +128,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             mock.server.stop();
             Ok(ExitCode::SUCCESS)
         }
-        other => {
-            anyhow::bail!("unknown mock cloud {other:?} (this build has: mock, interop, webhook)")
+        "aws" => {
+            // First stdout line: the control-plane URL; second: a JSON line with the region,
+            // test keys, device endpoint and SNI.
+            idbridge_mock_clouds::aws::run_standalone(
+                idbridge_mock_clouds::aws::StandaloneOptions {
+                    listen: args.listen.clone(),
+                    device_listen: args.device_listen.clone(),
+                    ca_file: args.ca_file.clone(),
+                    default_quotas: args.default_quotas,
+                },
+            )
+            .await
+            .with_context(|| format!("mock AWS IoT on {}", args.listen))?;
+            Ok(ExitCode::SUCCESS)
         }
+        other => anyhow::bail!(
+            "unknown mock cloud {other:?} (this build has: mock, aws, interop, webhook)"
+        ),
     }
 }
 

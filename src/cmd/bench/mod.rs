@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+#[cfg(feature = "aws-iot")]
+mod aws;
 pub mod engine;
 pub mod ingest;
 pub mod quota;
@@ -28,6 +30,13 @@ enum Bench {
     /// batches of 1, 100 and 4,000 into the unthrottled in-process mock cloud.
     #[cfg(feature = "http")]
     Receiver(receiver::Args),
+    /// AWS IoT connector against the mock AWS IoT: a reel at the default quotas, or unthrottled.
+    #[cfg(feature = "aws-iot")]
+    Aws(aws::AwsArgs),
+    /// The mock AWS IoT child process of `bench aws`.
+    #[cfg(feature = "aws-iot")]
+    #[command(hide = true)]
+    AwsMock(aws::AwsMockArgs),
 }
 
 /// Runs a benchmark.
@@ -38,6 +47,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::Ingest(a) => ingest::run(a).await,
         #[cfg(feature = "http")]
         Bench::Receiver(a) => receiver::run(a).await,
+        #[cfg(feature = "aws-iot")]
+        Bench::Aws(a) => aws::run(a).await,
+        #[cfg(feature = "aws-iot")]
+        Bench::AwsMock(a) => aws::run_mock(a).await,
     }
 }
 
