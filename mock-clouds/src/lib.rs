@@ -11,6 +11,7 @@
 //! Mock clouds never depend on idbridge-core: they are the other side of the wire.
 #![deny(missing_docs)]
 
+pub mod azure;
 pub mod devices;
 pub mod server;
 pub mod tls;
