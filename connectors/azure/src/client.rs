@@ -15,8 +15,8 @@ use crate::error::{Service, parse_error};
 /// How requests are authorised.
 #[derive(Debug)]
 enum Auth {
-    Sas(SasSigner),
-    Entra(Entra),
+    Sas(Box<SasSigner>),
+    Entra(Box<Entra>),
 }
 
 #[derive(Debug)]
@@ -93,18 +93,21 @@ impl Client {
                     .ok_or_else(|| bad("entra auth needs host_name (the service's host)".into()))?;
                 (
                     host,
-                    Auth::Entra(Entra {
+                    Auth::Entra(Box::new(Entra {
                         cfg: entra.clone(),
                         scope,
                         cached: AsyncMutex::new(None),
-                    }),
+                    })),
                 )
             }
             (None, Some(cs)) => {
                 let cs = ConnectionString::parse(cs.expose())?;
                 (
                     cs.host_name.clone(),
-                    Auth::Sas(SasSigner::new(&cs, cfg.sas_ttl_secs.unwrap_or(3600))),
+                    Auth::Sas(Box::new(SasSigner::new(
+                        &cs,
+                        cfg.sas_ttl_secs.unwrap_or(3600),
+                    ))),
                 )
             }
             (None, None) => {
@@ -117,7 +120,10 @@ impl Client {
                 let cs = ConnectionString::parse(&cs)?;
                 (
                     cs.host_name.clone(),
-                    Auth::Sas(SasSigner::new(&cs, cfg.sas_ttl_secs.unwrap_or(3600))),
+                    Auth::Sas(Box::new(SasSigner::new(
+                        &cs,
+                        cfg.sas_ttl_secs.unwrap_or(3600),
+                    ))),
                 )
             }
         };
@@ -129,12 +135,15 @@ impl Client {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("idbridge-azure/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| bad(format!("ca_file {}: {e}", path.display())))?;
+            let pem =
+                std::fs::read(path).map_err(|e| bad(format!("ca_file {}: {e}", path.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| bad(format!("ca_file {}: {e}", path.display())))?;
             if certs.is_empty() {
-                return Err(bad(format!("ca_file {}: no certificate in it", path.display())));
+                return Err(bad(format!(
+                    "ca_file {}: no certificate in it",
+                    path.display()
+                )));
             }
             for c in certs {
                 builder = builder.add_root_certificate(c);
@@ -173,14 +182,21 @@ impl Client {
     }
 
     /// The client-credentials grant at `{authority}/{tenant}/oauth2/v2.0/token`.
-    async fn fetch_entra_token(&self, e: &Entra, operation: &'static str) -> Result<(String, Instant)> {
+    async fn fetch_entra_token(
+        &self,
+        e: &Entra,
+        operation: &'static str,
+    ) -> Result<(String, Instant)> {
         let authority = e
             .cfg
             .authority_host
             .as_deref()
             .unwrap_or("https://login.microsoftonline.com")
             .trim_end_matches('/');
-        let url = format!("{authority}/{}/oauth2/v2.0/token", encode_component(&e.cfg.tenant_id));
+        let url = format!(
+            "{authority}/{}/oauth2/v2.0/token",
+            encode_component(&e.cfg.tenant_id)
+        );
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "client_credentials")
             .append_pair("client_id", &e.cfg.client_id)
@@ -211,14 +227,23 @@ impl Client {
                 .and_then(Value::as_str)
                 .or_else(|| v.get("error").and_then(Value::as_str))
                 .unwrap_or("no description");
-            return Err(Error::new(kind, format!("Entra token request failed (HTTP {status}): {desc}"))
-                .with_operation(operation)
-                .with_context("connector", self.service.connector()));
+            return Err(Error::new(
+                kind,
+                format!("Entra token request failed (HTTP {status}): {desc}"),
+            )
+            .with_operation(operation)
+            .with_context("connector", self.service.connector()));
         }
-        let token = v.get("access_token").and_then(Value::as_str).ok_or_else(|| {
-            Error::new(ErrorKind::Unexpected, "Entra token answer without access_token")
+        let token = v
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unexpected,
+                    "Entra token answer without access_token",
+                )
                 .with_operation(operation)
-        })?;
+            })?;
         let secs = v.get("expires_in").and_then(Value::as_u64).unwrap_or(3599);
         Ok((token.to_owned(), started + Duration::from_secs(secs)))
     }
@@ -284,7 +309,13 @@ impl Client {
     /// (200 when all succeeded, 400 with per-device errors).
     pub async fn hub_bulk(&self, items: &[Value], operation: &'static str) -> Result<Value> {
         let r = self
-            .call(Method::POST, "/devices", &[], Some(&Value::Array(items.to_vec())), operation)
+            .call(
+                Method::POST,
+                "/devices",
+                &[],
+                Some(&Value::Array(items.to_vec())),
+                operation,
+            )
             .await?;
         match r.status {
             200 => r.json(self.service, operation),
@@ -302,7 +333,13 @@ impl Client {
     /// `GET /devices/{id}`; None on 404.
     pub async fn hub_get(&self, id: &str, operation: &'static str) -> Result<Option<Value>> {
         let r = self
-            .call(Method::GET, &format!("/devices/{}", encode_component(id)), &[], None, operation)
+            .call(
+                Method::GET,
+                &format!("/devices/{}", encode_component(id)),
+                &[],
+                None,
+                operation,
+            )
             .await?;
         match r.status {
             200 => r.json(self.service, operation).map(Some),
@@ -336,13 +373,21 @@ impl Client {
         max: usize,
         operation: &'static str,
     ) -> Result<(Vec<Value>, Option<String>)> {
-        self.query("/devices/query", json!({"query": "SELECT * FROM devices"}), continuation, max, operation)
-            .await
+        self.query(
+            "/devices/query",
+            json!({"query": "SELECT * FROM devices"}),
+            continuation,
+            max,
+            operation,
+        )
+        .await
     }
 
     /// `GET /statistics/devices`.
     pub async fn hub_statistics(&self, operation: &'static str) -> Result<Value> {
-        let r = self.call(Method::GET, "/statistics/devices", &[], None, operation).await?;
+        let r = self
+            .call(Method::GET, "/statistics/devices", &[], None, operation)
+            .await?;
         match r.status {
             200 => r.json(self.service, operation),
             _ => Err(self.fail(operation, &r)),
@@ -352,9 +397,16 @@ impl Client {
     // ---- DPS ----
 
     /// `POST /enrollments` `{"mode":…,"enrollments":[…]}`: the BulkEnrollmentOperationResult.
-    pub async fn dps_bulk(&self, mode: &str, items: &[Value], operation: &'static str) -> Result<Value> {
+    pub async fn dps_bulk(
+        &self,
+        mode: &str,
+        items: &[Value],
+        operation: &'static str,
+    ) -> Result<Value> {
         let body = json!({"mode": mode, "enrollments": items});
-        let r = self.call(Method::POST, "/enrollments", &[], Some(&body), operation).await?;
+        let r = self
+            .call(Method::POST, "/enrollments", &[], Some(&body), operation)
+            .await?;
         match r.status {
             200 => r.json(self.service, operation),
             _ => Err(self.fail(operation, &r)),
@@ -364,7 +416,13 @@ impl Client {
     /// `GET /enrollments/{id}`; None on 404.
     pub async fn dps_get(&self, id: &str, operation: &'static str) -> Result<Option<Value>> {
         let r = self
-            .call(Method::GET, &format!("/enrollments/{}", encode_component(id)), &[], None, operation)
+            .call(
+                Method::GET,
+                &format!("/enrollments/{}", encode_component(id)),
+                &[],
+                None,
+                operation,
+            )
             .await?;
         match r.status {
             200 => r.json(self.service, operation).map(Some),
@@ -398,8 +456,14 @@ impl Client {
         max: usize,
         operation: &'static str,
     ) -> Result<(Vec<Value>, Option<String>)> {
-        self.query("/enrollments/query", json!({"query": "*"}), continuation, max, operation)
-            .await
+        self.query(
+            "/enrollments/query",
+            json!({"query": "*"}),
+            continuation,
+            max,
+            operation,
+        )
+        .await
     }
 
     async fn query(
@@ -414,7 +478,9 @@ impl Client {
         if let Some(c) = continuation {
             headers.push(("x-ms-continuation", c.to_owned()));
         }
-        let r = self.call(Method::POST, path, &headers, Some(&body), operation).await?;
+        let r = self
+            .call(Method::POST, path, &headers, Some(&body), operation)
+            .await?;
         if r.status != 200 {
             return Err(self.fail(operation, &r));
         }
@@ -424,8 +490,10 @@ impl Client {
             .map(str::to_owned);
         match r.json(self.service, operation)? {
             Value::Array(items) => Ok((items, next)),
-            _ => Err(Error::new(ErrorKind::Unexpected, "query answer is not a JSON array")
-                .with_operation(operation)),
+            _ => Err(
+                Error::new(ErrorKind::Unexpected, "query answer is not a JSON array")
+                    .with_operation(operation),
+            ),
         }
     }
 }

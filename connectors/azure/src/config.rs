@@ -134,9 +134,9 @@ impl ConnectionString {
         let bad = |m: String| Error::new(ErrorKind::ConfigInvalid, m).with_operation("config");
         let (mut host, mut name, mut key, mut device) = (None, None, None, None);
         for part in s.trim().split(';').filter(|p| !p.trim().is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(|| {
-                bad("connection string: every part must be Key=Value".to_owned())
-            })?;
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| bad("connection string: every part must be Key=Value".to_owned()))?;
             match k.trim() {
                 "HostName" => host = Some(v.trim().to_owned()),
                 "SharedAccessKeyName" => name = Some(v.trim().to_owned()),
@@ -146,16 +146,24 @@ impl ConnectionString {
             }
         }
         if device.is_some() {
-            return Err(bad("connection string: this is a device connection string; \
+            return Err(bad(
+                "connection string: this is a device connection string; \
                  use a service policy's (iothubowner, registryReadWrite, provisioningserviceowner)"
-                .into()));
+                    .into(),
+            ));
         }
-        let host_name = host.filter(|h| !h.is_empty()).ok_or_else(|| bad("connection string: HostName is missing".into()))?;
-        let key_name = name.filter(|h| !h.is_empty()).ok_or_else(|| bad("connection string: SharedAccessKeyName is missing".into()))?;
+        let host_name = host
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("connection string: HostName is missing".into()))?;
+        let key_name = name
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("connection string: SharedAccessKeyName is missing".into()))?;
         let key = key.ok_or_else(|| bad("connection string: SharedAccessKey is missing".into()))?;
-        let key = STANDARD
-            .decode(key)
-            .map_err(|_| bad(format!("connection string: the SharedAccessKey of policy {key_name} is not base64")))?;
+        let key = STANDARD.decode(key).map_err(|_| {
+            bad(format!(
+                "connection string: the SharedAccessKey of policy {key_name} is not base64"
+            ))
+        })?;
         Ok(ConnectionString {
             host_name,
             key_name,
@@ -405,17 +413,23 @@ mod tests {
         .unwrap();
         assert_eq!(cs.host_name, "MyHub.azure-devices.net");
         assert!(!format!("{cs:?}").contains("c2Vj"));
-        let e = ConnectionString::parse("HostName=h;SharedAccessKeyName=p;SharedAccessKey=!!notbase64").unwrap_err();
+        let e =
+            ConnectionString::parse("HostName=h;SharedAccessKeyName=p;SharedAccessKey=!!notbase64")
+                .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
         assert!(!e.to_string().contains("notbase64"), "{e}");
-        let e = ConnectionString::parse(&format!("HostName=h;DeviceId=d;SharedAccessKey={FAKE}")).unwrap_err();
+        let e = ConnectionString::parse(&format!("HostName=h;DeviceId=d;SharedAccessKey={FAKE}"))
+            .unwrap_err();
         assert!(e.to_string().contains("device connection string"), "{e}");
         assert!(ConnectionString::parse("HostName=h;SharedAccessKey=").is_err());
     }
 
     #[test]
     fn sas_is_renewed_before_expiry() {
-        let cs = ConnectionString::parse(&format!("HostName=h;SharedAccessKeyName=p;SharedAccessKey={FAKE}")).unwrap();
+        let cs = ConnectionString::parse(&format!(
+            "HostName=h;SharedAccessKeyName=p;SharedAccessKey={FAKE}"
+        ))
+        .unwrap();
         let s = SasSigner::new(&cs, 3600);
         let t0 = s.token_at(1000);
         assert!(t0.contains("se=4600"), "{t0}");

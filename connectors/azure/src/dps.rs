@@ -93,7 +93,11 @@ fn check_with(devices: &[DeviceIdentity], seen: &HashMap<String, DeviceId>) -> R
     }
     let n = problems.len();
     let shown: Vec<String> = problems.into_iter().take(5).collect();
-    let more = if n > 5 { format!("; and {} more", n - 5) } else { String::new() };
+    let more = if n > 5 {
+        format!("; and {} more", n - 5)
+    } else {
+        String::new()
+    };
     Err(Error::new(
         ErrorKind::InvalidInput,
         format!(
@@ -112,11 +116,15 @@ impl DpsConnector {
         if let Some(k) = &cfg.kind
             && k != "azure-dps"
         {
-            return Err(Error::new(ErrorKind::ConfigInvalid, format!("kind {k:?} is not azure-dps"))
-                .with_operation("config"));
+            return Err(Error::new(
+                ErrorKind::ConfigInvalid,
+                format!("kind {k:?} is not azure-dps"),
+            )
+            .with_operation("config"));
         }
         if let Some(p) = &cfg.allocation_policy
-            && !["hashed", "geolatency", "static", "custom"].contains(&p.to_ascii_lowercase().as_str())
+            && !["hashed", "geolatency", "static", "custom"]
+                .contains(&p.to_ascii_lowercase().as_str())
         {
             return Err(Error::new(
                 ErrorKind::ConfigInvalid,
@@ -126,7 +134,11 @@ impl DpsConnector {
         }
         Ok(DpsConnector {
             client: Client::new(Service::Dps, cfg)?,
-            device_id: cfg.device_id.as_deref().map(DeviceIdTemplate::parse).transpose()?,
+            device_id: cfg
+                .device_id
+                .as_deref()
+                .map(DeviceIdTemplate::parse)
+                .transpose()?,
             iot_hub_host_name: cfg.iot_hub_host_name.clone(),
             allocation_policy: cfg.allocation_policy.clone(),
             per_minute: cfg.operations_per_minute.unwrap_or(OPERATIONS_PER_MINUTE),
@@ -150,19 +162,30 @@ impl DpsConnector {
         if let Some(b) = &d.batch {
             tags.insert("batch".into(), json!(b.tag()));
         }
-        for (k, v) in [("vendor", &d.vendor.vendor), ("chip_id", &d.vendor.chip_id), ("unique_id", &d.vendor.unique_id), ("mac", &d.vendor.mac)] {
+        for (k, v) in [
+            ("vendor", &d.vendor.vendor),
+            ("chip_id", &d.vendor.chip_id),
+            ("unique_id", &d.vendor.unique_id),
+            ("mac", &d.vendor.mac),
+        ] {
             if let Some(v) = v {
                 tags.insert(k.into(), json!(v));
             }
         }
         if let Some(obj) = e.as_object_mut() {
-            obj.insert("initialTwin".into(), json!({"tags": {"idbridge": Value::Object(tags)}}));
+            obj.insert(
+                "initialTwin".into(),
+                json!({"tags": {"idbridge": Value::Object(tags)}}),
+            );
             if let Some(t) = &self.device_id {
                 let id = t.render(d)?;
                 if !valid_hub_device_id(&id) {
                     return Err(Error::new(
                         ErrorKind::InvalidInput,
-                        format!("device {} ({}): {id:?} is not a valid IoT Hub device id", d.device_id, d.source),
+                        format!(
+                            "device {} ({}): {id:?} is not a valid IoT Hub device id",
+                            d.device_id, d.source
+                        ),
                     )
                     .with_context("device_id", &d.device_id));
                 }
@@ -180,11 +203,19 @@ impl DpsConnector {
 }
 
 fn remote_of(v: &Value, device: Option<&DeviceIdentity>) -> RemoteDevice {
-    let name = v.get("registrationId").and_then(Value::as_str).unwrap_or_default();
+    let name = v
+        .get("registrationId")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let info = v.pointer("/attestation/x509/clientCertificates/primary/info");
-    let sha256 = info.and_then(|i| i.get("sha256Thumbprint")).and_then(Value::as_str);
+    let sha256 = info
+        .and_then(|i| i.get("sha256Thumbprint"))
+        .and_then(Value::as_str);
     let mut r = RemoteDevice::named(name);
-    r.status = v.get("provisioningStatus").and_then(Value::as_str).map(str::to_owned);
+    r.status = v
+        .get("provisioningStatus")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     r.device_id = sha256.and_then(|s| s.parse::<DeviceId>().ok());
     if let Some(e) = v.get("etag").and_then(Value::as_str) {
         r.resources.insert("etag".into(), e.to_owned());
@@ -204,12 +235,14 @@ fn remote_of(v: &Value, device: Option<&DeviceIdentity>) -> RemoteDevice {
             ));
         }
         if r.status.as_deref() != Some("enabled") {
-            r.differences.push(format!("provisioningStatus is {}", r.status.as_deref().unwrap_or("unknown")));
+            r.differences.push(format!(
+                "provisioningStatus is {}",
+                r.status.as_deref().unwrap_or("unknown")
+            ));
         }
     }
     r
 }
-
 
 impl DpsConnector {
     async fn deregister_one(&self, ctx: &CallContext, d: &DeviceIdentity) -> DeregisterOutcome {
@@ -217,9 +250,12 @@ impl DpsConnector {
             Ok(id) => id,
             Err(why) => {
                 return DeregisterOutcome::Failed(
-                    Error::new(ErrorKind::InvalidInput, format!("device {} ({}) {why}", d.device_id, d.source))
-                        .with_operation("deregister")
-                        .with_context("device_id", &d.device_id),
+                    Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("device {} ({}) {why}", d.device_id, d.source),
+                    )
+                    .with_operation("deregister")
+                    .with_context("device_id", &d.device_id),
                 );
             }
         };
@@ -284,10 +320,26 @@ impl Connector for DpsConnector {
             ctx.acquire_n(OPERATIONS, items.len() as u32).await;
             let result = self.client.dps_bulk("create", &items, "register").await?;
             let mut errors: HashMap<String, (Value, String)> = HashMap::new();
-            for e in result.get("errors").and_then(Value::as_array).into_iter().flatten() {
-                let id = e.get("registrationId").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
-                let status = e.get("errorStatus").and_then(Value::as_str).unwrap_or("").to_owned();
-                errors.insert(id, (e.get("errorCode").cloned().unwrap_or(Value::Null), status));
+            for e in result
+                .get("errors")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let id = e
+                    .get("registrationId")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                let status = e
+                    .get("errorStatus")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                errors.insert(
+                    id,
+                    (e.get("errorCode").cloned().unwrap_or(Value::Null), status),
+                );
             }
             for (id, i) in ids {
                 let d = &devices[i];
@@ -315,14 +367,22 @@ impl Connector for DpsConnector {
                                             "DPS enrollment {id:?} exists with another certificate: {}",
                                             r.differences.join("; ")
                                         );
-                                        RegisterOutcome::Conflict { remote: Some(r), reason }
+                                        RegisterOutcome::Conflict {
+                                            remote: Some(r),
+                                            reason,
+                                        }
                                     }
                                 }
                                 Ok(None) => RegisterOutcome::Failed(
-                                    Error::new(ErrorKind::ServerError, format!("enrollment {id:?} reported existing but is gone"))
-                                        .with_operation("register"),
+                                    Error::new(
+                                        ErrorKind::ServerError,
+                                        format!("enrollment {id:?} reported existing but is gone"),
+                                    )
+                                    .with_operation("register"),
                                 ),
-                                Err(e) => RegisterOutcome::Failed(e.with_context("device_id", &d.device_id)),
+                                Err(e) => RegisterOutcome::Failed(
+                                    e.with_context("device_id", &d.device_id),
+                                ),
                             }
                         } else {
                             RegisterOutcome::Failed(err)
@@ -336,7 +396,9 @@ impl Connector for DpsConnector {
             .into_iter()
             .map(|o| {
                 o.unwrap_or_else(|| {
-                    RegisterOutcome::Failed(Error::new(ErrorKind::Unexpected, "no outcome").with_operation("register"))
+                    RegisterOutcome::Failed(
+                        Error::new(ErrorKind::Unexpected, "no outcome").with_operation("register"),
+                    )
                 })
             })
             .collect())
@@ -347,7 +409,10 @@ impl Connector for DpsConnector {
         ctx: &CallContext,
         devices: &[DeviceIdentity],
     ) -> Result<Vec<DeregisterOutcome>> {
-        let calls: Vec<_> = devices.iter().map(|d| self.deregister_one(ctx, d)).collect();
+        let calls: Vec<_> = devices
+            .iter()
+            .map(|d| self.deregister_one(ctx, d))
+            .collect();
         Ok(futures::stream::iter(calls).buffered(8).collect().await)
     }
 
@@ -357,9 +422,12 @@ impl Connector for DpsConnector {
         device: &DeviceIdentity,
     ) -> Result<Option<RemoteDevice>> {
         let id = registration_id(device).map_err(|why| {
-            Error::new(ErrorKind::InvalidInput, format!("device {} ({}) {why}", device.device_id, device.source))
-                .with_operation("lookup")
-                .with_context("device_id", &device.device_id)
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("device {} ({}) {why}", device.device_id, device.source),
+            )
+            .with_operation("lookup")
+            .with_context("device_id", &device.device_id)
         })?;
         ctx.acquire(OPERATIONS).await;
         Ok(self
@@ -372,7 +440,10 @@ impl Connector for DpsConnector {
 
     async fn list(&self, ctx: &CallContext, cursor: Option<String>) -> Result<ListPage> {
         ctx.acquire(OPERATIONS).await;
-        let (items, next) = self.client.dps_query(cursor.as_deref(), 100, "list").await?;
+        let (items, next) = self
+            .client
+            .dps_query(cursor.as_deref(), 100, "list")
+            .await?;
         Ok(ListPage {
             devices: items.iter().map(|v| remote_of(v, None)).collect(),
             next,
@@ -381,6 +452,9 @@ impl Connector for DpsConnector {
 
     async fn health_check(&self, ctx: &CallContext) -> Result<()> {
         ctx.acquire(OPERATIONS).await;
-        self.client.dps_query(None, 1, "health_check").await.map(|_| ())
+        self.client
+            .dps_query(None, 1, "health_check")
+            .await
+            .map(|_| ())
     }
 }

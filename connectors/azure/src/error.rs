@@ -64,7 +64,10 @@ pub fn parse_error(
     let code = d.code.clone().unwrap_or_default();
     let throttle_code = matches!(
         code.as_str(),
-        "ThrottlingException" | "ThrottlingBacklogTimeout" | "ThrottleBacklogLimitExceeded" | "429001"
+        "ThrottlingException"
+            | "ThrottlingBacklogTimeout"
+            | "ThrottleBacklogLimitExceeded"
+            | "429001"
     );
     let kind = if throttle_code {
         ErrorKind::RateLimited
@@ -171,11 +174,10 @@ fn hub_details(body: &[u8]) -> Details {
         .or_else(|| v.get("message"))
         .and_then(Value::as_str)
         .unwrap_or("");
-    if msg.trim_start().starts_with('{') {
-        if let Ok(inner) = serde_json::from_str::<Value>(msg) {
-            let inner_d = dps_details(inner.to_string().as_bytes());
-            return inner_d;
-        }
+    if msg.trim_start().starts_with('{')
+        && let Ok(inner) = serde_json::from_str::<Value>(msg)
+    {
+        return dps_details(inner.to_string().as_bytes());
     }
     if let Some(rest) = msg.strip_prefix("ErrorCode:") {
         let (code, text) = rest.split_once(';').unwrap_or((rest, ""));
@@ -220,7 +222,10 @@ mod tests {
     use super::*;
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     // Recorded IoT Hub answers (reference §2.2, §2.5; azure-iot-explorer#214,
@@ -229,7 +234,13 @@ mod tests {
     #[test]
     fn hub_409_device_already_exists() {
         let body = br#"{"Message":"ErrorCode:DeviceAlreadyExists;A device with ID 'x' is already registered.","ExceptionMessage":"Tracking ID:0f1e2d3c4b5a-G:0-TimeStamp:10/12/2021 07:18:02"}"#;
-        let e = parse_error(Service::IotHub, "register", 409, &h(&[("iothub-errorcode", "DeviceAlreadyExists")]), body);
+        let e = parse_error(
+            Service::IotHub,
+            "register",
+            409,
+            &h(&[("iothub-errorcode", "DeviceAlreadyExists")]),
+            body,
+        );
         assert_eq!(e.kind(), ErrorKind::AlreadyExists);
         assert!(!e.is_temporary());
         assert_eq!(e.request_id(), Some("0f1e2d3c4b5a"));
@@ -247,7 +258,13 @@ mod tests {
     #[test]
     fn hub_404_json_inside_message() {
         let body = br#"{"Message":"{\"errorCode\":404103,\"trackingId\":\"9f8e-G:0-TimeStamp:01/01/2024\",\"message\":\"Device not found\",\"info\":{},\"timestampUtc\":\"2024-01-01T00:00:00Z\"}","ExceptionMessage":""}"#;
-        let e = parse_error(Service::IotHub, "lookup", 404, &h(&[("iothub-errorcode", "DeviceNotFound")]), body);
+        let e = parse_error(
+            Service::IotHub,
+            "lookup",
+            404,
+            &h(&[("iothub-errorcode", "DeviceNotFound")]),
+            body,
+        );
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert_eq!(e.request_id(), Some("9f8e"));
         assert!(e.message().contains("404103"), "{e}");
@@ -256,7 +273,13 @@ mod tests {
     #[test]
     fn hub_429_throttled_with_retry_after() {
         let body = br#"{"Message":"ErrorCode:ThrottlingBacklogTimeout;The request has been throttled. Wait 10 seconds and try again. Operation type: CRUD","ExceptionMessage":"Tracking ID:55f0-G:0-TimeStamp:10/12/2021 07:18:02"}"#;
-        let e = parse_error(Service::IotHub, "register", 429, &h(&[("Retry-After", "10")]), body);
+        let e = parse_error(
+            Service::IotHub,
+            "register",
+            429,
+            &h(&[("Retry-After", "10")]),
+            body,
+        );
         assert_eq!(e.kind(), ErrorKind::RateLimited);
         assert!(e.is_temporary());
         assert_eq!(e.retry_after(), Some(Duration::from_secs(10)));
@@ -264,7 +287,8 @@ mod tests {
 
     #[test]
     fn hub_throttle_code_on_503_is_rate_limited() {
-        let body = br#"{"Message":"ErrorCode:ThrottlingBacklogTimeout;throttled","ExceptionMessage":""}"#;
+        let body =
+            br#"{"Message":"ErrorCode:ThrottlingBacklogTimeout;throttled","ExceptionMessage":""}"#;
         let e = parse_error(Service::IotHub, "register", 503, &[], body);
         assert_eq!(e.kind(), ErrorKind::RateLimited);
     }
@@ -305,18 +329,43 @@ mod tests {
     #[test]
     fn dps_404_enrollment_not_found() {
         let body = br#"{"errorCode":404201,"trackingId":"7e5c7f63-24ed-43da-b6c9-29227e6d4c52","message":"Enrollment not found","timestampUtc":"2024-01-01T00:00:00.000Z"}"#;
-        let e = parse_error(Service::Dps, "lookup", 404, &h(&[("x-ms-error-code", "404201")]), body);
+        let e = parse_error(
+            Service::Dps,
+            "lookup",
+            404,
+            &h(&[("x-ms-error-code", "404201")]),
+            body,
+        );
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert_eq!(e.request_id(), Some("7e5c7f63-24ed-43da-b6c9-29227e6d4c52"));
     }
 
     #[test]
     fn dps_401_409_412_429() {
-        let b = |code: u32| format!(r#"{{"errorCode":{code},"trackingId":"t","message":"m","info":{{}},"timestampUtc":"2024-01-01T00:00:00Z"}}"#);
-        assert_eq!(parse_error(Service::Dps, "x", 401, &[], b(401002).as_bytes()).kind(), ErrorKind::Unauthenticated);
-        assert_eq!(parse_error(Service::Dps, "x", 409, &[], b(409201).as_bytes()).kind(), ErrorKind::AlreadyExists);
-        assert_eq!(parse_error(Service::Dps, "x", 412, &[], b(412201).as_bytes()).kind(), ErrorKind::Conflict);
-        let t = parse_error(Service::Dps, "x", 429, &h(&[("retry-after", "2")]), b(429001).as_bytes());
+        let b = |code: u32| {
+            format!(
+                r#"{{"errorCode":{code},"trackingId":"t","message":"m","info":{{}},"timestampUtc":"2024-01-01T00:00:00Z"}}"#
+            )
+        };
+        assert_eq!(
+            parse_error(Service::Dps, "x", 401, &[], b(401002).as_bytes()).kind(),
+            ErrorKind::Unauthenticated
+        );
+        assert_eq!(
+            parse_error(Service::Dps, "x", 409, &[], b(409201).as_bytes()).kind(),
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            parse_error(Service::Dps, "x", 412, &[], b(412201).as_bytes()).kind(),
+            ErrorKind::Conflict
+        );
+        let t = parse_error(
+            Service::Dps,
+            "x",
+            429,
+            &h(&[("retry-after", "2")]),
+            b(429001).as_bytes(),
+        );
         assert_eq!(t.kind(), ErrorKind::RateLimited);
         assert_eq!(t.retry_after(), Some(Duration::from_secs(2)));
     }
@@ -324,14 +373,40 @@ mod tests {
     #[test]
     fn item_errors() {
         let k = |s: Service, c: Value| parse_item_error(s, "register", &c, "x").kind();
-        assert_eq!(k(Service::IotHub, "DeviceAlreadyExists".into()), ErrorKind::AlreadyExists);
-        assert_eq!(k(Service::IotHub, "DeviceNotFound".into()), ErrorKind::NotFound);
-        assert_eq!(k(Service::IotHub, "409001".into()), ErrorKind::AlreadyExists);
-        assert_eq!(k(Service::IotHub, "ThrottlingException".into()), ErrorKind::RateLimited);
-        assert_eq!(k(Service::IotHub, "InternalServerError".into()), ErrorKind::ServerError);
-        assert_eq!(k(Service::IotHub, "ArgumentInvalid".into()), ErrorKind::InvalidInput);
-        assert_eq!(k(Service::Dps, serde_json::json!(409201)), ErrorKind::AlreadyExists);
-        assert_eq!(k(Service::Dps, serde_json::json!(500001)), ErrorKind::ServerError);
-        assert!(parse_item_error(Service::Dps, "r", &serde_json::json!(429001), "t").is_temporary());
+        assert_eq!(
+            k(Service::IotHub, "DeviceAlreadyExists".into()),
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            k(Service::IotHub, "DeviceNotFound".into()),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            k(Service::IotHub, "409001".into()),
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            k(Service::IotHub, "ThrottlingException".into()),
+            ErrorKind::RateLimited
+        );
+        assert_eq!(
+            k(Service::IotHub, "InternalServerError".into()),
+            ErrorKind::ServerError
+        );
+        assert_eq!(
+            k(Service::IotHub, "ArgumentInvalid".into()),
+            ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            k(Service::Dps, serde_json::json!(409201)),
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            k(Service::Dps, serde_json::json!(500001)),
+            ErrorKind::ServerError
+        );
+        assert!(
+            parse_item_error(Service::Dps, "r", &serde_json::json!(429001), "t").is_temporary()
+        );
     }
 }

@@ -41,8 +41,11 @@ impl IotHubConnector {
         if let Some(k) = &cfg.kind
             && k != "azure-iot-hub"
         {
-            return Err(Error::new(ErrorKind::ConfigInvalid, format!("kind {k:?} is not azure-iot-hub"))
-                .with_operation("config"));
+            return Err(Error::new(
+                ErrorKind::ConfigInvalid,
+                format!("kind {k:?} is not azure-iot-hub"),
+            )
+            .with_operation("config"));
         }
         let tier = cfg.tier.as_deref().unwrap_or("S1");
         let units = f64::from(cfg.units.unwrap_or(1).max(1));
@@ -147,8 +150,9 @@ fn remote_of(v: &Value, device: Option<&DeviceIdentity>) -> RemoteDevice {
     }
     if let Some(d) = device {
         if !auth_type.eq_ignore_ascii_case("selfSigned") {
-            r.differences
-                .push(format!("authentication type is {auth_type:?}, not selfSigned"));
+            r.differences.push(format!(
+                "authentication type is {auth_type:?}, not selfSigned"
+            ));
         }
         let matches = |t: &Option<String>| {
             t.as_deref().is_some_and(|t| {
@@ -179,8 +183,10 @@ fn remote_of(v: &Value, device: Option<&DeviceIdentity>) -> RemoteDevice {
 
 /// What a successful create made.
 fn created(id: &str, d: &DeviceIdentity) -> RemoteDevice {
-    let mut r = RemoteDevice::named(id)
-        .with_resource("primary_thumbprint", d.device_id.as_str().to_ascii_uppercase());
+    let mut r = RemoteDevice::named(id).with_resource(
+        "primary_thumbprint",
+        d.device_id.as_str().to_ascii_uppercase(),
+    );
     r.device_id = Some(d.device_id.clone());
     r.status = Some("enabled".into());
     r
@@ -192,7 +198,6 @@ fn same_certificate(r: &RemoteDevice) -> bool {
         .iter()
         .any(|d| d.starts_with("primary thumbprint") || d.starts_with("authentication type"))
 }
-
 
 impl IotHubConnector {
     async fn deregister_one(&self, ctx: &CallContext, d: &DeviceIdentity) -> DeregisterOutcome {
@@ -269,10 +274,24 @@ impl Connector for IotHubConnector {
             ctx.acquire_n(REGISTRY, items.len() as u32).await;
             let result = self.client.hub_bulk(&items, "register").await?;
             let mut errors: HashMap<String, (Value, String)> = HashMap::new();
-            for e in result.get("errors").and_then(Value::as_array).into_iter().flatten() {
-                let id = e.get("deviceId").and_then(Value::as_str).unwrap_or_default();
+            for e in result
+                .get("errors")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let id = e
+                    .get("deviceId")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 let status = e.get("errorStatus").and_then(Value::as_str).unwrap_or("");
-                errors.insert(id.to_owned(), (e.get("errorCode").cloned().unwrap_or(Value::Null), status.to_owned()));
+                errors.insert(
+                    id.to_owned(),
+                    (
+                        e.get("errorCode").cloned().unwrap_or(Value::Null),
+                        status.to_owned(),
+                    ),
+                );
             }
             for (id, &i) in &index_of {
                 let d = &devices[i];
@@ -290,13 +309,27 @@ impl Connector for IotHubConnector {
                                     if same_certificate(&r) {
                                         RegisterOutcome::AlreadyPresent(r)
                                     } else {
-                                        let reason = format!("IoT Hub device {id:?} exists with another certificate: {}", r.differences.join("; "));
-                                        RegisterOutcome::Conflict { remote: Some(r), reason }
+                                        let reason = format!(
+                                            "IoT Hub device {id:?} exists with another certificate: {}",
+                                            r.differences.join("; ")
+                                        );
+                                        RegisterOutcome::Conflict {
+                                            remote: Some(r),
+                                            reason,
+                                        }
                                     }
                                 }
                                 // Deleted in between: temporary, the engine retries it.
-                                Ok(None) => RegisterOutcome::Failed(Error::new(ErrorKind::ServerError, format!("device {id:?} reported existing but is gone")).with_operation("register")),
-                                Err(e) => RegisterOutcome::Failed(e.with_context("device_id", &d.device_id)),
+                                Ok(None) => RegisterOutcome::Failed(
+                                    Error::new(
+                                        ErrorKind::ServerError,
+                                        format!("device {id:?} reported existing but is gone"),
+                                    )
+                                    .with_operation("register"),
+                                ),
+                                Err(e) => RegisterOutcome::Failed(
+                                    e.with_context("device_id", &d.device_id),
+                                ),
                             }
                         } else {
                             RegisterOutcome::Failed(err)
@@ -310,7 +343,9 @@ impl Connector for IotHubConnector {
             .into_iter()
             .map(|o| {
                 o.unwrap_or_else(|| {
-                    RegisterOutcome::Failed(Error::new(ErrorKind::Unexpected, "no outcome").with_operation("register"))
+                    RegisterOutcome::Failed(
+                        Error::new(ErrorKind::Unexpected, "no outcome").with_operation("register"),
+                    )
                 })
             })
             .collect())
@@ -321,7 +356,10 @@ impl Connector for IotHubConnector {
         ctx: &CallContext,
         devices: &[DeviceIdentity],
     ) -> Result<Vec<DeregisterOutcome>> {
-        let calls: Vec<_> = devices.iter().map(|d| self.deregister_one(ctx, d)).collect();
+        let calls: Vec<_> = devices
+            .iter()
+            .map(|d| self.deregister_one(ctx, d))
+            .collect();
         Ok(futures::stream::iter(calls).buffered(8).collect().await)
     }
 
@@ -342,7 +380,10 @@ impl Connector for IotHubConnector {
 
     async fn list(&self, ctx: &CallContext, cursor: Option<String>) -> Result<ListPage> {
         ctx.acquire(QUERY).await;
-        let (items, next) = self.client.hub_query(cursor.as_deref(), 100, "list").await?;
+        let (items, next) = self
+            .client
+            .hub_query(cursor.as_deref(), 100, "list")
+            .await?;
         Ok(ListPage {
             devices: items.iter().map(|v| remote_of(v, None)).collect(),
             next,

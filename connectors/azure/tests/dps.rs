@@ -1,4 +1,5 @@
 //! The DPS connector against the DPS mock.
+#![allow(clippy::unwrap_used)] // tests
 
 mod common;
 
@@ -34,20 +35,36 @@ async fn conformance_suite() {
     conformance::throttling_is_rate_limited(&c, &devs[3].1).await;
     let mut bad = env.dps_config();
     let cs = env.mock.dps_connection_string();
-    bad.connection_string = Some(idbridge_azure::Secret::new(format!("{}AAAA=", &cs[..cs.len() - 5])));
+    bad.connection_string = Some(idbridge_azure::Secret::new(format!(
+        "{}AAAA=",
+        &cs[..cs.len() - 5]
+    )));
     conformance::bad_credentials_are_permanent(&DpsConnector::new(&bad).unwrap(), &devs[3].1).await;
 
-    let e = env.mock.dps().enrollment(&devs[0].1.subject_cn.clone().unwrap()).unwrap();
+    let e = env
+        .mock
+        .dps()
+        .enrollment(&devs[0].1.subject_cn.clone().unwrap())
+        .unwrap();
     assert_eq!(e.cert_der, devs[0].0.cert_der);
-    assert_eq!(e.iot_hub_host_name.as_deref(), Some("myhub.azure-devices.net"));
-    assert_eq!(e.initial_twin["tags"]["idbridge"]["fingerprint"], devs[0].1.device_id.as_str());
+    assert_eq!(
+        e.iot_hub_host_name.as_deref(),
+        Some("myhub.azure-devices.net")
+    );
+    assert_eq!(
+        e.initial_twin["tags"]["idbridge"]["fingerprint"],
+        devs[0].1.device_id.as_str()
+    );
 }
 
 #[tokio::test]
 async fn trust_m_v1_batch_is_refused_before_any_call() {
     let env = common::start(AzureMockConfig::default()).await;
     let pki = TestPki::infineon_like().unwrap();
-    let ids: Vec<_> = common::same_cn_devices(&pki, 1, 10).into_iter().map(|d| d.1).collect();
+    let ids: Vec<_> = common::same_cn_devices(&pki, 1, 10)
+        .into_iter()
+        .map(|d| d.1)
+        .collect();
     let c = DpsConnector::new(&env.dps_config()).unwrap();
     let e = c.register(&ctx(), &ids).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
@@ -65,20 +82,34 @@ async fn trust_m_v1_batch_is_refused_before_any_call() {
 async fn same_valid_cn_on_every_chip_is_refused_within_and_across_batches() {
     let env = common::start(AzureMockConfig::default()).await;
     let pki = TestPki::new("Test Root", "Test CA 300", "InfineonIoTNode").unwrap();
-    let ids: Vec<_> = common::same_cn_devices(&pki, 1, 3).into_iter().map(|d| d.1).collect();
+    let ids: Vec<_> = common::same_cn_devices(&pki, 1, 3)
+        .into_iter()
+        .map(|d| d.1)
+        .collect();
     let c = DpsConnector::new(&env.dps_config()).unwrap();
     let e = c.register(&ctx(), &ids[..2]).await.unwrap_err();
-    assert!(e.to_string().contains("has CN \"infineoniotnode\" like"), "{e}");
+    assert!(
+        e.to_string().contains("has CN \"infineoniotnode\" like"),
+        "{e}"
+    );
     assert_eq!(env.mock.dps().stats().requests, 0);
     // One at a time: the first goes through, the second is refused before its call.
-    assert!(matches!(c.register(&ctx(), &ids[..1]).await.unwrap()[0], RegisterOutcome::Created(_)));
+    assert!(matches!(
+        c.register(&ctx(), &ids[..1]).await.unwrap()[0],
+        RegisterOutcome::Created(_)
+    ));
     let e = c.register(&ctx(), &ids[1..2]).await.unwrap_err();
-    assert!(e.to_string().contains("already enrolled for certificate"), "{e}");
+    assert!(
+        e.to_string().contains("already enrolled for certificate"),
+        "{e}"
+    );
     assert_eq!(env.mock.dps().stats().requests, 1);
     // A fresh connector (another run) is told by DPS: 409 → GET → another certificate.
     let c2 = DpsConnector::new(&env.dps_config()).unwrap();
     match &c2.register(&ctx(), &ids[2..3]).await.unwrap()[0] {
-        RegisterOutcome::Conflict { reason, .. } => assert!(reason.contains("another certificate"), "{reason}"),
+        RegisterOutcome::Conflict { reason, .. } => {
+            assert!(reason.contains("another certificate"), "{reason}")
+        }
         o => panic!("{o:?}"),
     }
 }
@@ -92,13 +123,29 @@ async fn bulk_of_10_and_device_registration_through_dps() {
     let c = DpsConnector::new(&env.dps_config()).unwrap();
     assert_eq!(c.info().max_batch_size, 10);
     let out = c.register(&ctx(), &ids).await.unwrap();
-    assert!(out.iter().all(|o| matches!(o, RegisterOutcome::Created(_))), "{out:?}");
+    assert!(
+        out.iter().all(|o| matches!(o, RegisterOutcome::Created(_))),
+        "{out:?}"
+    );
     assert_eq!(env.mock.dps().stats().requests, 1);
     assert_eq!(env.mock.dps().enrollment_count(), 10);
     let (dev, id) = &devs[4];
-    let connect = || connect_device(env.mock.dps_device_addr(), env.mock.ca_pem(), &dev.cert_pem, &dev.key_pem, Some("localhost"));
-    assert_eq!(connect().await.unwrap(), Connect::Accepted(id.subject_cn.clone().unwrap()));
-    c.deregister(&ctx(), std::slice::from_ref(id)).await.unwrap();
+    let connect = || {
+        connect_device(
+            env.mock.dps_device_addr(),
+            env.mock.ca_pem(),
+            &dev.cert_pem,
+            &dev.key_pem,
+            Some("localhost"),
+        )
+    };
+    assert_eq!(
+        connect().await.unwrap(),
+        Connect::Accepted(id.subject_cn.clone().unwrap())
+    );
+    c.deregister(&ctx(), std::slice::from_ref(id))
+        .await
+        .unwrap();
     assert!(matches!(connect().await.unwrap(), Connect::Refused(_)));
     let p = c.list(&ctx(), None).await.unwrap();
     assert_eq!(p.devices.len(), 9);
@@ -108,16 +155,28 @@ async fn bulk_of_10_and_device_registration_through_dps() {
 async fn quota_and_faults() {
     let env = common::start(AzureMockConfig::s1(1)).await;
     let pki = TestPki::new("Test Root", "Test CA 306", "unused").unwrap();
-    let ids: Vec<_> = common::unique_cn_devices(&pki, 1, 11).into_iter().map(|d| d.1).collect();
+    let ids: Vec<_> = common::unique_cn_devices(&pki, 1, 11)
+        .into_iter()
+        .map(|d| d.1)
+        .collect();
     let c = DpsConnector::new(&env.dps_config()).unwrap();
     c.register(&ctx(), &ids[..10]).await.unwrap();
     let e = c.register(&ctx(), &ids[10..]).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::RateLimited);
     assert!(e.retry_after().is_some());
-    env.mock.dps_faults().push(FaultRule::once(Fault::LoseResponse).on_method("POST"));
+    env.mock
+        .dps_faults()
+        .push(FaultRule::once(Fault::LoseResponse).on_method("POST"));
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let e = c.register(&ctx(), &ids[10..]).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::OutcomeUnknown);
     assert_eq!(env.mock.dps().enrollment_count(), 11);
-    assert!(c.lookup(&ctx(), &ids[10]).await.unwrap().unwrap().differences.is_empty());
+    assert!(
+        c.lookup(&ctx(), &ids[10])
+            .await
+            .unwrap()
+            .unwrap()
+            .differences
+            .is_empty()
+    );
 }

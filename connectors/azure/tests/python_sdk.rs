@@ -3,6 +3,7 @@
 //! IoT Hub mock, then the devices it registered connect (or not) through the device endpoint.
 //! Needs `pip install azure-iot-hub six` (`.ci/run` installs them); fails with that hint when
 //! they are missing.
+#![allow(clippy::unwrap_used)] // tests
 
 mod common;
 
@@ -28,13 +29,19 @@ async fn official_python_sdk_against_the_iot_hub_mock() {
              (or set IDBRIDGE_PYTHON to an interpreter that has it)\n{}",
             String::from_utf8_lossy(&o.stderr)
         ),
-        Err(e) => panic!("cannot run {}: {e}; install Python 3 and `pip install azure-iot-hub six`", python()),
+        Err(e) => panic!(
+            "cannot run {}: {e}; install Python 3 and `pip install azure-iot-hub six`",
+            python()
+        ),
     }
     let env = common::start(AzureMockConfig::default()).await;
     let pki = TestPki::infineon_like().unwrap();
     let devs = common::same_cn_devices(&pki, 1, 3);
     let thumb = |i: usize| devs[i].1.device_id.as_str().to_ascii_uppercase();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/azure_iot_hub_sdk.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/python/azure_iot_hub_sdk.py"
+    );
     let out = Command::new(python())
         .arg(script)
         .env("IOTHUB_CONNECTION_STRING", env.mock.hub_connection_string())
@@ -54,14 +61,37 @@ async fn official_python_sdk_against_the_iot_hub_mock() {
         String::from_utf8_lossy(&out.stderr)
     );
     let hub = env.mock.hub();
-    let a = hub.device(&devs[0].0.serial_hex).expect("A registered by the SDK");
+    let a = hub
+        .device(&devs[0].0.serial_hex)
+        .expect("A registered by the SDK");
     assert_eq!(a.primary.as_deref(), Some(thumb(0).as_str()));
-    assert!(hub.device(&devs[1].0.serial_hex).is_none(), "B deleted by the SDK");
-    assert_eq!(hub.device(&devs[2].0.serial_hex).unwrap().status, "disabled");
+    assert!(
+        hub.device(&devs[1].0.serial_hex).is_none(),
+        "B deleted by the SDK"
+    );
+    assert_eq!(
+        hub.device(&devs[2].0.serial_hex).unwrap().status,
+        "disabled"
+    );
     let connect = |i: usize| {
-        connect_device(env.mock.hub_device_addr(), env.mock.ca_pem(), &devs[i].0.cert_pem, &devs[i].0.key_pem, Some("localhost"))
+        connect_device(
+            env.mock.hub_device_addr(),
+            env.mock.ca_pem(),
+            &devs[i].0.cert_pem,
+            &devs[i].0.key_pem,
+            Some("localhost"),
+        )
     };
-    assert_eq!(connect(0).await.unwrap(), Connect::Accepted(devs[0].0.serial_hex.clone()));
-    assert!(matches!(connect(1).await.unwrap(), Connect::Refused(_)), "deleted");
-    assert!(matches!(connect(2).await.unwrap(), Connect::Refused(_)), "disabled");
+    assert_eq!(
+        connect(0).await.unwrap(),
+        Connect::Accepted(devs[0].0.serial_hex.clone())
+    );
+    assert!(
+        matches!(connect(1).await.unwrap(), Connect::Refused(_)),
+        "deleted"
+    );
+    assert!(
+        matches!(connect(2).await.unwrap(), Connect::Refused(_)),
+        "disabled"
+    );
 }

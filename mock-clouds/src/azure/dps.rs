@@ -133,7 +133,7 @@ pub fn decode_certificate(s: &str) -> Result<Vec<u8>, String> {
         }
     };
     match x509_parser::parse_x509_certificate(&der) {
-        Ok((rest, _)) if rest.is_empty() => Ok(der),
+        Ok((&[], _)) => Ok(der),
         _ => Err("certificate is not a valid X.509 certificate".to_owned()),
     }
 }
