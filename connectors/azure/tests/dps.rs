@@ -155,7 +155,7 @@ async fn bulk_of_10_and_device_registration_through_dps() {
 async fn quota_and_faults() {
     let env = common::start(AzureMockConfig::s1(1)).await;
     let pki = TestPki::new("Test Root", "Test CA 306", "unused").unwrap();
-    let ids: Vec<_> = common::unique_cn_devices(&pki, 1, 11)
+    let ids: Vec<_> = common::unique_cn_devices(&pki, 1, 15)
         .into_iter()
         .map(|d| d.1)
         .collect();
@@ -164,13 +164,18 @@ async fn quota_and_faults() {
     let e = c.register(&ctx(), &ids[10..]).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::RateLimited);
     assert!(e.retry_after().is_some());
+    assert_eq!(
+        env.mock.dps().enrollment_count(),
+        10,
+        "throttled call not applied"
+    );
     env.mock
         .dps_faults()
         .push(FaultRule::once(Fault::LoseResponse).on_method("POST"));
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let e = c.register(&ctx(), &ids[10..]).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::OutcomeUnknown);
-    assert_eq!(env.mock.dps().enrollment_count(), 11);
+    assert_eq!(env.mock.dps().enrollment_count(), 15);
     assert!(
         c.lookup(&ctx(), &ids[10])
             .await

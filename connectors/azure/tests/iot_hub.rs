@@ -231,6 +231,7 @@ async fn quota_429_counts_each_device_of_a_bulk_call() {
         per_minute: Some(100.0),
         burst: 100.0,
         bulk_counts_per_device: false,
+        shaping: std::time::Duration::from_millis(50),
     });
     assert!(matches!(
         c.register(&ctx(), &ids[100..]).await.unwrap()[0],

@@ -22,6 +22,9 @@ pub struct QuotaSettings {
     pub burst: f64,
     /// Whether each device of a bulk call costs one operation.
     pub bulk_counts_per_device: bool,
+    /// Traffic shaping: a call the bucket cannot pay yet is held up to this long (IoT Hub
+    /// "queues bursts for a while", then answers 429) instead of refused.
+    pub shaping: Duration,
 }
 
 /// Counters of one service.
@@ -134,29 +137,34 @@ impl Gate {
         })
     }
 
-    /// Charges `cost` operations; Err(retry after) when the bucket cannot pay.
-    pub fn charge(&self, cost: u64) -> Result<(), Refusal> {
+    /// Charges `cost` operations: Ok(how long to hold the call) when the bucket can pay within
+    /// the shaping window, Err(retry after) otherwise.
+    pub fn charge(&self, cost: u64) -> Result<Duration, Refusal> {
         let q = lock(&self.quota).clone();
         let Some(per_minute) = q.per_minute else {
             self.operations.fetch_add(cost, Ordering::Relaxed);
-            return Ok(());
+            return Ok(Duration::ZERO);
         };
         let rate = per_minute / 60.0;
         let mut b = lock(&self.bucket);
         let now = Instant::now();
         let tokens = (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(q.burst);
-        // A call bigger than the bucket passes when the bucket is full (a 100-device bulk on a
-        // 1-unit S1 hub is allowed); it then leaves the bucket in debt.
-        let cost_f = cost as f64;
-        if tokens >= cost_f || (cost_f > q.burst && tokens >= q.burst) {
+        // A call bigger than the bucket is paid as a full bucket (a 100-device bulk on a 1-unit
+        // S1 hub is allowed when the bucket is full).
+        let cost_f = (cost as f64).min(q.burst);
+        let hold = if tokens >= cost_f {
+            0.0
+        } else {
+            (cost_f - tokens) / rate
+        };
+        if hold <= q.shaping.as_secs_f64() {
             *b = (tokens - cost_f, now);
             self.operations.fetch_add(cost, Ordering::Relaxed);
-            Ok(())
+            Ok(Duration::from_secs_f64(hold))
         } else {
             *b = (tokens, now);
             self.throttled.fetch_add(1, Ordering::Relaxed);
-            let need = cost_f.min(q.burst) - tokens;
-            let secs = (need / rate).ceil().max(1.0);
+            let secs = hold.ceil().max(1.0);
             Err(Refusal::Throttled(Duration::from_secs_f64(secs)))
         }
     }

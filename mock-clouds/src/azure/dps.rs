@@ -304,15 +304,15 @@ async fn handle(State(dps): State<Arc<Dps>>, req: Request<Body>) -> Response<Bod
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     match (&parts.method, segs.as_slice()) {
         (&Method::POST, ["enrollments", "query"]) => {
-            charged(&dps, 1, || query(&dps, &parts.headers, &body))
+            charged(&dps, 1, || query(&dps, &parts.headers, &body)).await
         }
-        (&Method::POST, ["enrollments"]) => bulk(&dps, &body),
+        (&Method::POST, ["enrollments"]) => bulk(&dps, &body).await,
         (&Method::PUT, ["enrollments", id]) => {
-            charged(&dps, 1, || put(&dps, id, &parts.headers, &body))
+            charged(&dps, 1, || put(&dps, id, &parts.headers, &body)).await
         }
-        (&Method::GET, ["enrollments", id]) => charged(&dps, 1, || get(&dps, id)),
+        (&Method::GET, ["enrollments", id]) => charged(&dps, 1, || get(&dps, id)).await,
         (&Method::DELETE, ["enrollments", id]) => {
-            charged(&dps, 1, || delete(&dps, id, &parts.headers))
+            charged(&dps, 1, || delete(&dps, id, &parts.headers)).await
         }
         (_, ["enrollments", ..]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, 405001, "Method not allowed")
@@ -345,9 +345,14 @@ fn refusal(r: Refusal) -> Response<Body> {
     }
 }
 
-fn charged(dps: &Dps, cost: u64, f: impl FnOnce() -> Response<Body>) -> Response<Body> {
+async fn charged(dps: &Dps, cost: u64, f: impl FnOnce() -> Response<Body>) -> Response<Body> {
     match dps.gate.charge(cost) {
-        Ok(()) => f(),
+        Ok(hold) => {
+            if !hold.is_zero() {
+                tokio::time::sleep(hold).await;
+            }
+            f()
+        }
         Err(r) => refusal(r),
     }
 }
@@ -500,7 +505,7 @@ fn delete(dps: &Dps, id: &str, headers: &HeaderMap) -> Response<Body> {
     empty(StatusCode::NO_CONTENT)
 }
 
-fn bulk(dps: &Dps, body: &[u8]) -> Response<Body> {
+async fn bulk(dps: &Dps, body: &[u8]) -> Response<Body> {
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
@@ -556,8 +561,10 @@ fn bulk(dps: &Dps, body: &[u8]) -> Response<Body> {
     } else {
         1
     };
-    if let Err(r) = dps.gate.charge(cost) {
-        return refusal(r);
+    match dps.gate.charge(cost) {
+        Ok(hold) if !hold.is_zero() => tokio::time::sleep(hold).await,
+        Ok(_) => {}
+        Err(r) => return refusal(r),
     }
     let mut errors = Vec::new();
     let mut store = lock(&dps.enrollments);

@@ -327,16 +327,19 @@ async fn handle(State(hub): State<Arc<Hub>>, req: Request<Body>) -> Response<Bod
     }
     let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
     match (&parts.method, lower.as_slice()) {
-        (&Method::PUT, ["devices", _]) => charged(&hub, 1, || {
-            put_device(&hub, &segs[1], &parts.headers, &body)
-        }),
-        (&Method::GET, ["devices", _]) => charged(&hub, 1, || get_device(&hub, &segs[1])),
-        (&Method::DELETE, ["devices", _]) => {
-            charged(&hub, 1, || delete_device(&hub, &segs[1], &parts.headers))
+        (&Method::PUT, ["devices", _]) => {
+            charged(&hub, 1, || {
+                put_device(&hub, &segs[1], &parts.headers, &body)
+            })
+            .await
         }
-        (&Method::POST, ["devices"]) => bulk(&hub, &body),
+        (&Method::GET, ["devices", _]) => charged(&hub, 1, || get_device(&hub, &segs[1])).await,
+        (&Method::DELETE, ["devices", _]) => {
+            charged(&hub, 1, || delete_device(&hub, &segs[1], &parts.headers)).await
+        }
+        (&Method::POST, ["devices"]) => bulk(&hub, &body).await,
         (&Method::POST, ["devices", "query"]) => {
-            charged(&hub, 1, || query(&hub, &parts.headers, &body))
+            charged(&hub, 1, || query(&hub, &parts.headers, &body)).await
         }
         (&Method::GET, ["statistics", "devices"]) => statistics(&hub),
         _ => error(
@@ -371,9 +374,14 @@ fn refusal(r: Refusal) -> Response<Body> {
     }
 }
 
-fn charged(hub: &Hub, cost: u64, f: impl FnOnce() -> Response<Body>) -> Response<Body> {
+async fn charged(hub: &Hub, cost: u64, f: impl FnOnce() -> Response<Body>) -> Response<Body> {
     match hub.gate.charge(cost) {
-        Ok(()) => f(),
+        Ok(hold) => {
+            if !hold.is_zero() {
+                tokio::time::sleep(hold).await;
+            }
+            f()
+        }
         Err(r) => refusal(r),
     }
 }
@@ -559,7 +567,7 @@ fn delete_device(hub: &Hub, id: &str, headers: &HeaderMap) -> Response<Body> {
     empty(StatusCode::NO_CONTENT)
 }
 
-fn bulk(hub: &Hub, body: &[u8]) -> Response<Body> {
+async fn bulk(hub: &Hub, body: &[u8]) -> Response<Body> {
     let items: Vec<Value> = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Array(a)) => a,
         Ok(_) => {
@@ -616,8 +624,10 @@ fn bulk(hub: &Hub, body: &[u8]) -> Response<Body> {
     } else {
         1
     };
-    if let Err(r) = hub.gate.charge(cost.max(1)) {
-        return refusal(r);
+    match hub.gate.charge(cost.max(1)) {
+        Ok(hold) if !hold.is_zero() => tokio::time::sleep(hold).await,
+        Ok(_) => {}
+        Err(r) => return refusal(r),
     }
     let mut errors = Vec::new();
     let mut devices = lock(&hub.devices);

@@ -36,6 +36,9 @@ pub struct AzureMockConfig {
     /// Operations that may arrive at once (the bucket size); None = one full bulk call (100
     /// for the hub, 10 for DPS).
     pub burst: Option<f64>,
+    /// How long a call over the quota is held (traffic shaping) before the mock answers 429
+    /// instead; default 50 ms.
+    pub shaping: std::time::Duration,
 }
 
 impl Default for AzureMockConfig {
@@ -45,6 +48,7 @@ impl Default for AzureMockConfig {
             dps_ops_per_minute: None,
             bulk_counts_per_device: true,
             burst: None,
+            shaping: std::time::Duration::from_millis(50),
         }
     }
 }
@@ -169,6 +173,7 @@ impl AzureMock {
                 per_minute: config.hub_ops_per_minute,
                 burst: config.burst.unwrap_or(100.0),
                 bulk_counts_per_device: config.bulk_counts_per_device,
+                shaping: config.shaping,
             },
         ));
         let dps = Arc::new(dps::Dps::new(
@@ -178,6 +183,7 @@ impl AzureMock {
                 per_minute: config.dps_ops_per_minute,
                 burst: config.burst.unwrap_or(10.0),
                 bulk_counts_per_device: config.bulk_counts_per_device,
+                shaping: config.shaping,
             },
         ));
         let https = ca.https_config()?;
