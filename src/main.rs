@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod config;
+mod targets;
 
 /// Carry factory-provisioned secure-element identities (Infineon OPTIGA Trust M, Microchip
 /// ATECC608, Espressif) into a product cloud, verified against the vendors' pinned roots.

@@ -13,9 +13,11 @@
 
 pub mod azure;
 pub mod devices;
+pub mod registry;
 pub mod server;
 pub mod tls;
 
 pub use devices::{TestDevice, TestPki};
+pub use registry::{Registry, RegistryConfig};
 pub use server::{Fault, FaultRule, FaultScript, RunningServer};
 pub use tls::{DeviceHello, TestCa};

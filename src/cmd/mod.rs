@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod diff;
+pub mod input;
 pub mod inspect;
 pub mod mock_cloud;
 pub mod provision;

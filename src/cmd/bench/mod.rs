@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+pub mod ingest;
 #[cfg(feature = "azure")]
 pub mod azure;
 
@@ -14,6 +15,9 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Bench {
+    /// Import + verification throughput and peak RSS on 100k/1M synthetic devices, beside
+    /// `openssl speed`.
+    Ingest(ingest::Args),
     /// Azure IoT Hub / DPS connectors against the Azure mocks (quota floor, devices/s).
     #[cfg(feature = "azure")]
     Azure(azure::Args),
@@ -22,6 +26,7 @@ enum Bench {
 /// Runs a benchmark.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.which {
+        Bench::Ingest(a) => ingest::run(a).await,
         #[cfg(feature = "azure")]
         Bench::Azure(a) => azure::run(a).await,
     }

@@ -1,0 +1,446 @@
+//! Intake: every input file, imported and judged, as one stream.
+//!
+//! [`Intake::open`] checks the inputs and the trust configuration up front (an `Err` there is an
+//! unusable input or configuration, and names the file); iterating then yields, lazily and in
+//! input order, one item per device or entry:
+//!
+//! - `Ok(Checked)`: a certificate with its [`Verdict`] (valid, invalid with a reason).
+//! - `Err(Rejected)`: an entry that is not a judged certificate: unreadable (names file and
+//!   line/entry), a certificate-less Microchip "lite" entry (not provisionable), something
+//!   skipped (a duplicate of a certificate already seen, a private-key PEM block), or the rest of
+//!   a file abandoned ([`RejectKind::InputUnusable`], e.g. a truncated archive; what came before
+//!   it stands and the next input is still read).
+//!
+//! One bad device never loses the others. A million-device input is never held in memory: only
+//! 16 bytes of each device id and 8 bytes per vendor id are kept, to find duplicates.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::identity::{DeviceIdentity, Source, VendorAttributes};
+use crate::importer::{self, EntryError, ImportOptions, Imported, Items, Record};
+use crate::trust::Verifier;
+
+pub use crate::importer::{Format, Limits, Slot};
+pub use crate::trust::{TrustOptions, ValidityPolicy, Verdict};
+
+/// How to read and judge inputs.
+#[derive(Debug, Clone, Default)]
+pub struct IntakeOptions {
+    /// Force a format; `None` detects it per file from the content.
+    pub format: Option<Format>,
+    /// Infineon slot(s) to import (default E0E0).
+    pub slot: Slot,
+    /// Trust anchors, test roots, CRLs, validity policy.
+    pub trust: TrustOptions,
+    /// Resource bounds for archives and entries.
+    pub limits: Limits,
+}
+
+/// A certificate with its verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The device.
+    pub identity: DeviceIdentity,
+    /// Valid, invalid or not provisionable, with the reason.
+    pub verdict: Verdict,
+    /// Remarks that do not change the verdict.
+    pub warnings: Vec<String>,
+}
+
+/// What kind of entry a [`Rejected`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectKind {
+    /// A certificate-less entry that failed its own check (a forged Microchip lite entry).
+    Invalid,
+    /// Genuine but nothing to provision (Microchip version 2 "lite" entry).
+    NotProvisionable,
+    /// This entry could not be read; the rest of the file continues.
+    Unreadable,
+    /// The rest of this input could not be read (truncated archive, I/O error, syntax error
+    /// that loses the thread). Entries before it stand; the next input is read.
+    InputUnusable,
+    /// Not an error: skipped on purpose (a certificate seen before, a non-certificate PEM block).
+    Skipped,
+}
+
+impl RejectKind {
+    /// `invalid`, `not_provisionable`, `unreadable`, `input_unusable`, `skipped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::Invalid => "invalid",
+            RejectKind::NotProvisionable => "not_provisionable",
+            RejectKind::Unreadable => "unreadable",
+            RejectKind::InputUnusable => "input_unusable",
+            RejectKind::Skipped => "skipped",
+        }
+    }
+
+    /// Whether it counts as a failure (everything but `Skipped`).
+    pub fn is_failure(self) -> bool {
+        !matches!(self, RejectKind::Skipped)
+    }
+}
+
+/// An entry that is not a judged certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// File and line or entry.
+    pub source: Source,
+    /// What the entry said about the device, if anything.
+    pub vendor: VendorAttributes,
+    /// What kind.
+    pub kind: RejectKind,
+    /// Why, one line.
+    pub reason: String,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}",
+            self.source,
+            self.kind.as_str(),
+            self.reason
+        )
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+/// The stream of every input's devices, judged. See the module docs.
+pub struct Intake {
+    inputs: Vec<(PathBuf, Format)>,
+    queue: VecDeque<(PathBuf, Format)>,
+    current: Option<Items>,
+    verifier: Arc<Verifier>,
+    import: ImportOptions,
+    notes: Vec<String>,
+    seen: HashSet<u128>,
+    claims: HashMap<u64, u128>,
+}
+
+impl fmt::Debug for Intake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Intake")
+            .field("inputs", &self.inputs)
+            .field("verifier", &self.verifier)
+            .finish()
+    }
+}
+
+impl Intake {
+    /// Opens `inputs` (files or directories) with a verifier built from `opts.trust`.
+    pub fn open(inputs: &[PathBuf], opts: &IntakeOptions) -> Result<Intake> {
+        let verifier = Arc::new(Verifier::from_options(&opts.trust)?);
+        Intake::with_verifier(inputs, opts, verifier)
+    }
+
+    /// Opens `inputs` judged by an existing verifier (its trust options win over
+    /// `opts.trust`).
+    pub fn with_verifier(
+        inputs: &[PathBuf],
+        opts: &IntakeOptions,
+        verifier: Arc<Verifier>,
+    ) -> Result<Intake> {
+        if inputs.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidInput, "no input given"));
+        }
+        let mut files = Vec::new();
+        let mut notes = Vec::new();
+        for path in inputs {
+            let meta = std::fs::metadata(path)
+                .map_err(|e| importer::input_error(path, format!("cannot open: {e}")))?;
+            if meta.is_dir() {
+                let before = files.len();
+                walk(path, 0, opts.format, &mut files, &mut notes)?;
+                if files.len() == before {
+                    return Err(importer::input_error(
+                        path,
+                        "directory holds no certificate input",
+                    ));
+                }
+            } else {
+                let format = match opts.format {
+                    Some(f) => f,
+                    None => importer::detect(path)?,
+                };
+                files.push((path.clone(), format));
+            }
+        }
+        Ok(Intake {
+            queue: files.iter().cloned().collect(),
+            inputs: files,
+            current: None,
+            verifier,
+            import: ImportOptions {
+                slot: opts.slot,
+                limits: opts.limits,
+            },
+            notes,
+            seen: HashSet::new(),
+            claims: HashMap::new(),
+        })
+    }
+
+    /// Judges one already-open input (an upload, stdin) named `name` in messages, in
+    /// `format`, with `verifier`. Nothing is read until the first item is asked for.
+    pub fn from_reader(
+        reader: Box<dyn std::io::BufRead + Send>,
+        name: &str,
+        format: Format,
+        opts: &IntakeOptions,
+        verifier: Arc<Verifier>,
+    ) -> Intake {
+        let import = ImportOptions {
+            slot: opts.slot,
+            limits: opts.limits,
+        };
+        let items = importer::open_reader(reader, name.to_owned(), format, &import);
+        Intake {
+            inputs: Vec::new(),
+            queue: VecDeque::new(),
+            current: Some(items),
+            verifier,
+            import,
+            notes: Vec::new(),
+            seen: HashSet::new(),
+            claims: HashMap::new(),
+        }
+    }
+
+    /// Every input file with its format, in reading order.
+    pub fn inputs(&self) -> &[(PathBuf, Format)] {
+        &self.inputs
+    }
+
+    /// Remarks from opening (files skipped inside directories).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The verifier judging the devices.
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
+    }
+
+    // Checked and Rejected are both a few hundred bytes and are moved once per device; boxing
+    // only the error side would buy nothing.
+    #[allow(clippy::result_large_err)]
+    fn judge(
+        &mut self,
+        item: std::result::Result<Imported, EntryError>,
+    ) -> std::result::Result<Checked, Rejected> {
+        match item {
+            Err(e) => Err(Rejected {
+                source: e.source,
+                vendor: VendorAttributes::default(),
+                kind: if e.fatal {
+                    RejectKind::InputUnusable
+                } else {
+                    RejectKind::Unreadable
+                },
+                reason: e.message,
+            }),
+            Ok(Imported::Skipped { source, reason }) => Err(Rejected {
+                source,
+                vendor: VendorAttributes::default(),
+                kind: RejectKind::Skipped,
+                reason,
+            }),
+            Ok(Imported::NoCertificate {
+                source,
+                vendor,
+                manifest,
+                reason,
+            }) => {
+                let checked = manifest.map(|m| self.verifier.check_manifest_entry(&m));
+                let (kind, reason) = match checked {
+                    Some(Err(why)) => (RejectKind::Invalid, format!("manifest entry: {why}")),
+                    Some(Ok(signer)) => (
+                        RejectKind::NotProvisionable,
+                        format!("{reason} (entry signature valid, {signer})"),
+                    ),
+                    None => (RejectKind::NotProvisionable, reason),
+                };
+                Err(Rejected {
+                    source,
+                    vendor,
+                    kind,
+                    reason,
+                })
+            }
+            Ok(Imported::Cert(record)) => self.judge_record(*record),
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn judge_record(&mut self, record: Record) -> std::result::Result<Checked, Rejected> {
+        let Record {
+            mut identity,
+            chain,
+            manifest,
+            stated_key,
+            mut problems,
+            warnings,
+            vendor_key,
+        } = record;
+        let id128 = id_prefix(&identity);
+        if !self.seen.insert(id128) {
+            return Err(Rejected {
+                source: identity.source.clone(),
+                vendor: identity.vendor.clone(),
+                kind: RejectKind::Skipped,
+                reason: format!(
+                    "the same certificate again (device {}): counted once",
+                    identity.device_id
+                ),
+            });
+        }
+        if identity.vendor.vendor.is_none() {
+            identity.vendor.vendor = guess_vendor(&identity.issuer);
+        }
+        if let Some(key) = &vendor_key {
+            let mut h = DefaultHasher::new();
+            key.hash(&mut h);
+            let k = h.finish();
+            match self.claims.get(&k) {
+                Some(&other) if other != id128 => problems.push(format!(
+                    "{key} is claimed by two different certificates: device {:032x}… (earlier) and device {}",
+                    other, identity.device_id
+                )),
+                Some(_) => {}
+                None => {
+                    self.claims.insert(k, id128);
+                }
+            }
+        }
+        if let Some(m) = &manifest {
+            if let Err(why) = self.verifier.check_manifest_entry(m) {
+                problems.push(format!("manifest entry: {why}"));
+            }
+            if let Some(signer) = chain.first()
+                && let Err(why) = self.verifier.signed_by(&identity.der, signer)
+            {
+                problems.push(format!("x5c[0] is not signed by x5c[1]: {why}"));
+            }
+            if let Some(stated) = &stated_key
+                && crate::trust::public_key_raw(&identity.der).as_deref() != Some(stated.as_slice())
+            {
+                problems.push("the JWK x/y differ from the certificate's public key".to_owned());
+            }
+        }
+        let verdict = self.verifier.verify_identity(&identity, &chain);
+        let verdict = if problems.is_empty() {
+            verdict
+        } else {
+            if let Some(r) = verdict.reason() {
+                problems.push(r.to_owned());
+            }
+            Verdict::Invalid {
+                reason: problems.join("; "),
+            }
+        };
+        Ok(Checked {
+            identity,
+            verdict,
+            warnings,
+        })
+    }
+}
+
+impl Iterator for Intake {
+    type Item = std::result::Result<Checked, Rejected>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(items) = self.current.as_mut() {
+                if let Some(item) = items.next() {
+                    return Some(self.judge(item));
+                }
+                self.current = None;
+            }
+            let (path, format) = self.queue.pop_front()?;
+            match importer::open(&path, format, &self.import) {
+                Ok(items) => self.current = Some(items),
+                Err(e) => {
+                    return Some(Err(Rejected {
+                        source: Source {
+                            file: path.display().to_string(),
+                            line: None,
+                            entry: None,
+                        },
+                        vendor: VendorAttributes::default(),
+                        kind: RejectKind::InputUnusable,
+                        reason: e.message().to_owned(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Collects the files of a directory (sorted, recursive, hidden files left out).
+fn walk(
+    dir: &Path,
+    depth: usize,
+    format: Option<Format>,
+    files: &mut Vec<(PathBuf, Format)>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    if depth > 8 {
+        notes.push(format!("{}: nested too deep, skipped", dir.display()));
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| importer::input_error(dir, format!("cannot read directory: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+        })
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            walk(&path, depth + 1, format, files, notes)?;
+            continue;
+        }
+        match format {
+            Some(f) => files.push((path, f)),
+            None => match importer::detect(&path) {
+                Ok(f) => files.push((path, f)),
+                Err(e) => notes.push(format!("skipped {}", e.message())),
+            },
+        }
+    }
+    Ok(())
+}
+
+fn id_prefix(identity: &DeviceIdentity) -> u128 {
+    // Invariant: a DeviceId is 64 hex characters, so the first 32 always parse.
+    u128::from_str_radix(&identity.device_id.as_str()[..32], 16).unwrap_or_default()
+}
+
+fn guess_vendor(issuer: &str) -> Option<String> {
+    let lower = issuer.to_ascii_lowercase();
+    if lower.contains("infineon") {
+        Some("infineon".to_owned())
+    } else if lower.contains("microchip") || lower.contains("atecc") {
+        Some("microchip".to_owned())
+    } else if lower.contains("espressif") {
+        Some("espressif".to_owned())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,71 @@
+//! The input arguments shared by every command that reads devices (`inspect`, `provision`,
+//! `diff` ...): flatten [`InputArgs`] into a command's arguments with `#[command(flatten)]`,
+//! then call [`InputArgs::open`] (or [`InputArgs::intake_options`]).
+
+use std::path::PathBuf;
+
+use idbridge_core::intake::{Format, Intake, IntakeOptions, Slot, TrustOptions, ValidityPolicy};
+
+/// Inputs and how to judge them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InputArgs {
+    /// Input files or directories: PEM, DER, OPTIGA object data or dumps, Infineon Cloud ID
+    /// bundles (.7z), Microchip manifests (.json), Espressif CSV, idbridge manifests (.jsonl).
+    #[arg(value_name = "INPUT", required = true)]
+    pub inputs: Vec<PathBuf>,
+
+    /// Force the input format instead of detecting it from the content: pem, der, optiga,
+    /// optiga-dump, cloud-id-bundle, microchip-manifest, espressif-csv, idbridge-manifest.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<Format>,
+
+    /// Infineon certificate slot to import: E0E0 (default), E0E1, E0E2 or all.
+    #[arg(long, value_name = "SLOT", default_value = "E0E0")]
+    pub slot: Slot,
+
+    /// Also trust the certificates in FILE (PEM or DER) or in every certificate file of DIR.
+    /// Repeatable.
+    #[arg(long = "trust", value_name = "FILE|DIR")]
+    pub trust: Vec<PathBuf>,
+
+    /// Accept chains to the published test roots (Infineon Trust M Test CA 000, Microchip
+    /// Example Signer FFFF). Their private keys are public: never in production.
+    #[arg(long)]
+    pub allow_test_roots: bool,
+
+    /// Check revocation against an offline CRL (DER or PEM), signed by a trusted CA.
+    /// Repeatable.
+    #[arg(long = "crl", value_name = "FILE")]
+    pub crl: Vec<PathBuf>,
+
+    /// When certificate validity is judged: `now` (default), `ignore`, or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN", default_value = "now")]
+    pub validity_at: ValidityPolicy,
+
+    /// Trust only the --trust anchors, not the built-in vendor roots.
+    #[arg(long)]
+    pub no_builtin_roots: bool,
+}
+
+impl InputArgs {
+    /// The intake options these arguments describe.
+    pub fn intake_options(&self) -> IntakeOptions {
+        IntakeOptions {
+            format: self.format,
+            slot: self.slot,
+            trust: TrustOptions {
+                anchors: self.trust.clone(),
+                allow_test_roots: self.allow_test_roots,
+                crls: self.crl.clone(),
+                validity: self.validity_at,
+                no_builtin: self.no_builtin_roots,
+            },
+            ..IntakeOptions::default()
+        }
+    }
+
+    /// Opens the inputs. An error is an unusable input or configuration (exit 2).
+    pub fn open(&self) -> anyhow::Result<Intake> {
+        Ok(Intake::open(&self.inputs, &self.intake_options())?)
+    }
+}
