@@ -72,7 +72,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let mock = AzureMock::start(mock_cfg).await?;
-    let ca_path = std::env::temp_dir().join(format!("idbridge-bench-azure-{}.pem", std::process::id()));
+    let ca_path =
+        std::env::temp_dir().join(format!("idbridge-bench-azure-{}.pem", std::process::id()));
     std::fs::write(&ca_path, mock.ca_pem()).context("writing the mock CA")?;
     let mut cfg = AzureConfig {
         ca_file: Some(ca_path.clone()),
@@ -96,7 +97,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let ctx = if args.unthrottled {
         CallContext::unpaced()
     } else {
-        CallContext::paced(Arc::new(BucketPacer::new(&quota.api, quota.per_second, quota.burst)))
+        CallContext::paced(Arc::new(BucketPacer::new(
+            &quota.api,
+            quota.per_second,
+            quota.burst,
+        )))
     };
 
     let batch = info.max_batch_size;
@@ -124,10 +129,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(outcomes) => {
                     for (o, d) in outcomes.into_iter().zip(chunk) {
                         match o {
-                            RegisterOutcome::Created(_) | RegisterOutcome::AlreadyPresent(_) => created += 1,
+                            RegisterOutcome::Created(_) | RegisterOutcome::AlreadyPresent(_) => {
+                                created += 1
+                            }
                             RegisterOutcome::Failed(e) if e.is_temporary() => {
                                 retried_calls += 1;
-                                tokio::time::sleep(e.retry_after().unwrap_or(Duration::from_secs(1))).await;
+                                tokio::time::sleep(
+                                    e.retry_after().unwrap_or(Duration::from_secs(1)),
+                                )
+                                .await;
                                 pending.push(vec![d]);
                             }
                             _ => failed += 1,
@@ -202,7 +212,10 @@ fn generate(service: Service, n: u64) -> anyhow::Result<Vec<DeviceIdentity>> {
                 line: None,
                 entry: Some(i),
             };
-            Ok(DeviceIdentity::from_der(Arc::<[u8]>::from(d.cert_der), source)?)
+            Ok(DeviceIdentity::from_der(
+                Arc::<[u8]>::from(d.cert_der),
+                source,
+            )?)
         })
         .collect()
 }
@@ -239,7 +252,8 @@ impl Pacer for BucketPacer {
         let mut s = self.state.lock().await;
         loop {
             let now = Instant::now();
-            let tokens = (s.0 + now.duration_since(s.1).as_secs_f64() * self.per_second).min(self.burst);
+            let tokens =
+                (s.0 + now.duration_since(s.1).as_secs_f64() * self.per_second).min(self.burst);
             if tokens >= need {
                 *s = (tokens - need, now);
                 return;

@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-pub mod ingest;
 #[cfg(feature = "azure")]
 pub mod azure;
+pub mod ingest;
 
 /// Arguments of `idbridge bench`.
 #[derive(Debug, clap::Args)]
