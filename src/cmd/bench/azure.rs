@@ -6,8 +6,10 @@
 //! (`(devices - burst) / rate`: one full bucket, then the sustained rate) and the 429s the mock
 //! answered. `--unthrottled`: no quota anywhere; reports devices/s.
 //!
-//! The driver here paces with its own token bucket (the connector's declared quota, full at
-//! start) and runs `--concurrency` batch calls at once; it does not use the engine's journal.
+//! `--driver engine` (default) runs the job through idbridge's engine (its pacer, retry loop
+//! and a SQLite journal in a temporary directory), as `idbridge provision` does; `--driver
+//! own` paces with a plain token bucket (the connector's declared quota, full at start) and
+//! runs `--concurrency` batch calls at once, without a journal.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,6 +20,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use idbridge_azure::{AzureConfig, DpsConnector, IotHubConnector, Secret};
 use idbridge_core::connector::Pacer;
+use idbridge_core::engine::{Engine, EngineOptions, NoProgress};
+use idbridge_core::journal::{self, Operation};
 use idbridge_core::{CallContext, Connector, DeviceIdentity, RegisterOutcome, Source};
 use idbridge_mock_clouds::TestPki;
 use idbridge_mock_clouds::azure::{AzureMock, AzureMockConfig};
@@ -52,6 +56,18 @@ pub struct Args {
     /// Batch calls in flight.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// What drives the connector.
+    #[arg(long, value_enum, default_value = "engine")]
+    pub driver: Driver,
+}
+
+/// What drives the connector in the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Driver {
+    /// idbridge's engine with a journal, as `idbridge provision`.
+    Engine,
+    /// A plain token bucket and concurrent batch calls.
+    Own,
 }
 
 /// Runs the benchmark and prints one JSON line.
@@ -94,6 +110,96 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let info = connector.info();
     let quota = info.quotas[0].clone();
+    let batch = info.max_batch_size;
+    let started = Instant::now();
+    let (created, failed, retried_calls) = match args.driver {
+        Driver::Engine => run_engine(Arc::clone(&connector), identities, &args).await?,
+        Driver::Own => run_own(Arc::clone(&connector), identities, &args, &quota, batch).await,
+    };
+    let wall = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&ca_path);
+    let stats = match args.service {
+        Service::IotHub => mock.hub().stats(),
+        Service::Dps => mock.dps().stats(),
+    };
+    let n = args.devices as f64;
+    let rate = quota.per_second;
+    let burst = f64::from(quota.burst);
+    let floor = ((n - burst).max(0.0)) / rate;
+    let report = serde_json::json!({
+        "bench": "azure",
+        "service": format!("{:?}", args.service),
+        "devices": args.devices,
+        "batch_size": batch,
+        "concurrency": args.concurrency,
+        "unthrottled": args.unthrottled,
+        "quota_per_minute": if args.unthrottled { None } else { Some(per_minute) },
+        "quota_scale": args.quota_scale,
+        "created": created,
+        "failed": failed,
+        "wall_secs": round(wall),
+        "devices_per_sec": round(n / wall),
+        "floor_secs": if args.unthrottled { None } else { Some(round(floor)) },
+        "wall_vs_floor_pct": if args.unthrottled { None } else { Some(round(100.0 * wall / floor)) },
+        "throttled_calls": stats.throttled,
+        "http_requests": stats.requests,
+        "driver_retries": retried_calls,
+        "generate_secs": round(gen_secs),
+        "driver": format!("{:?}", args.driver),
+    });
+    println!("{report}");
+    Ok(if failed == 0 && created == args.devices {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn run_engine(
+    connector: Arc<dyn Connector>,
+    identities: Vec<DeviceIdentity>,
+    args: &Args,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let dir = std::env::temp_dir().join(format!(
+        "idbridge-bench-azure-journal-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let journal = journal::open(&format!("sqlite:{}", dir.join("journal.sqlite").display()))?;
+    let mut opts = EngineOptions {
+        concurrency: args.concurrency.max(1),
+        ..EngineOptions::default()
+    };
+    if args.unthrottled {
+        // Replace the connector's quotas by unlimited ones (a rate of 0 is not enforced).
+        opts.quotas = connector
+            .info()
+            .quotas
+            .into_iter()
+            .map(|q| idbridge_core::Quota::new(q.api, 0.0))
+            .collect();
+    }
+    let engine = Engine::new(connector, journal, opts);
+    let report = engine
+        .execute(
+            Operation::Provision,
+            "bench",
+            identities,
+            serde_json::Value::Null,
+            &NoProgress,
+        )
+        .await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((report.counts.done, report.counts.failed, 0))
+}
+
+async fn run_own(
+    connector: Arc<dyn Connector>,
+    identities: Vec<DeviceIdentity>,
+    args: &Args,
+    quota: &idbridge_core::Quota,
+    batch: usize,
+) -> (u64, u64, u64) {
     let ctx = if args.unthrottled {
         CallContext::unpaced()
     } else {
@@ -104,9 +210,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         )))
     };
 
-    let batch = info.max_batch_size;
     let chunks: Vec<Vec<DeviceIdentity>> = identities.chunks(batch).map(<[_]>::to_vec).collect();
-    let started = Instant::now();
     let mut created = 0u64;
     let mut failed = 0u64;
     let mut retried_calls = 0u64;
@@ -155,43 +259,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let wall = started.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&ca_path);
-    let stats = match args.service {
-        Service::IotHub => mock.hub().stats(),
-        Service::Dps => mock.dps().stats(),
-    };
-    let n = args.devices as f64;
-    let rate = quota.per_second;
-    let burst = f64::from(quota.burst);
-    let floor = ((n - burst).max(0.0)) / rate;
-    let report = serde_json::json!({
-        "bench": "azure",
-        "service": format!("{:?}", args.service),
-        "devices": args.devices,
-        "batch_size": batch,
-        "concurrency": args.concurrency,
-        "unthrottled": args.unthrottled,
-        "quota_per_minute": if args.unthrottled { None } else { Some(per_minute) },
-        "quota_scale": args.quota_scale,
-        "created": created,
-        "failed": failed,
-        "wall_secs": round(wall),
-        "devices_per_sec": round(n / wall),
-        "floor_secs": if args.unthrottled { None } else { Some(round(floor)) },
-        "wall_vs_floor_pct": if args.unthrottled { None } else { Some(round(100.0 * wall / floor)) },
-        "throttled_calls": stats.throttled,
-        "http_requests": stats.requests,
-        "driver_retries": retried_calls,
-        "generate_secs": round(gen_secs),
-        "driver": "own token-bucket pacer (connector's declared quota), not the engine",
-    });
-    println!("{report}");
-    Ok(if failed == 0 && created == args.devices {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    (created, failed, retried_calls)
 }
 
 fn round(x: f64) -> f64 {
