@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod aws;
+pub mod azure;
 pub mod devices;
 pub mod interop;
 pub mod registry;

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 #[cfg(feature = "aws-iot")]
 mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
 pub mod engine;
 pub mod ingest;
 pub mod quota;
@@ -37,6 +39,9 @@ enum Bench {
     #[cfg(feature = "aws-iot")]
     #[command(hide = true)]
     AwsMock(aws::AwsMockArgs),
+    /// Azure IoT Hub / DPS connectors against the Azure mocks (quota floor, devices/s).
+    #[cfg(feature = "azure")]
+    Azure(azure::Args),
 }
 
 /// Runs a benchmark.
@@ -51,6 +56,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::Aws(a) => aws::run(a).await,
         #[cfg(feature = "aws-iot")]
         Bench::AwsMock(a) => aws::run_mock(a).await,
+        #[cfg(feature = "azure")]
+        Bench::Azure(a) => azure::run(a).await,
     }
 }
 
