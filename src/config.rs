@@ -104,6 +104,9 @@ struct File {
     journal: Option<String>,
     #[serde(default)]
     targets: BTreeMap<String, toml::Table>,
+    /// `[serve]`, read by `idbridge serve` (src/serve/config.rs).
+    #[serde(default, rename = "serve")]
+    _serve: Option<toml::Table>,
 }
 
 impl Config {

@@ -2,9 +2,15 @@
 
 use std::process::ExitCode;
 
+#[cfg(feature = "aws-iot")]
+mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
 pub mod engine;
 pub mod ingest;
 pub mod quota;
+#[cfg(feature = "http")]
+pub mod receiver;
 
 /// Arguments of `idbridge bench`.
 #[derive(Debug, clap::Args)]
@@ -22,6 +28,20 @@ enum Bench {
     /// Import + verification throughput and peak RSS on 100k/1M synthetic devices, beside
     /// `openssl speed`.
     Ingest(ingest::Args),
+    /// `idbridge serve` throughput: certificates/s and p50/p99 latency per request for
+    /// batches of 1, 100 and 4,000 into the unthrottled in-process mock cloud.
+    #[cfg(feature = "http")]
+    Receiver(receiver::Args),
+    /// AWS IoT connector against the mock AWS IoT: a reel at the default quotas, or unthrottled.
+    #[cfg(feature = "aws-iot")]
+    Aws(aws::AwsArgs),
+    /// The mock AWS IoT child process of `bench aws`.
+    #[cfg(feature = "aws-iot")]
+    #[command(hide = true)]
+    AwsMock(aws::AwsMockArgs),
+    /// Azure IoT Hub / DPS connectors against the Azure mocks (quota floor, devices/s).
+    #[cfg(feature = "azure")]
+    Azure(azure::Args),
 }
 
 /// Runs a benchmark.
@@ -30,6 +50,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::Engine(a) => engine::run(a).await,
         Bench::Quota(a) => quota::run(a).await,
         Bench::Ingest(a) => ingest::run(a).await,
+        #[cfg(feature = "http")]
+        Bench::Receiver(a) => receiver::run(a).await,
+        #[cfg(feature = "aws-iot")]
+        Bench::Aws(a) => aws::run(a).await,
+        #[cfg(feature = "aws-iot")]
+        Bench::AwsMock(a) => aws::run_mock(a).await,
+        #[cfg(feature = "azure")]
+        Bench::Azure(a) => azure::run(a).await,
     }
 }
 
