@@ -438,6 +438,14 @@ impl Run<'_> {
         self.operation == Operation::Provision && !self.engine.caps.idempotent_register
     }
 
+    /// A context for one connector call, whose pacer waits do not count against its timeout.
+    fn call_context(&self) -> (CallContext, Arc<pacer::CallClock>) {
+        let clock = pacer::CallClock::new(self.engine.pacer.clone());
+        let mut ctx = CallContext::paced(clock.clone());
+        ctx.job_id.clone_from(&self.ctx.job_id);
+        (ctx, clock)
+    }
+
     fn stop(&self, e: &Error) {
         if !self.abort.swap(true, Ordering::AcqRel) {
             tracing::error!(error = %e, "the target refuses all further work; stopping the job");
@@ -493,9 +501,11 @@ impl Run<'_> {
     async fn register(&self, items: Vec<Item>) -> Result<Vec<Item>> {
         let engine = self.engine;
         let ids: Vec<DeviceIdentity> = items.iter().map(|i| i.identity.clone()).collect();
-        let call = tokio::time::timeout(
+        let (ctx, clock) = self.call_context();
+        let call = pacer::timed(
+            &clock,
             engine.opts.attempt_timeout,
-            engine.connector.register(&self.ctx, &ids),
+            engine.connector.register(&ctx, &ids),
         )
         .await;
         let outcomes = match call {
@@ -561,9 +571,11 @@ impl Run<'_> {
     async fn deregister(&self, items: Vec<Item>) -> Result<Vec<Item>> {
         let engine = self.engine;
         let ids: Vec<DeviceIdentity> = items.iter().map(|i| i.identity.clone()).collect();
-        let call = tokio::time::timeout(
+        let (ctx, clock) = self.call_context();
+        let call = pacer::timed(
+            &clock,
             engine.opts.attempt_timeout,
-            engine.connector.deregister(&self.ctx, &ids),
+            engine.connector.deregister(&ctx, &ids),
         )
         .await;
         let outcomes = match call {
@@ -705,9 +717,11 @@ impl Run<'_> {
             if !item.unknown {
                 return (item, None);
             }
-            let r = tokio::time::timeout(
+            let (ctx, clock) = self.call_context();
+            let r = pacer::timed(
+                &clock,
                 engine.opts.attempt_timeout,
-                engine.connector.lookup(&self.ctx, &item.identity),
+                engine.connector.lookup(&ctx, &item.identity),
             )
             .await;
             match r {

@@ -12,7 +12,10 @@
 //! 200/s each lost millisecond is 20% of a call), while no call is ever more than `SLACK` early.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -145,6 +148,74 @@ impl Pacer for RatePacer {
     }
 }
 
+/// The pacer of one connector call, which keeps the time the call spends waiting for tokens so
+/// that waiting does not count against the attempt timeout (an AWS register makes five paced
+/// calls; at 10/s with many calls in flight the waits alone could pass a timeout).
+#[derive(Debug)]
+pub(crate) struct CallClock {
+    inner: Arc<RatePacer>,
+    waited_nanos: AtomicU64,
+    waiting: AtomicU32,
+}
+
+impl CallClock {
+    pub(crate) fn new(inner: Arc<RatePacer>) -> Arc<Self> {
+        Arc::new(CallClock {
+            inner,
+            waited_nanos: AtomicU64::new(0),
+            waiting: AtomicU32::new(0),
+        })
+    }
+}
+
+struct Waiting<'a>(&'a AtomicU32);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[async_trait]
+impl Pacer for CallClock {
+    async fn acquire(&self, api: &str, units: u32) {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _guard = Waiting(&self.waiting);
+        let t = tokio::time::Instant::now();
+        self.inner.wait(api, units).await;
+        let nanos = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.waited_nanos.fetch_add(nanos, Ordering::AcqRel);
+    }
+}
+
+/// Runs `fut` (a connector call paced through `clock`) with `timeout` of its own time: the
+/// deadline moves by the time spent waiting for the pacer. `Err(())` when it ran out.
+pub(crate) async fn timed<F: Future>(
+    clock: &CallClock,
+    timeout: Duration,
+    fut: F,
+) -> Result<F::Output, ()> {
+    tokio::pin!(fut);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            () = tokio::time::sleep_until(deadline) => {
+                let waited = Duration::from_nanos(clock.waited_nanos.swap(0, Ordering::AcqRel));
+                if clock.waiting.load(Ordering::Acquire) > 0 {
+                    // Waiting for a token right now: check again shortly (that wait is added
+                    // when it ends).
+                    deadline = (deadline + waited).max(tokio::time::Instant::now() + Duration::from_millis(50));
+                } else if !waited.is_zero() {
+                    deadline += waited;
+                } else {
+                    return Err(());
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +270,28 @@ mod tests {
             let n = times[i..].iter().take_while(|u| **u < t + 1.0).count();
             assert!(n <= 200, "{n} calls in the second after {t}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_the_pacer_does_not_count_against_the_timeout() {
+        let pacer = Arc::new(RatePacer::new(&[Quota::new("A", 1.0)]));
+        pacer.wait("A", 1).await;
+        let clock = CallClock::new(pacer.clone());
+        let ctx = crate::connector::CallContext::paced(clock.clone());
+        // Three paced calls at 1/s (about 3 s of waiting) plus 0.5 s of wire time, in a 1 s
+        // timeout: not a timeout.
+        let call = async {
+            for _ in 0..3 {
+                ctx.acquire("A").await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            7
+        };
+        assert_eq!(timed(&clock, Duration::from_secs(1), call).await, Ok(7));
+        // 1.5 s of wire time is one.
+        let clock = CallClock::new(pacer);
+        let slow = tokio::time::sleep(Duration::from_millis(1500));
+        assert_eq!(timed(&clock, Duration::from_secs(1), slow).await, Err(()));
     }
 
     #[tokio::test(start_paused = true)]
