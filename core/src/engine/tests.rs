@@ -589,7 +589,7 @@ async fn target_rate_paces_devices() {
         .unwrap();
     assert!(r.all_done());
     let t = start.elapsed().as_secs_f64();
-    assert!((t - 20.0 / 9.8).abs() < 0.05, "took {t}");
+    assert!((t - 20.0 / 9.7).abs() < 0.05, "took {t}");
 }
 
 #[test]
