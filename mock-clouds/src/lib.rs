@@ -12,10 +12,13 @@
 #![deny(missing_docs)]
 
 pub mod aws;
+pub mod azure;
 pub mod devices;
+pub mod interop;
 pub mod registry;
 pub mod server;
 pub mod tls;
+pub mod webhook;
 
 pub use devices::{TestDevice, TestPki};
 pub use registry::{Registry, RegistryConfig};
