@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod config;
+#[cfg(feature = "http")]
+mod serve;
 mod targets;
 
 /// Carry factory-provisioned secure-element identities (Infineon OPTIGA Trust M, Microchip

@@ -22,7 +22,7 @@ pub fn known_kinds() -> Vec<&'static str> {
     #[cfg(feature = "azure")]
     kinds.push("azure-dps");
     #[cfg(feature = "http")]
-    kinds.push("http");
+    kinds.extend(["interop", "webhook"]);
     kinds
 }
 
@@ -37,6 +37,22 @@ pub async fn build(target: &TargetConfig) -> anyhow::Result<Arc<dyn Connector>> 
         ),
         "manifest" => Arc::new(
             idbridge_manifest::ManifestConnector::new(connector_config(target)?)
+                .with_context(|| format!("target {name}"))?,
+        ),
+        #[cfg(feature = "http")]
+        "interop" => Arc::new(
+            idbridge_http::InteropConnector::new(name, connector_config(target)?)
+                .with_context(|| format!("target {name}"))?,
+        ),
+        #[cfg(feature = "http")]
+        "webhook" => Arc::new(
+            idbridge_http::WebhookConnector::new(name, connector_config(target)?)
+                .with_context(|| format!("target {name}"))?,
+        ),
+        #[cfg(feature = "aws-iot")]
+        "aws-iot" => Arc::new(
+            idbridge_aws_iot::AwsIot::connect(connector_config(target)?)
+                .await
                 .with_context(|| format!("target {name}"))?,
         ),
         #[cfg(feature = "azure")]
