@@ -36,8 +36,8 @@ pub const DEFAULT_JOURNAL: &str = "sqlite:idbridge-journal.sqlite";
 /// The built-in target.
 pub const DEMO: &str = "demo";
 
-/// The loaded configuration.
-#[derive(Debug, Clone, Default)]
+/// The loaded configuration. `Debug` shows target names only (tables may hold secrets).
+#[derive(Clone, Default)]
 pub struct Config {
     /// Where it was read from, if anywhere.
     pub path: Option<PathBuf>,
@@ -48,8 +48,8 @@ pub struct Config {
     targets: BTreeMap<String, toml::Table>,
 }
 
-/// One target, ready to build.
-#[derive(Debug, Clone)]
+/// One target, ready to build. `Debug` shows the keys, never the values.
+#[derive(Clone)]
 pub struct TargetConfig {
     /// Its name.
     pub name: String,
@@ -75,6 +75,27 @@ pub struct EngineSection {
     pub attempt_timeout_secs: Option<f64>,
     /// Calls per device before giving up.
     pub max_attempts: Option<u32>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("path", &self.path)
+            .field("journal", &self.journal)
+            .field("targets", &self.targets.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TargetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("keys", &self.table.keys().collect::<Vec<_>>())
+            .field("engine", &self.engine)
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -290,6 +311,10 @@ mod tests {
         assert_eq!(t.table["token"].as_str(), Some("s3cret"));
         assert!(!t.table.contains_key("engine"));
         assert_eq!(t.engine.rate, Some(50.0));
+        assert!(
+            !format!("{t:?} {c:?}").contains("s3cret"),
+            "Debug shows no secret"
+        );
         let e = c.target_with("broken", &env).unwrap_err().to_string();
         assert!(
             e.contains("[targets.broken] token") && e.contains("UNSET"),

@@ -19,6 +19,8 @@ pub fn known_kinds() -> Vec<&'static str> {
     kinds.push("aws-iot");
     #[cfg(feature = "azure")]
     kinds.push("azure-iot-hub");
+    #[cfg(feature = "azure")]
+    kinds.push("azure-dps");
     #[cfg(feature = "http")]
     kinds.extend(["interop", "webhook"]);
     kinds
@@ -47,6 +49,15 @@ pub async fn build(target: &TargetConfig) -> anyhow::Result<Arc<dyn Connector>> 
             idbridge_http::WebhookConnector::new(name, connector_config(target)?)
                 .with_context(|| format!("target {name}"))?,
         ),
+        #[cfg(feature = "aws-iot")]
+        "aws-iot" => Arc::new(
+            idbridge_aws_iot::AwsIot::connect(connector_config(target)?)
+                .await
+                .with_context(|| format!("target {name}"))?,
+        ),
+        #[cfg(feature = "azure")]
+        "azure-iot-hub" | "azure-dps" => idbridge_azure::connector(&connector_config(target)?)
+            .with_context(|| format!("target {name}"))?,
         other => anyhow::bail!(
             "target {name}: unknown kind {other:?} (this build knows: {})",
             known_kinds().join(", ")

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{DeviceIdentity, Source, VendorAttributes};
 use crate::importer::{self, EntryError, ImportOptions, Imported, Items, Record};
-use crate::trust::Verifier;
+use crate::trust::{ManifestEntry, Verifier};
 
 pub use crate::importer::{Format, Limits, Slot};
 pub use crate::trust::{TrustOptions, ValidityPolicy, Verdict};
@@ -124,6 +124,7 @@ pub struct Intake {
     notes: Vec<String>,
     seen: HashSet<u128>,
     claims: HashMap<u64, u128>,
+    last_manifest: Option<(Arc<ManifestEntry>, std::result::Result<String, String>)>,
 }
 
 impl fmt::Debug for Intake {
@@ -186,6 +187,7 @@ impl Intake {
             notes,
             seen: HashSet::new(),
             claims: HashMap::new(),
+            last_manifest: None,
         })
     }
 
@@ -212,6 +214,7 @@ impl Intake {
             notes: Vec::new(),
             seen: HashSet::new(),
             claims: HashMap::new(),
+            last_manifest: None,
         }
     }
 
@@ -260,7 +263,7 @@ impl Intake {
                 manifest,
                 reason,
             }) => {
-                let checked = manifest.map(|m| self.verifier.check_manifest_entry(&m));
+                let checked = manifest.map(|m| self.check_manifest(&m));
                 let (kind, reason) = match checked {
                     Some(Err(why)) => (RejectKind::Invalid, format!("manifest entry: {why}")),
                     Some(Ok(signer)) => (
@@ -322,13 +325,8 @@ impl Intake {
             }
         }
         if let Some(m) = &manifest {
-            if let Err(why) = self.verifier.check_manifest_entry(m) {
+            if let Err(why) = self.check_manifest(m) {
                 problems.push(format!("manifest entry: {why}"));
-            }
-            if let Some(signer) = chain.first()
-                && let Err(why) = self.verifier.signed_by(&identity.der, signer)
-            {
-                problems.push(format!("x5c[0] is not signed by x5c[1]: {why}"));
             }
             if let Some(stated) = &stated_key
                 && crate::trust::public_key_raw(&identity.der).as_deref() != Some(stated.as_slice())
@@ -336,7 +334,9 @@ impl Intake {
                 problems.push("the JWK x/y differ from the certificate's public key".to_owned());
             }
         }
-        let verdict = self.verifier.verify_identity(&identity, &chain);
+        let verdict = self
+            .verifier
+            .verify_identity_with(&identity, &chain, manifest.is_some());
         let verdict = if problems.is_empty() {
             verdict
         } else {
@@ -422,6 +422,20 @@ fn walk(
         }
     }
     Ok(())
+}
+
+impl Intake {
+    /// The JWS check of a manifest entry, once per entry even when it holds several keys.
+    fn check_manifest(&mut self, m: &Arc<ManifestEntry>) -> std::result::Result<String, String> {
+        if let Some((last, result)) = &self.last_manifest
+            && Arc::ptr_eq(last, m)
+        {
+            return result.clone();
+        }
+        let result = self.verifier.check_manifest_entry(m);
+        self.last_manifest = Some((Arc::clone(m), result.clone()));
+        result
+    }
 }
 
 fn id_prefix(identity: &DeviceIdentity) -> u128 {

@@ -11,6 +11,8 @@
 //! Mock clouds never depend on idbridge-core: they are the other side of the wire.
 #![deny(missing_docs)]
 
+pub mod aws;
+pub mod azure;
 pub mod devices;
 pub mod interop;
 pub mod registry;

@@ -199,7 +199,7 @@ impl Registry {
     }
 
     /// Auth and quota, common to every `/v1` call.
-    fn admit(&self, headers: &HeaderMap) -> Result<String, Response> {
+    fn admit(&self, headers: &HeaderMap) -> Result<String, Box<Response>> {
         let request_id = {
             let mut s = self.lock();
             s.next_id += 1;
@@ -227,7 +227,7 @@ impl Registry {
                     );
                     r.headers_mut()
                         .insert("retry-after", http::HeaderValue::from_static("1"));
-                    return Err(r);
+                    return Err(Box::new(r));
                 }
                 s.window.push_back(now);
             }
@@ -238,12 +238,12 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()));
         if !ok {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
                 "missing or wrong bearer token",
                 &request_id,
-            ));
+            )));
         }
         Ok(request_id)
     }
@@ -278,10 +278,14 @@ struct NewDevice {
     attributes: BTreeMap<String, String>,
 }
 
-async fn create(State(reg): State<Registry>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn create(
+    State(reg): State<Registry>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let rid = match reg.admit(&headers) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let new: NewDevice = match serde_json::from_slice(&body) {
         Ok(n) => n,
@@ -369,10 +373,14 @@ async fn create(State(reg): State<Registry>, headers: HeaderMap, body: axum::bod
     ok(StatusCode::CREATED, &device, &rid)
 }
 
-async fn read(State(reg): State<Registry>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+async fn read(
+    State(reg): State<Registry>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
     let rid = match reg.admit(&headers) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let found = reg.lock().by_name.get(&name).cloned();
     match found {
@@ -388,7 +396,7 @@ async fn remove(
 ) -> Response {
     let rid = match reg.admit(&headers) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut s = reg.lock();
     match s.by_name.remove(&name) {
@@ -421,14 +429,15 @@ async fn list(
 ) -> Response {
     let rid = match reg.admit(&headers) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let s = reg.lock();
     let range = match &q.page_token {
-        Some(t) => s
-            .by_name
-            .range::<String, _>((std::ops::Bound::Excluded(t.clone()), std::ops::Bound::Unbounded)),
+        Some(t) => s.by_name.range::<String, _>((
+            std::ops::Bound::Excluded(t.clone()),
+            std::ops::Bound::Unbounded,
+        )),
         None => s.by_name.range::<String, _>(..),
     };
     let devices: Vec<Device> = range.take(limit + 1).map(|(_, d)| d.clone()).collect();
@@ -450,7 +459,7 @@ async fn list(
 async fn health(State(reg): State<Registry>, headers: HeaderMap) -> Response {
     match reg.admit(&headers) {
         Ok(rid) => ok(StatusCode::OK, &serde_json::json!({"status": "ok"}), &rid),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -479,9 +488,59 @@ mod tests {
         assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(throttled.headers()["retry-after"], "1");
         let st = reg.stats();
-        assert_eq!((st.requests, st.throttled, st.max_requests_in_any_second), (3, 1, 3));
+        assert_eq!(
+            (st.requests, st.throttled, st.max_requests_in_any_second),
+            (3, 1, 3)
+        );
         let bad = Registry::new(RegistryConfig::default());
         let r = bad.admit(&HeaderMap::new()).unwrap_err();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn device_endpoint_admits_only_registered_devices() {
+        use tower::ServiceExt;
+        let reg = Registry::new(RegistryConfig::default());
+        let pki = crate::TestPki::infineon_like().unwrap();
+        let (good, bad) = (pki.device(1).unwrap(), pki.device(2).unwrap());
+        let body = serde_json::json!({"name": "dev-1", "certificate_pem": good.cert_pem});
+        let req = http::Request::post("/v1/devices")
+            .header("authorization", "Bearer mock-token")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        let resp = reg.router().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let ca = TestCa::new("registry test").unwrap();
+        let ep = reg.device_endpoint("127.0.0.1:0", &ca).await.unwrap();
+        let chain = format!("{}{}", good.cert_pem, pki.ca_pem());
+        let ok = crate::tls::connect_device(
+            ep.addr,
+            ca.cert_pem(),
+            &chain,
+            &good.key_pem,
+            Some("localhost"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok, crate::tls::Connect::Accepted("dev-1".into()));
+        let refused = crate::tls::connect_device(
+            ep.addr,
+            ca.cert_pem(),
+            &bad.cert_pem,
+            &bad.key_pem,
+            Some("localhost"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(refused, crate::tls::Connect::Refused(_)),
+            "{refused:?}"
+        );
+        let st = reg.stats();
+        assert_eq!(
+            (st.devices, st.creates, st.max_creates_per_device),
+            (1, 1, 1)
+        );
     }
 }

@@ -10,8 +10,9 @@ use anyhow::Context;
 /// Arguments of `idbridge mock-cloud`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Which mock cloud: `mock` (the device registry), `interop` (a Cloud ID interop
-    /// receiver), `webhook` (a Standard Webhooks receiver).
+    /// Which mock cloud: `mock` (the device registry), `aws` (AWS IoT control plane),
+    /// `azure` (IoT Hub + DPS), `interop` (a Cloud ID interop receiver), `webhook` (a Standard
+    /// Webhooks receiver).
     #[arg(value_name = "KIND")]
     pub kind: String,
 
@@ -28,7 +29,8 @@ pub struct Args {
     )]
     pub token: String,
 
-    /// Calls per second the cloud accepts before answering 429 (`mock`; default unlimited).
+    /// Calls per second the cloud accepts before answering 429 (`mock`, `azure`; default
+    /// unlimited).
     #[arg(long)]
     pub quota: Option<u32>,
 
@@ -56,6 +58,17 @@ pub struct Args {
     /// (`interop`, `webhook`).
     #[arg(long, value_name = "FILE")]
     pub ca_out: Option<std::path::PathBuf>,
+    /// Device (mutual TLS) endpoint listen address (`aws`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub device_listen: String,
+
+    /// Write the device endpoint's CA certificate (PEM) here (`aws`).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+
+    /// Enforce AWS IoT's default per-API quotas (`aws`).
+    #[arg(long)]
+    pub default_quotas: bool,
 }
 
 /// Runs the command.
@@ -117,9 +130,39 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             mock.server.stop();
             Ok(ExitCode::SUCCESS)
         }
-        other => {
-            anyhow::bail!("unknown mock cloud {other:?} (this build has: mock, interop, webhook)")
+        "aws" => {
+            // First stdout line: the control-plane URL; second: a JSON line with the region,
+            // test keys, device endpoint and SNI.
+            idbridge_mock_clouds::aws::run_standalone(
+                idbridge_mock_clouds::aws::StandaloneOptions {
+                    listen: args.listen.clone(),
+                    device_listen: args.device_listen.clone(),
+                    ca_file: args.ca_file.clone(),
+                    default_quotas: args.default_quotas,
+                },
+            )
+            .await
+            .with_context(|| format!("mock AWS IoT on {}", args.listen))?;
+            Ok(ExitCode::SUCCESS)
         }
+        "azure" => {
+            // IoT Hub on --listen's port, DPS and the two device endpoints on the next three.
+            // Line 1: the hub URL; line 2: JSON with connection strings, endpoints and the CA.
+            use idbridge_mock_clouds::azure::{AzureMock, AzureMockAddrs, AzureMockConfig};
+            let mut cfg = AzureMockConfig::default();
+            cfg.hub_ops_per_minute = args.quota.map(|q| f64::from(q) * 60.0);
+            cfg.dps_ops_per_minute = cfg.hub_ops_per_minute;
+            let mock = AzureMock::start_on(&AzureMockAddrs::from_listen(&args.listen)?, cfg)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            announce(mock.hub_url())?;
+            announce(&mock.describe().to_string())?;
+            wait_for_shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        other => anyhow::bail!(
+            "unknown mock cloud {other:?} (this build has: mock, aws, azure, interop, webhook)"
+        ),
     }
 }
 

@@ -376,8 +376,8 @@ pub fn print_report(
         }
         Output::Table => {
             if let Some(r) = report {
-                let mut shown = 0;
-                for d in r.devices.iter().filter(|d| d.state != DeviceState::Done) {
+                let not_done = r.devices.iter().filter(|d| d.state != DeviceState::Done);
+                for (shown, d) in not_done.enumerate() {
                     if shown == 0 {
                         writeln!(
                             w,
@@ -385,7 +385,6 @@ pub fn print_report(
                             "DEVICE", "STATE", "SOURCE"
                         )?;
                     }
-                    shown += 1;
                     writeln!(
                         w,
                         "{:<14} {:<10} {:<30} {}",

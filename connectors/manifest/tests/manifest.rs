@@ -1,4 +1,5 @@
 //! The manifest target: conformance, outputs, signature, and recovery from a partial write.
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 use std::io::Write;
 

@@ -1,4 +1,5 @@
 //! The core conformance suite against the mock registry cloud, plus wire faults.
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 use idbridge_core::conformance;
 use idbridge_core::{CallContext, Connector, DeviceIdentity, ErrorKind, RegisterOutcome, Source};

@@ -591,3 +591,22 @@ async fn target_rate_paces_devices() {
     let t = start.elapsed().as_secs_f64();
     assert!((t - 20.0 / 9.8).abs() < 0.05, "took {t}");
 }
+
+#[test]
+fn execute_is_send_for_servers() {
+    // `idbridge serve` runs jobs from request handlers on a multi-threaded runtime.
+    fn send<T: Send>(_: &T) {}
+    fn sync<T: Send + Sync>() {}
+    sync::<Engine>();
+    let s = journal();
+    let cloud = FakeCloud::new(1, true);
+    let e = engine(&cloud, &s, opts());
+    let f = e.execute(
+        Operation::Provision,
+        "t",
+        Vec::new(),
+        serde_json::Value::Null,
+        &NoProgress,
+    );
+    send(&f);
+}

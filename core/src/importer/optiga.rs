@@ -198,7 +198,9 @@ fn unwrap_identity_tag(raw: &[u8]) -> Result<Vec<Vec<u8>>, String> {
             raw.len() - 3
         )
     })?;
-    let chain_len = be(&body[..3]);
+    let chain_len = be(body
+        .get(..3)
+        .ok_or("TLS identity tag too short for its chain length")?);
     let mut chain = body
         .get(3..3 + chain_len)
         .ok_or_else(|| format!("TLS identity chain length {chain_len} exceeds the tag"))?;

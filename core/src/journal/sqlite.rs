@@ -249,11 +249,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Cmd>, path: PathBuf) {
     // An error of a write nobody waits for is reported to the next writer who waits.
     let mut deferred: Option<String> = None;
     while let Ok(first) = rx.recv() {
-        let mut writes: Vec<(
-            String,
-            Vec<DeviceUpdate>,
-            Option<oneshot::Sender<Result<()>>>,
-        )> = Vec::new();
+        let mut writes: Vec<Write> = Vec::new();
         let mut next = Some(first);
         let mut exec: Option<ReadFn> = None;
         while let Some(cmd) = next.take() {

@@ -494,6 +494,17 @@ impl Verifier {
     /// Judges a parsed device certificate; `chain` holds intermediates that came with it
     /// (Microchip `x5c[1]`), which must themselves chain to an anchor.
     pub fn verify_identity(&self, identity: &DeviceIdentity, chain: &[Arc<[u8]>]) -> Verdict {
+        self.verify_identity_with(identity, chain, false)
+    }
+
+    /// As [`Verifier::verify_identity`]; with `issued_by_first`, the device must be signed by
+    /// `chain[0]` itself (a Microchip `x5c[1]`), not merely by some CA of the same name.
+    pub(crate) fn verify_identity_with(
+        &self,
+        identity: &DeviceIdentity,
+        chain: &[Arc<[u8]>],
+        issued_by_first: bool,
+    ) -> Verdict {
         let cert = match X509Certificate::from_der(&identity.der) {
             Ok((_, cert)) => cert,
             Err(e) => {
@@ -504,12 +515,22 @@ impl Verifier {
         };
         let mut reasons: Vec<String> = Vec::new();
         let mut anchor_name = None;
-        match self.chain_of(&cert, chain) {
-            Ok(anchor) if anchor.test && !self.allow_test_roots => reasons.push(format!(
+        let chained = self.chain_of(&cert, chain);
+        if issued_by_first
+            && let Some(first) = chain.first()
+            && !matches!(&chained, Ok((_, fp)) if *fp == sha256(first))
+        {
+            reasons.push(match &chained {
+                Err(why) => format!("x5c[0] is not signed by x5c[1] ({why})"),
+                Ok(_) => "x5c[0] is not signed by x5c[1]".to_owned(),
+            });
+        }
+        match chained {
+            Ok((anchor, _)) if anchor.test && !self.allow_test_roots => reasons.push(format!(
                 "chains to the test root {:?}, whose private key is public (accepted only with --allow-test-roots)",
                 anchor.name
             )),
-            Ok(anchor) => {
+            Ok((anchor, _)) => {
                 anchor_name = Some(if anchor.test {
                     format!("{} (TEST ROOT)", anchor.name)
                 } else {
@@ -577,13 +598,15 @@ impl Verifier {
         &self,
         cert: &X509Certificate<'_>,
         chain: &[Arc<[u8]>],
-    ) -> std::result::Result<AnchorInfo, String> {
+    ) -> std::result::Result<(AnchorInfo, [u8; 32]), String> {
         let issuer_raw = cert.tbs_certificate.issuer.as_raw();
         let extras: Vec<Arc<CaCert>> = chain.iter().filter_map(|der| self.extra(der)).collect();
-        let candidates = self
-            .store
-            .issuers_named(issuer_raw)
-            .chain(extras.iter().filter(|c| c.subject_raw == issuer_raw));
+        // The chain that came with the device first: when it names the issuer, one
+        // verification both proves "signed by x5c[1]" and finds the path.
+        let candidates = extras
+            .iter()
+            .filter(|c| c.subject_raw == issuer_raw)
+            .chain(self.store.issuers_named(issuer_raw));
         let mut failure = None;
         for ca in candidates {
             match ca.key.verify(
@@ -591,7 +614,7 @@ impl Verifier {
                 cert.tbs_certificate.as_ref(),
                 &cert.signature_value.data,
             ) {
-                Ok(()) => return self.resolve(ca, &extras, 0),
+                Ok(()) => return self.resolve(ca, &extras, 0).map(|a| (a, ca.fingerprint)),
                 Err(e) => failure = Some(format!("{e} with the key of {:?}", ca.name)),
             }
         }
