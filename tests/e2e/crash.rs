@@ -22,15 +22,16 @@ enum Ended {
     Exited(i32),
 }
 
-/// Starts `args` in `dir`; kills it with SIGKILL `delay` after the job started (or after the
-/// process started when `early`). Returns how it ended and the job id if it announced one.
+/// Starts `args` in `dir`; kills it with SIGKILL `delay` after the job started, or `early` after
+/// the process started if that comes first. Returns how it ended and the job id if it announced
+/// one.
 fn run_and_kill(
     dir: &Path,
     args: &[String],
     env: &[(&str, &str)],
     delay: Duration,
-    early: bool,
-) -> (Ended, Option<String>) {
+    early: Option<Duration>,
+) -> (Ended, Option<String>, Duration) {
     let mut child = idbridge()
         .current_dir(dir)
         .args(args)
@@ -51,22 +52,28 @@ fn run_and_kill(
     });
     let started = Instant::now();
     let mut job = None;
-    let mut deadline = if early { Some(started + delay) } else { None };
+    let mut deadline = early.map(|e| started + e);
+    let mut job_started: Option<Instant> = None;
+    let ran = |t: Option<Instant>| t.map_or(Duration::ZERO, |t| t.elapsed());
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let _ = reader.join();
             while let Ok(line) = rx.try_recv() {
                 job = job.or_else(|| job_of(&line));
             }
-            return (Ended::Exited(status.code().unwrap_or(-1)), job);
+            return (
+                Ended::Exited(status.code().unwrap_or(-1)),
+                job,
+                ran(job_started),
+            );
         }
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(1))
             && let Some(j) = job_of(&line)
         {
             job = Some(j);
-            if deadline.is_none() {
-                deadline = Some(Instant::now() + delay);
-            }
+            job_started = Some(Instant::now());
+            let after_start = Instant::now() + delay;
+            deadline = Some(deadline.map_or(after_start, |d| d.min(after_start)));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             // SIGKILL: no destructor, no flush, no signal handler runs.
@@ -74,9 +81,9 @@ fn run_and_kill(
             let status = child.wait().unwrap();
             let _ = reader.join();
             if status.code() == Some(0) {
-                return (Ended::Exited(0), job);
+                return (Ended::Exited(0), job, ran(job_started));
             }
-            return (Ended::Killed, job);
+            return (Ended::Killed, job, ran(job_started));
         }
         assert!(
             started.elapsed() < Duration::from_secs(600),
@@ -97,8 +104,9 @@ fn crash_until_done(
     command: &[String],
     env: &[(&str, &str)],
     total: u64,
-    mut max_delay_ms: u64,
+    rate: f64,
 ) -> (String, usize) {
+    let mut max_delay_ms = (total as f64 / (KILLS + 1) as f64 / rate * 1000.0) as u64;
     let mut rng = rand::rng();
     let mut job: Option<String> = None;
     let mut kills = 0;
@@ -113,36 +121,38 @@ fn crash_until_done(
             _ => command.to_vec(),
         };
         let killing = kills < KILLS;
-        // One kill in five lands before the job starts (reading inputs, opening the journal,
-        // inserting the job's rows); the others at a random moment of the job.
-        let early = killing && rng.random_range(0..5) == 0;
-        let delay = if !killing {
-            Duration::from_secs(3600)
-        } else if early {
-            Duration::from_millis(rng.random_range(0..3000))
-        } else {
+        // About one kill in three of the runs that read the inputs lands before the job starts
+        // (reading inputs, opening the journal, inserting the job's rows); the others at a
+        // random moment of the job.
+        let early = (killing && args[0] != "resume" && rng.random_range(0..3) == 0)
+            .then(|| Duration::from_millis(rng.random_range(0..3000)));
+        let delay = if killing {
             Duration::from_millis(rng.random_range(0..max_delay_ms.max(2)))
+        } else {
+            Duration::from_secs(3600)
         };
         let before = job.as_deref().map_or(0, |j| done_count(dir, j));
-        let (ended, j) = run_and_kill(dir, &args, env, delay, early);
+        let (ended, j, ran) = run_and_kill(dir, &args, env, delay, early);
         if job.is_none() {
             job = j;
         }
         match ended {
             Ended::Killed => {
                 kills += 1;
-                if early {
+                if ran.is_zero() {
                     early_kills += 1;
                 } else if let Some(j) = &job {
-                    // Aim the next kills so that they all land before the job ends: the mean
-                    // delay covers the remaining devices' share of one kill.
+                    // Aim the next kills so that they all land before the job ends: a kill's
+                    // delay is at most the remaining devices' share of the kills left.
                     let after = done_count(dir, j);
-                    let rate = (after.saturating_sub(before) as f64
-                        / delay.as_secs_f64().max(0.05))
-                    .max(100.0);
+                    // The job is paced at `rate` devices/s, so it cannot get further than that.
                     let remaining = total.saturating_sub(after) as f64;
                     let left = (KILLS - kills + 1) as f64;
                     max_delay_ms = ((remaining / left / rate) * 1000.0) as u64;
+                    eprintln!(
+                        "run {runs}: killed {ran:?} into the job, {before} -> {after} done, \
+                         next delay < {max_delay_ms} ms"
+                    );
                 }
             }
             Ended::Exited(0) => finished = true,
@@ -188,7 +198,7 @@ fn kill_9_at_random_moments_against_a_standalone_mock_cloud() {
         &format!(
             "[targets.lab]\nkind = \"mock\"\nurl = \"{}\"\nallow_http = true\n\
              token = \"${{CRASH_TOKEN}}\"\nquota = 1000000\n\
-             [targets.lab.engine]\nconcurrency = 32\n",
+             [targets.lab.engine]\nconcurrency = 32\nrate = 1000\n",
             cloud.url
         ),
     );
@@ -209,7 +219,7 @@ fn kill_9_at_random_moments_against_a_standalone_mock_cloud() {
         &command,
         &[("CRASH_TOKEN", "t0ken")],
         10_000,
-        700,
+        1000.0,
     );
     let stats = cloud.stats();
     eprintln!("mock cloud: {stats}");
@@ -241,7 +251,7 @@ fn kill_9_at_random_moments_into_the_manifest_target() {
     write_config(
         work.path(),
         "[targets.files]\nkind = \"manifest\"\ndir = \"out\"\nsigning_key = \"operator.pem\"\n\
-         [targets.files.engine]\nbatch_size = 50\n",
+         [targets.files.engine]\nbatch_size = 20\nrate = 2000\n",
     );
     let command: Vec<String> = [
         "provision",
@@ -254,7 +264,7 @@ fn kill_9_at_random_moments_into_the_manifest_target() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let (job, kills) = crash_until_done(work.path(), &command, &[], 10_000, 200);
+    let (job, kills) = crash_until_done(work.path(), &command, &[], 10_000, 2000.0);
     let out = work.path().join("out");
     let manifest = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
     let mut lines = manifest.lines();
