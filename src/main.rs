@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod config;
+#[cfg(feature = "http")]
+mod serve;
+mod targets;
 
 /// Carry factory-provisioned secure-element identities (Infineon OPTIGA Trust M, Microchip
 /// ATECC608, Espressif) into a product cloud, verified against the vendors' pinned roots.

@@ -10,10 +10,12 @@
 #![deny(missing_docs)]
 
 pub mod connector;
+pub mod engine;
 pub mod error;
 pub mod identity;
 pub mod importer;
 pub mod intake;
+pub mod journal;
 pub mod trust;
 
 #[cfg(feature = "conformance")]

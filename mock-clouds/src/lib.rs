@@ -11,10 +11,16 @@
 //! Mock clouds never depend on idbridge-core: they are the other side of the wire.
 #![deny(missing_docs)]
 
+pub mod aws;
+pub mod azure;
 pub mod devices;
+pub mod interop;
+pub mod registry;
 pub mod server;
 pub mod tls;
+pub mod webhook;
 
 pub use devices::{TestDevice, TestPki};
+pub use registry::{Registry, RegistryConfig};
 pub use server::{Fault, FaultRule, FaultScript, RunningServer};
 pub use tls::{DeviceHello, TestCa};

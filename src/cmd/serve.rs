@@ -1,12 +1,96 @@
-//! `idbridge serve`.
+//! `idbridge serve`: the Cloud ID-compatible interop receiver.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use idbridge_core::intake::{TrustOptions, ValidityPolicy};
 
 /// Arguments of `idbridge serve`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The configuration file with a `[serve]` table and the `[targets.NAME]` it names.
+    #[arg(long, env = "IDBRIDGE_CONFIG", default_value = "idbridge.toml")]
+    pub config: PathBuf,
 
-/// Runs the command.
-pub async fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`idbridge serve` is not built yet")
+    /// Listen address, overriding `[serve] listen` (port 0 picks a free port; the bound
+    /// address is printed on stdout's first line as `http://ADDR`).
+    #[arg(long)]
+    pub listen: Option<String>,
+
+    /// The journal: sqlite:PATH (default: the config's `journal`, else
+    /// sqlite:idbridge-journal.sqlite).
+    #[arg(long, env = "IDBRIDGE_JOURNAL", value_name = "URL")]
+    pub journal: Option<String>,
+
+    /// Also trust the certificates in FILE (PEM or DER) or DIR. Repeatable.
+    #[arg(long = "trust", value_name = "FILE|DIR")]
+    pub trust: Vec<PathBuf>,
+
+    /// Accept chains to the published test roots. Never in production.
+    #[arg(long)]
+    pub allow_test_roots: bool,
+
+    /// Check revocation against an offline CRL. Repeatable.
+    #[arg(long = "crl", value_name = "FILE")]
+    pub crl: Vec<PathBuf>,
+
+    /// When certificate validity is judged: `now` (default: at start-up), `ignore`, or an
+    /// RFC 3339 time.
+    #[arg(long, value_name = "WHEN", default_value = "now")]
+    pub validity_at: ValidityPolicy,
+
+    /// Trust only the --trust anchors, not the built-in vendor roots.
+    #[arg(long)]
+    pub no_builtin_roots: bool,
+}
+
+impl Args {
+    fn trust_options(&self) -> TrustOptions {
+        TrustOptions {
+            anchors: self.trust.clone(),
+            allow_test_roots: self.allow_test_roots,
+            crls: self.crl.clone(),
+            validity: self.validity_at,
+            no_builtin: self.no_builtin_roots,
+        }
+    }
+}
+
+/// Runs the command until Ctrl-C or SIGTERM.
+#[cfg(feature = "http")]
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    use crate::serve::{ServeConfig, api, auth::TokenVerifier};
+
+    let mut cfg = ServeConfig::from_file(&args.config)?;
+    if let Some(l) = &args.listen {
+        cfg.listen = l.clone();
+    }
+    let addr = cfg.validate()?;
+    let verifier = TokenVerifier::load(&cfg.issuer_keys, &cfg.audience, cfg.leeway_secs)?;
+    let backend = crate::serve::backend::build(
+        &args.config,
+        &cfg,
+        &args.trust_options(),
+        args.journal.clone(),
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    let targets = cfg.targets.join(", ");
+    let app = api::router(api::AppState::new(verifier, backend, cfg));
+    super::mock_cloud::announce(&format!("http://{local}"))?;
+    tracing::info!(%local, %targets, "idbridge serve: interop receiver up");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(super::mock_cloud::wait_for_shutdown())
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Without the `http` feature there is no receiver.
+#[cfg(not(feature = "http"))]
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let _ = args.trust_options();
+    anyhow::bail!("this idbridge was built without the `http` feature: `serve` is unavailable")
 }

@@ -1,21 +1,223 @@
-//! `idbridge status` and `idbridge resume`.
+//! `idbridge status [JOB]` and `idbridge resume JOB`.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context;
+use idbridge_core::journal::{self, JobState};
+
+use super::provision::{
+    CliProgress, Output, OutputArgs, Prepared, TargetArgs, exit_code, print_report,
+};
+use crate::config::{Config, DEFAULT_JOURNAL};
 
 /// Arguments of `idbridge status`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// A job id: show its devices. Without: list the jobs.
+    #[arg(value_name = "JOB")]
+    job: Option<String>,
+
+    #[command(flatten)]
+    journal: JournalArgs,
+
+    /// Output: a table, one JSON document, or JSON Lines.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
 
 /// Arguments of `idbridge resume`.
 #[derive(Debug, clap::Args)]
-pub struct ResumeArgs {}
+pub struct ResumeArgs {
+    /// The job to finish.
+    #[arg(value_name = "JOB")]
+    job: String,
 
-/// Runs `status`.
-pub async fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`idbridge status` is not built yet")
+    #[command(flatten)]
+    journal: JournalArgs,
+
+    /// Calls in flight at once.
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
+
+    /// Devices per second for the whole target.
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
+
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
-/// Runs `resume`.
-pub async fn run_resume(_args: ResumeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`idbridge resume` is not built yet")
+/// Where the journal is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JournalArgs {
+    /// The config file (default: ./idbridge.toml when present; for `resume`, the job's own).
+    #[arg(long, env = "IDBRIDGE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// The journal: sqlite:PATH.
+    #[arg(long, env = "IDBRIDGE_JOURNAL", value_name = "URL")]
+    journal: Option<String>,
+}
+
+impl JournalArgs {
+    fn url(&self, config: &Config) -> String {
+        self.journal
+            .clone()
+            .or_else(|| config.journal.clone())
+            .unwrap_or_else(|| DEFAULT_JOURNAL.to_owned())
+    }
+}
+
+/// Runs `status`.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = Config::load(args.journal.config.as_deref())?;
+    let url = args.journal.url(&config);
+    let journal = journal::open(&url).with_context(|| format!("cannot open the journal {url}"))?;
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    match &args.job {
+        None => {
+            let jobs = journal.jobs().await?;
+            match args.output {
+                Output::Json => {
+                    serde_json::to_writer_pretty(&mut w, &jobs)?;
+                    writeln!(w)?;
+                }
+                Output::Jsonl => {
+                    for j in &jobs {
+                        serde_json::to_writer(&mut w, j)?;
+                        writeln!(w)?;
+                    }
+                }
+                Output::Table => {
+                    writeln!(
+                        w,
+                        "{:<21} {:<12} {:<16} {:<9} {:>8} {:>8} {:>8} {:>8}  CREATED",
+                        "JOB", "OPERATION", "TARGET", "STATE", "DEVICES", "DONE", "FAILED", "OPEN"
+                    )?;
+                    for j in &jobs {
+                        let c = j.counts;
+                        writeln!(
+                            w,
+                            "{:<21} {:<12} {:<16} {:<9} {:>8} {:>8} {:>8} {:>8}  {}",
+                            j.id,
+                            j.spec.operation.as_str(),
+                            j.spec.target,
+                            j.state.as_str(),
+                            c.total(),
+                            c.done,
+                            c.failed,
+                            c.pending + c.in_flight + c.unknown,
+                            j.created
+                        )?;
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(id) => {
+            let Some(info) = journal.job(id).await? else {
+                anyhow::bail!("no job {id} in the journal {url}");
+            };
+            let devices = journal.devices(id).await?;
+            match args.output {
+                Output::Json => {
+                    serde_json::to_writer_pretty(
+                        &mut w,
+                        &serde_json::json!({"job": info, "devices": devices}),
+                    )?;
+                    writeln!(w)?;
+                }
+                Output::Jsonl => {
+                    for d in &devices {
+                        serde_json::to_writer(&mut w, d)?;
+                        writeln!(w)?;
+                    }
+                    serde_json::to_writer(&mut w, &info)?;
+                    writeln!(w)?;
+                }
+                Output::Table => {
+                    writeln!(
+                        w,
+                        "{:<14} {:<10} {:<16} {:>3} {:<30} REASON",
+                        "DEVICE", "STATE", "OUTCOME", "TRY", "SOURCE"
+                    )?;
+                    for d in &devices {
+                        writeln!(
+                            w,
+                            "{:<14} {:<10} {:<16} {:>3} {:<30} {}",
+                            d.device_id.short(),
+                            d.state.as_str(),
+                            d.outcome.map_or("", |o| o.as_str()),
+                            d.attempts,
+                            d.source,
+                            d.reason.as_deref().unwrap_or("")
+                        )?;
+                    }
+                    let c = info.counts;
+                    writeln!(
+                        w,
+                        "job {} ({} to {}): {}; {} devices, {} done, {} failed, {} pending, {} in flight, {} unknown",
+                        info.id,
+                        info.spec.operation,
+                        info.spec.target,
+                        info.state.as_str(),
+                        c.total(),
+                        c.done,
+                        c.failed,
+                        c.pending,
+                        c.in_flight,
+                        c.unknown
+                    )?;
+                }
+            }
+            Ok(
+                if info.state == JobState::Finished && info.counts.done == info.counts.total() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                },
+            )
+        }
+    }
+}
+
+/// Runs `resume`: rebuilds the job's target from the config it ran with (secrets from the
+/// environment again) and finishes it with the certificates stored in the journal.
+pub async fn run_resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(args.journal.config.as_deref())?;
+    let url = args.journal.url(&config);
+    let journal = journal::open(&url).with_context(|| format!("cannot open the journal {url}"))?;
+    let Some(info) = journal.job(&args.job).await? else {
+        anyhow::bail!("no job {} in the journal {url}", args.job);
+    };
+    let config_path = args.journal.config.clone().or_else(|| {
+        info.spec
+            .params
+            .get("config")
+            .and_then(|v| v.as_str())
+            .map(PathBuf::from)
+    });
+    let config = match &config_path {
+        Some(p) => Config::load(Some(p))?,
+        None => config,
+    };
+    let target = config.target(&info.spec.target)?;
+    let targs = TargetArgs {
+        target: info.spec.target.clone(),
+        config: config_path,
+        journal: Some(url.clone()),
+        concurrency: args.concurrency,
+        rate: args.rate,
+        batch_size: None,
+        timeout: None,
+    };
+    let ctx = Prepared::with_journal(&targs, config, target, journal, url).await?;
+    let progress = CliProgress::new(info.spec.operation);
+    let report = ctx.engine.resume(&info.id, &progress).await?;
+    progress.done();
+    print_report(Some(&report), &[], &args.out)?;
+    Ok(exit_code(&report, &[]))
 }

@@ -1,1 +1,17 @@
+//! End-to-end tests of the `idbridge` binary: one test binary (ripgrep's layout).
+
+#[cfg(feature = "aws-iot")]
+mod aws;
+#[cfg(feature = "azure")]
+mod azure;
+mod crash;
+mod engine_support;
 mod inspect;
+#[cfg(feature = "http")]
+mod interop;
+mod provision;
+mod quota;
+#[cfg(feature = "http")]
+mod serve;
+#[cfg(feature = "http")]
+mod webhook;

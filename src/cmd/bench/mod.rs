@@ -2,7 +2,15 @@
 
 use std::process::ExitCode;
 
+#[cfg(feature = "aws-iot")]
+mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
+pub mod engine;
 pub mod ingest;
+pub mod quota;
+#[cfg(feature = "http")]
+pub mod receiver;
 
 /// Arguments of `idbridge bench`.
 #[derive(Debug, clap::Args)]
@@ -13,14 +21,87 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Bench {
+    /// Engine overhead: devices/s and peak RSS against an instant connector, journal on.
+    Engine(engine::Args),
+    /// Quota accuracy: achieved rate and throttled calls against the mock cloud at a quota.
+    Quota(quota::Args),
     /// Import + verification throughput and peak RSS on 100k/1M synthetic devices, beside
     /// `openssl speed`.
     Ingest(ingest::Args),
+    /// `idbridge serve` throughput: certificates/s and p50/p99 latency per request for
+    /// batches of 1, 100 and 4,000 into the unthrottled in-process mock cloud.
+    #[cfg(feature = "http")]
+    Receiver(receiver::Args),
+    /// AWS IoT connector against the mock AWS IoT: a reel at the default quotas, or unthrottled.
+    #[cfg(feature = "aws-iot")]
+    Aws(aws::AwsArgs),
+    /// The mock AWS IoT child process of `bench aws`.
+    #[cfg(feature = "aws-iot")]
+    #[command(hide = true)]
+    AwsMock(aws::AwsMockArgs),
+    /// Azure IoT Hub / DPS connectors against the Azure mocks (quota floor, devices/s).
+    #[cfg(feature = "azure")]
+    Azure(azure::Args),
 }
 
 /// Runs a benchmark.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.which {
+        Bench::Engine(a) => engine::run(a).await,
+        Bench::Quota(a) => quota::run(a).await,
         Bench::Ingest(a) => ingest::run(a).await,
+        #[cfg(feature = "http")]
+        Bench::Receiver(a) => receiver::run(a).await,
+        #[cfg(feature = "aws-iot")]
+        Bench::Aws(a) => aws::run(a).await,
+        #[cfg(feature = "aws-iot")]
+        Bench::AwsMock(a) => aws::run_mock(a).await,
+        #[cfg(feature = "azure")]
+        Bench::Azure(a) => azure::run(a).await,
     }
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// CPU seconds (user + system) this process used so far (Linux `/proc/self/stat`), if known.
+/// On a shared machine this, not wall time, measures the engine's cost.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// `n` distinct certificates (one key, distinct serials and names), fast to make.
+pub fn certificates(n: u64) -> anyhow::Result<Vec<idbridge_core::DeviceIdentity>> {
+    use idbridge_core::{DeviceIdentity, Source};
+    let key = rcgen::KeyPair::generate()?;
+    let mut out = Vec::with_capacity(usize::try_from(n)?);
+    for i in 0..n {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "Infineon IoT Node");
+        let mut serial = vec![0x1f];
+        serial.extend_from_slice(&i.to_be_bytes());
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let cert = p.self_signed(&key)?;
+        out.push(DeviceIdentity::from_der(
+            cert.der().to_vec(),
+            Source {
+                file: "bench".into(),
+                line: None,
+                entry: Some(i),
+            },
+        )?);
+    }
+    Ok(out)
 }

@@ -1,0 +1,526 @@
+//! The only file that touches the wire: a reqwest (rustls) client per service with SAS or
+//! Entra bearer auth, and the REST calls the connectors make. No retries: reqwest's own retry
+//! policy is off, and every non-success answer goes through [`parse_error`].
+
+use std::time::{Duration, Instant};
+
+use idbridge_core::{Error, ErrorKind, Result};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::config::{AzureConfig, ConnectionString, EntraConfig, SasSigner, encode_component};
+use crate::error::{Service, parse_error};
+
+/// How requests are authorised.
+#[derive(Debug)]
+enum Auth {
+    Sas(Box<SasSigner>),
+    Entra(Box<Entra>),
+}
+
+#[derive(Debug)]
+struct Entra {
+    cfg: EntraConfig,
+    scope: &'static str,
+    cached: AsyncMutex<Option<(String, Instant)>>,
+}
+
+/// An answer: status, headers (lower-case names) and body.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self, service: Service, operation: &'static str) -> Result<Value> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            Error::new(
+                ErrorKind::Unexpected,
+                format!("unreadable answer (HTTP {}): {e}", self.status),
+            )
+            .with_operation(operation)
+            .with_context("connector", service.connector())
+        })
+    }
+}
+
+/// A service client: base URL, api-version, auth.
+#[derive(Debug)]
+pub(crate) struct Client {
+    http: reqwest::Client,
+    base: String,
+    api_version: String,
+    auth: Auth,
+    pub service: Service,
+}
+
+impl Client {
+    pub fn new(service: Service, cfg: &AzureConfig) -> Result<Self> {
+        let bad = |m: String| Error::new(ErrorKind::ConfigInvalid, m).with_operation("config");
+        let (env, scope, default_version) = match service {
+            Service::IotHub => (
+                crate::config::IOT_HUB_CONNECTION_STRING_ENV,
+                "https://iothubs.azure.net/.default",
+                crate::config::IOT_HUB_API_VERSION,
+            ),
+            Service::Dps => (
+                crate::config::DPS_CONNECTION_STRING_ENV,
+                "https://azure-devices-provisioning.net/.default",
+                crate::config::DPS_API_VERSION,
+            ),
+        };
+        let (host, auth) = match (&cfg.entra, &cfg.connection_string) {
+            (Some(entra), _) => {
+                let host = cfg
+                    .host_name
+                    .clone()
+                    .or_else(|| {
+                        cfg.connection_string
+                            .as_ref()
+                            .and_then(|c| ConnectionString::parse(c.expose()).ok())
+                            .map(|c| c.host_name)
+                    })
+                    .ok_or_else(|| bad("entra auth needs host_name (the service's host)".into()))?;
+                (
+                    host,
+                    Auth::Entra(Box::new(Entra {
+                        cfg: entra.clone(),
+                        scope,
+                        cached: AsyncMutex::new(None),
+                    })),
+                )
+            }
+            (None, Some(cs)) => {
+                let cs = ConnectionString::parse(cs.expose())?;
+                (
+                    cs.host_name.clone(),
+                    Auth::Sas(Box::new(SasSigner::new(
+                        &cs,
+                        cfg.sas_ttl_secs.unwrap_or(3600),
+                    ))),
+                )
+            }
+            (None, None) => {
+                let cs = std::env::var(env).map_err(|_| {
+                    bad(format!(
+                        "{}: set connection_string (or ${env}) or entra credentials",
+                        service.connector()
+                    ))
+                })?;
+                let cs = ConnectionString::parse(&cs)?;
+                (
+                    cs.host_name.clone(),
+                    Auth::Sas(Box::new(SasSigner::new(
+                        &cs,
+                        cfg.sas_ttl_secs.unwrap_or(3600),
+                    ))),
+                )
+            }
+        };
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .https_only(true)
+            .retry(reqwest::retry::never())
+            .timeout(Duration::from_secs(cfg.timeout_secs.unwrap_or(30)))
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("idbridge-azure/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &cfg.ca_file {
+            let pem =
+                std::fs::read(path).map_err(|e| bad(format!("ca_file {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| bad(format!("ca_file {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(bad(format!(
+                    "ca_file {}: no certificate in it",
+                    path.display()
+                )));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| bad(format!("cannot build the HTTPS client: {e}")))?;
+        Ok(Client {
+            http,
+            base: format!("https://{host}"),
+            api_version: cfg
+                .api_version
+                .clone()
+                .unwrap_or_else(|| default_version.to_owned()),
+            auth,
+            service,
+        })
+    }
+
+    async fn authorization(&self, operation: &'static str) -> Result<String> {
+        match &self.auth {
+            Auth::Sas(s) => Ok(s.token()),
+            Auth::Entra(e) => {
+                let mut cached = e.cached.lock().await;
+                if let Some((token, expires)) = cached.as_ref()
+                    && *expires > Instant::now() + Duration::from_secs(300)
+                {
+                    return Ok(format!("Bearer {token}"));
+                }
+                let (token, expires) = self.fetch_entra_token(e, operation).await?;
+                *cached = Some((token.clone(), expires));
+                Ok(format!("Bearer {token}"))
+            }
+        }
+    }
+
+    /// The client-credentials grant at `{authority}/{tenant}/oauth2/v2.0/token`.
+    async fn fetch_entra_token(
+        &self,
+        e: &Entra,
+        operation: &'static str,
+    ) -> Result<(String, Instant)> {
+        let authority = e
+            .cfg
+            .authority_host
+            .as_deref()
+            .unwrap_or("https://login.microsoftonline.com")
+            .trim_end_matches('/');
+        let url = format!(
+            "{authority}/{}/oauth2/v2.0/token",
+            encode_component(&e.cfg.tenant_id)
+        );
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "client_credentials")
+            .append_pair("client_id", &e.cfg.client_id)
+            .append_pair("client_secret", e.cfg.client_secret.expose())
+            .append_pair("scope", e.scope)
+            .finish();
+        let started = Instant::now();
+        let resp = self
+            .http
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .map_err(|err| network_error(self.service, operation, &err))?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if status != 200 {
+            let kind = match status {
+                400 | 401 | 403 => ErrorKind::Unauthenticated,
+                429 => ErrorKind::RateLimited,
+                500..=599 => ErrorKind::ServerError,
+                _ => ErrorKind::Unexpected,
+            };
+            let desc = v
+                .get("error_description")
+                .and_then(Value::as_str)
+                .or_else(|| v.get("error").and_then(Value::as_str))
+                .unwrap_or("no description");
+            return Err(Error::new(
+                kind,
+                format!("Entra token request failed (HTTP {status}): {desc}"),
+            )
+            .with_operation(operation)
+            .with_context("connector", self.service.connector()));
+        }
+        let token = v
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unexpected,
+                    "Entra token answer without access_token",
+                )
+                .with_operation(operation)
+            })?;
+        let secs = v.get("expires_in").and_then(Value::as_u64).unwrap_or(3599);
+        Ok((token.to_owned(), started + Duration::from_secs(secs)))
+    }
+
+    /// One call: `path` below the service root, `?api-version=` appended. Any status comes
+    /// back as a [`Reply`]; only transport failures are errors.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Option<&Value>,
+        operation: &'static str,
+    ) -> Result<Reply> {
+        let url = format!("{}{path}?api-version={}", self.base, self.api_version);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header("authorization", self.authorization(operation).await?)
+            .header("accept", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, v.as_str());
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json; charset=utf-8")
+                .body(b.to_string());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| network_error(self.service, operation, &e))?;
+        let status = resp.status().as_u16();
+        tracing::debug!(
+            connector = self.service.connector(),
+            operation,
+            path,
+            status,
+            "azure call"
+        );
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    v.to_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| network_error(self.service, operation, &e))?
+            .to_vec();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    fn fail(&self, operation: &'static str, r: &Reply) -> Error {
+        parse_error(self.service, operation, r.status, &r.headers, &r.body)
+    }
+
+    // ---- IoT Hub ----
+
+    /// `POST /devices` with a bare array of ExportImportDevice; the BulkRegistryOperationResult
+    /// (200 when all succeeded, 400 with per-device errors).
+    pub async fn hub_bulk(&self, items: &[Value], operation: &'static str) -> Result<Value> {
+        let r = self
+            .call(
+                Method::POST,
+                "/devices",
+                &[],
+                Some(&Value::Array(items.to_vec())),
+                operation,
+            )
+            .await?;
+        match r.status {
+            200 => r.json(self.service, operation),
+            400 => {
+                // A 400 is per-device results when it carries `errors`, else a refused call.
+                match serde_json::from_slice::<Value>(&r.body) {
+                    Ok(v) if v.get("errors").is_some_and(Value::is_array) => Ok(v),
+                    _ => Err(self.fail(operation, &r)),
+                }
+            }
+            _ => Err(self.fail(operation, &r)),
+        }
+    }
+
+    /// `GET /devices/{id}`; None on 404.
+    pub async fn hub_get(&self, id: &str, operation: &'static str) -> Result<Option<Value>> {
+        let r = self
+            .call(
+                Method::GET,
+                &format!("/devices/{}", encode_component(id)),
+                &[],
+                None,
+                operation,
+            )
+            .await?;
+        match r.status {
+            200 => r.json(self.service, operation).map(Some),
+            404 => Ok(None),
+            _ => Err(self.fail(operation, &r)),
+        }
+    }
+
+    /// `DELETE /devices/{id}` with `If-Match: "*"`; false when it was not there.
+    pub async fn hub_delete(&self, id: &str, operation: &'static str) -> Result<bool> {
+        let r = self
+            .call(
+                Method::DELETE,
+                &format!("/devices/{}", encode_component(id)),
+                &[("if-match", "\"*\"".to_owned())],
+                None,
+                operation,
+            )
+            .await?;
+        match r.status {
+            200 | 204 => Ok(true),
+            404 => Ok(false),
+            _ => Err(self.fail(operation, &r)),
+        }
+    }
+
+    /// `POST /devices/query` (`SELECT * FROM devices`): a page of twins and the continuation.
+    pub async fn hub_query(
+        &self,
+        continuation: Option<&str>,
+        max: usize,
+        operation: &'static str,
+    ) -> Result<(Vec<Value>, Option<String>)> {
+        self.query(
+            "/devices/query",
+            json!({"query": "SELECT * FROM devices"}),
+            continuation,
+            max,
+            operation,
+        )
+        .await
+    }
+
+    /// `GET /statistics/devices`.
+    pub async fn hub_statistics(&self, operation: &'static str) -> Result<Value> {
+        let r = self
+            .call(Method::GET, "/statistics/devices", &[], None, operation)
+            .await?;
+        match r.status {
+            200 => r.json(self.service, operation),
+            _ => Err(self.fail(operation, &r)),
+        }
+    }
+
+    // ---- DPS ----
+
+    /// `POST /enrollments` `{"mode":…,"enrollments":[…]}`: the BulkEnrollmentOperationResult.
+    pub async fn dps_bulk(
+        &self,
+        mode: &str,
+        items: &[Value],
+        operation: &'static str,
+    ) -> Result<Value> {
+        let body = json!({"mode": mode, "enrollments": items});
+        let r = self
+            .call(Method::POST, "/enrollments", &[], Some(&body), operation)
+            .await?;
+        match r.status {
+            200 => r.json(self.service, operation),
+            _ => Err(self.fail(operation, &r)),
+        }
+    }
+
+    /// `GET /enrollments/{id}`; None on 404.
+    pub async fn dps_get(&self, id: &str, operation: &'static str) -> Result<Option<Value>> {
+        let r = self
+            .call(
+                Method::GET,
+                &format!("/enrollments/{}", encode_component(id)),
+                &[],
+                None,
+                operation,
+            )
+            .await?;
+        match r.status {
+            200 => r.json(self.service, operation).map(Some),
+            404 => Ok(None),
+            _ => Err(self.fail(operation, &r)),
+        }
+    }
+
+    /// `DELETE /enrollments/{id}` with `If-Match: "*"`; false when it was not there.
+    pub async fn dps_delete(&self, id: &str, operation: &'static str) -> Result<bool> {
+        let r = self
+            .call(
+                Method::DELETE,
+                &format!("/enrollments/{}", encode_component(id)),
+                &[("if-match", "\"*\"".to_owned())],
+                None,
+                operation,
+            )
+            .await?;
+        match r.status {
+            200 | 204 => Ok(true),
+            404 => Ok(false),
+            _ => Err(self.fail(operation, &r)),
+        }
+    }
+
+    /// `POST /enrollments/query` (`*`): a page of enrollments and the continuation.
+    pub async fn dps_query(
+        &self,
+        continuation: Option<&str>,
+        max: usize,
+        operation: &'static str,
+    ) -> Result<(Vec<Value>, Option<String>)> {
+        self.query(
+            "/enrollments/query",
+            json!({"query": "*"}),
+            continuation,
+            max,
+            operation,
+        )
+        .await
+    }
+
+    async fn query(
+        &self,
+        path: &str,
+        body: Value,
+        continuation: Option<&str>,
+        max: usize,
+        operation: &'static str,
+    ) -> Result<(Vec<Value>, Option<String>)> {
+        let mut headers = vec![("x-ms-max-item-count", max.to_string())];
+        if let Some(c) = continuation {
+            headers.push(("x-ms-continuation", c.to_owned()));
+        }
+        let r = self
+            .call(Method::POST, path, &headers, Some(&body), operation)
+            .await?;
+        if r.status != 200 {
+            return Err(self.fail(operation, &r));
+        }
+        let next = r
+            .header("x-ms-continuation")
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned);
+        match r.json(self.service, operation)? {
+            Value::Array(items) => Ok((items, next)),
+            _ => Err(
+                Error::new(ErrorKind::Unexpected, "query answer is not a JSON array")
+                    .with_operation(operation),
+            ),
+        }
+    }
+}
+
+/// A transport failure: before a connection is made it is `Network` (nothing was sent);
+/// after, the call may have taken effect, so `OutcomeUnknown`.
+fn network_error(service: Service, operation: &'static str, e: &reqwest::Error) -> Error {
+    let kind = if e.is_connect() {
+        ErrorKind::Network
+    } else {
+        ErrorKind::OutcomeUnknown
+    };
+    let mut msg = e.to_string();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    Error::new(kind, msg)
+        .with_operation(operation)
+        .with_context("connector", service.connector())
+}

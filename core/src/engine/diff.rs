@@ -1,0 +1,160 @@
+//! The backfill plan: which devices are missing from a target, present and identical, present
+//! but different, and (where the target can list) extra in it. Read-only: `diff` and
+//! `provision --dry-run` change nothing.
+
+use std::collections::HashSet;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::Engine;
+use crate::connector::RemoteDevice;
+use crate::error::Result;
+use crate::identity::{DeviceId, DeviceIdentity};
+
+/// Where a device stands in the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DiffStatus {
+    /// Not in the target: provisioning would create it.
+    Missing,
+    /// In the target as idbridge would create it.
+    Identical,
+    /// In the target, but different.
+    Different,
+    /// In the target, not in the input.
+    Extra,
+    /// The lookup failed.
+    Error,
+}
+
+/// One line of the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiffEntry {
+    /// The device, when known (an extra remote device may not tell).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
+    /// Its status.
+    pub status: DiffStatus,
+    /// Where it came from (input devices).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// What the target holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteDevice>,
+    /// What differs, or why the lookup failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+/// The plan, input devices first in input order, then extras.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DiffReport {
+    /// Every line.
+    pub entries: Vec<DiffEntry>,
+    /// Missing devices.
+    pub missing: u64,
+    /// Identical devices.
+    pub identical: u64,
+    /// Different devices.
+    pub different: u64,
+    /// Extra remote devices (only when `listed`).
+    pub extra: u64,
+    /// Failed lookups.
+    pub errors: u64,
+    /// Whether the target was listed for extras.
+    pub listed: bool,
+}
+
+impl Engine {
+    /// Looks every device up (paced, concurrent, retried) and, where the target can list,
+    /// finds the extras.
+    pub async fn diff(&self, devices: &[DeviceIdentity]) -> Result<DiffReport> {
+        let ctx = self.context();
+        let concurrency = match self.caps.max_concurrency {
+            0 => self.opts.concurrency.max(1),
+            n => self.opts.concurrency.clamp(1, n),
+        };
+        let entries: Vec<DiffEntry> = futures::stream::iter(devices)
+            .map(|d| {
+                let ctx = ctx.clone();
+                async move {
+                    let r = self
+                        .call_with_retry("lookup", || self.connector.lookup(&ctx, d))
+                        .await;
+                    let (status, remote, details) = match r {
+                        Ok(None) => (DiffStatus::Missing, None, Vec::new()),
+                        Ok(Some(remote)) => {
+                            let mut details = remote.differences.clone();
+                            if let Some(id) = &remote.device_id
+                                && *id != d.device_id
+                            {
+                                details.push(format!("holds certificate {id}"));
+                            }
+                            if details.is_empty() {
+                                (DiffStatus::Identical, Some(remote), details)
+                            } else {
+                                (DiffStatus::Different, Some(remote), details)
+                            }
+                        }
+                        Err(e) => (DiffStatus::Error, None, vec![e.to_string()]),
+                    };
+                    DiffEntry {
+                        device_id: Some(d.device_id.clone()),
+                        status,
+                        source: Some(d.source.to_string()),
+                        remote,
+                        details,
+                    }
+                }
+            })
+            .buffered(concurrency)
+            .collect()
+            .await;
+        let mut report = DiffReport {
+            entries,
+            ..Default::default()
+        };
+        if self.caps.supports_list {
+            let known: HashSet<&DeviceId> = devices.iter().map(|d| &d.device_id).collect();
+            let mut cursor = None;
+            loop {
+                let c = cursor.clone();
+                let page = self
+                    .call_with_retry("list", || self.connector.list(&ctx, c.clone()))
+                    .await?;
+                for remote in page.devices {
+                    let extra = match &remote.device_id {
+                        Some(id) => !known.contains(id),
+                        None => false,
+                    };
+                    if extra {
+                        report.entries.push(DiffEntry {
+                            device_id: remote.device_id.clone(),
+                            status: DiffStatus::Extra,
+                            source: None,
+                            remote: Some(remote),
+                            details: Vec::new(),
+                        });
+                    }
+                }
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+            report.listed = true;
+        }
+        for e in &report.entries {
+            match e.status {
+                DiffStatus::Missing => report.missing += 1,
+                DiffStatus::Identical => report.identical += 1,
+                DiffStatus::Different => report.different += 1,
+                DiffStatus::Extra => report.extra += 1,
+                DiffStatus::Error => report.errors += 1,
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,859 @@
+//! The provisioning engine: plans a job in the [journal](crate::journal), then registers (or
+//! deregisters) its devices through a [`Connector`] with bounded concurrency, per-API pacing,
+//! batching, one retry loop and crash-safe bookkeeping.
+//!
+//! # Embedding
+//!
+//! ```no_run
+//! # async fn demo(connector: std::sync::Arc<dyn idbridge_core::Connector>,
+//! #               devices: Vec<idbridge_core::DeviceIdentity>) -> idbridge_core::Result<()> {
+//! use idbridge_core::engine::{Engine, EngineOptions, NoProgress};
+//! use idbridge_core::journal::{self, Operation};
+//!
+//! let journal = journal::open("sqlite:idbridge-journal.sqlite")?;
+//! let engine = Engine::new(connector, journal, EngineOptions::default());
+//! let report = engine
+//!     .execute(Operation::Provision, "demo", devices, serde_json::Value::Null, &NoProgress)
+//!     .await?;
+//! println!("{} done, {} failed", report.counts.done, report.counts.failed);
+//! # Ok(()) }
+//! ```
+//!
+//! # The protocol
+//!
+//! For a connector whose `register` is not idempotent, each device is written `in_flight`
+//! durably before the call. A call that times out, or whose answer is lost, leaves the device
+//! `unknown`; before sending it again the engine calls `lookup`: found and identical is done
+//! (`already_present`), absent is sent again. After a crash, `in_flight` devices are treated the
+//! same way. Batch calls report per-device outcomes and only failed devices are retried.
+
+mod diff;
+mod pacer;
+mod retry;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::connector::{
+    CallContext, Capabilities, Connector, DeregisterOutcome, Quota, RegisterOutcome, RemoteDevice,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::identity::DeviceIdentity;
+use crate::journal::{
+    DeviceRecord, DeviceState, DeviceUpdate, JobSpec, JobState, Journal, OpenedJob, Operation,
+    Outcome, StateCounts,
+};
+
+pub use diff::{DiffEntry, DiffReport, DiffStatus};
+pub use pacer::{HEADROOM, RatePacer, TARGET_API, TokioClock};
+pub use retry::RetryPolicy;
+
+use retry::Backoff;
+
+/// How the engine runs a job.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Calls in flight at once (further capped by the connector's `max_concurrency`).
+    pub concurrency: usize,
+    /// Devices per call, at most the connector's `max_batch_size`.
+    pub batch_size: Option<usize>,
+    /// Target-wide devices per second (`--rate`), on top of the per-API quotas.
+    pub rate: Option<f64>,
+    /// Per-API quotas replacing the connector's defaults (raised quotas).
+    pub quotas: Vec<Quota>,
+    /// The longest one call may take; past it the outcome is unknown.
+    pub attempt_timeout: Duration,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Seeds the backoff jitter (tests); None draws from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            concurrency: 16,
+            batch_size: None,
+            rate: None,
+            quotas: Vec::new(),
+            attempt_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            seed: None,
+        }
+    }
+}
+
+/// Told about a job's progress (a progress bar, JSON lines, a receiver's response).
+pub trait Progress: Send + Sync {
+    /// The job starts: `total` devices of which `done` were finished by an earlier run.
+    fn started(&self, job_id: &str, total: u64, done: u64) {
+        let _ = (job_id, total, done);
+    }
+
+    /// A device finished (done or failed) in this run.
+    fn finished(&self, update: &DeviceUpdate) {
+        let _ = update;
+    }
+
+    /// Devices will be retried after `delay`.
+    fn retrying(&self, devices: usize, error: &Error, delay: Duration) {
+        let _ = (devices, error, delay);
+    }
+}
+
+/// Progress that goes nowhere.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
+
+/// The result of a run: every device's record in the journal, in input order.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    /// The job.
+    pub job_id: String,
+    /// What it did.
+    pub operation: Operation,
+    /// Where.
+    pub target: String,
+    /// Whether an unfinished job was continued.
+    pub resumed: bool,
+    /// Whether every device reached done or failed and the job is closed.
+    pub finished: bool,
+    /// Why the run stopped early (bad credentials, the target disabled), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+    /// Devices by state.
+    pub counts: StateCounts,
+    /// Every device, in input order.
+    pub devices: Vec<DeviceRecord>,
+}
+
+impl JobReport {
+    /// Whether every device is done.
+    pub fn all_done(&self) -> bool {
+        self.finished && self.counts.done == self.counts.total()
+    }
+}
+
+/// Runs jobs against one connector. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Engine {
+    connector: Arc<dyn Connector>,
+    journal: Arc<dyn Journal>,
+    opts: EngineOptions,
+    caps: Capabilities,
+    pacer: Arc<RatePacer>,
+}
+
+impl Engine {
+    /// An engine for `connector`, recording in `journal`.
+    pub fn new(
+        connector: Arc<dyn Connector>,
+        journal: Arc<dyn Journal>,
+        opts: EngineOptions,
+    ) -> Self {
+        let caps = connector.info();
+        let mut quotas = caps.quotas.clone();
+        quotas.extend(opts.quotas.iter().cloned());
+        if let Some(rate) = opts.rate {
+            quotas.push(Quota::new(TARGET_API, rate));
+        }
+        Engine {
+            pacer: Arc::new(RatePacer::new(&quotas)),
+            connector,
+            journal,
+            opts,
+            caps,
+        }
+    }
+
+    /// The connector's capabilities.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// The quotas in force, per API (`*` is the target-wide `--rate`).
+    pub fn quotas(&self) -> &[Quota] {
+        self.pacer.quotas()
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Arc<dyn Journal> {
+        &self.journal
+    }
+
+    /// A context for calls outside jobs (health checks), paced like job calls.
+    pub fn context(&self) -> CallContext {
+        CallContext::paced(self.pacer.clone())
+    }
+
+    /// Opens (or continues) the job for `devices` and runs it: the one call an embedding
+    /// program (or `idbridge serve`) needs. `params` is stored with the job for `resume`.
+    pub async fn execute(
+        &self,
+        operation: Operation,
+        target: &str,
+        devices: Vec<DeviceIdentity>,
+        params: serde_json::Value,
+        progress: &dyn Progress,
+    ) -> Result<JobReport> {
+        let opened = self.open(operation, target, &devices, params).await?;
+        self.run(&opened, operation, target, devices, progress)
+            .await
+    }
+
+    /// Opens the job for `devices`: the unfinished one with the same operation, target and
+    /// devices, or a new one with every device pending.
+    pub async fn open(
+        &self,
+        operation: Operation,
+        target: &str,
+        devices: &[DeviceIdentity],
+        params: serde_json::Value,
+    ) -> Result<OpenedJob> {
+        let mut spec =
+            JobSpec::for_devices(operation, target, devices.iter().map(|d| &d.device_id));
+        spec.params = params;
+        self.journal.open_job(&spec, devices).await
+    }
+
+    /// Continues job `job_id` with the identities stored in the journal.
+    pub async fn resume(&self, job_id: &str, progress: &dyn Progress) -> Result<JobReport> {
+        let info = self.journal.job(job_id).await?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("no job {job_id} in the journal"),
+            )
+        })?;
+        let devices = self.journal.identities(job_id).await?;
+        let opened = OpenedJob {
+            id: info.id.clone(),
+            resumed: true,
+        };
+        self.run(
+            &opened,
+            info.spec.operation,
+            &info.spec.target,
+            devices,
+            progress,
+        )
+        .await
+    }
+
+    /// Runs an opened job to the end (or until the target refuses all further work).
+    /// `devices` are the job's identities; devices the journal has finished are skipped.
+    pub async fn run(
+        &self,
+        job: &OpenedJob,
+        operation: Operation,
+        target: &str,
+        devices: Vec<DeviceIdentity>,
+        progress: &dyn Progress,
+    ) -> Result<JobReport> {
+        let records = self.journal.devices(&job.id).await?;
+        let mut by_id: HashMap<_, _> = records
+            .into_iter()
+            .map(|r| (r.device_id.clone(), r))
+            .collect();
+        let total = by_id.len() as u64;
+        let mut done = 0u64;
+        let mut work = Vec::new();
+        for identity in devices {
+            let Some(rec) = by_id.remove(&identity.device_id) else {
+                continue;
+            };
+            match rec.state {
+                DeviceState::Done => done += 1,
+                state => work.push(Item {
+                    identity,
+                    attempts: rec.attempts,
+                    unknown: state.needs_reconcile(),
+                    error: None,
+                }),
+            }
+        }
+        progress.started(&job.id, total, done);
+        let run = Run {
+            engine: self,
+            job: &job.id,
+            operation,
+            backoff: Backoff::new(
+                self.opts.retry.clone(),
+                self.opts.seed,
+                self.opts.retry.budget_for(work.len()),
+            ),
+            abort: AtomicBool::new(false),
+            abort_reason: std::sync::Mutex::new(None),
+            progress,
+            ctx: {
+                let mut ctx = CallContext::paced(self.pacer.clone());
+                ctx.job_id = Some(job.id.clone());
+                ctx
+            },
+        };
+        let batch = self
+            .opts
+            .batch_size
+            .unwrap_or(usize::MAX)
+            .min(self.caps.max_batch_size)
+            .max(1);
+        let mut concurrency = self.opts.concurrency.max(1);
+        if self.caps.max_concurrency > 0 {
+            concurrency = concurrency.min(self.caps.max_concurrency);
+        }
+        let mut batches = Vec::with_capacity(work.len() / batch + 1);
+        let mut it = work.into_iter().peekable();
+        while it.peek().is_some() {
+            batches.push(it.by_ref().take(batch).collect::<Vec<_>>());
+        }
+        let results: Vec<Result<()>> = futures::stream::iter(batches)
+            .map(|b| run.batch(b))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        for r in results {
+            r?;
+        }
+        self.journal.flush().await?;
+        let aborted = run
+            .abort_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut devices = self.journal.devices(&job.id).await?;
+        let mut counts = StateCounts::default();
+        for d in &devices {
+            counts.add(d.state);
+        }
+        let mut finished = false;
+        if aborted.is_none() && counts.done + counts.failed == counts.total() {
+            let ctx = run.ctx.clone();
+            match self
+                .call_with_retry("finish", || self.connector.finish(&ctx))
+                .await
+            {
+                Ok(()) => {
+                    self.journal
+                        .set_job_state(&job.id, JobState::Finished)
+                        .await?;
+                    finished = true;
+                }
+                Err(e) => {
+                    devices = self.journal.devices(&job.id).await?;
+                    return Ok(JobReport {
+                        job_id: job.id.clone(),
+                        operation,
+                        target: target.to_owned(),
+                        resumed: job.resumed,
+                        finished: false,
+                        aborted: Some(format!("finishing the target failed: {e}")),
+                        counts,
+                        devices,
+                    });
+                }
+            }
+        }
+        Ok(JobReport {
+            job_id: job.id.clone(),
+            operation,
+            target: target.to_owned(),
+            resumed: job.resumed,
+            finished,
+            aborted,
+            counts,
+            devices,
+        })
+    }
+
+    /// One call outside a batch (lookup, list, finish), with the engine's retry loop.
+    pub async fn call_with_retry<T, F, Fut>(&self, operation: &'static str, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let backoff = Backoff::new(self.opts.retry.clone(), self.opts.seed, u64::MAX);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let err = match tokio::time::timeout(self.opts.attempt_timeout, f()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    Error::new(ErrorKind::OutcomeUnknown, "timed out").with_operation(operation)
+                }
+            };
+            if !err.is_temporary() || attempt >= backoff.policy().max_attempts {
+                return Err(err);
+            }
+            let delay = backoff.delay(attempt, err.retry_after());
+            tracing::debug!(operation, attempt, error = %err, ?delay, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// A device being worked on.
+struct Item {
+    identity: DeviceIdentity,
+    attempts: u32,
+    /// A call may have reached the cloud without its answer: lookup before sending again.
+    unknown: bool,
+    error: Option<Error>,
+}
+
+/// One run of one job.
+struct Run<'a> {
+    engine: &'a Engine,
+    job: &'a str,
+    operation: Operation,
+    backoff: Backoff,
+    abort: AtomicBool,
+    abort_reason: std::sync::Mutex<Option<String>>,
+    progress: &'a dyn Progress,
+    ctx: CallContext,
+}
+
+/// Errors that make every further call pointless: stop the job, leave devices pending.
+fn is_fatal(e: &Error) -> bool {
+    !e.is_temporary()
+        && matches!(
+            e.kind(),
+            ErrorKind::Unauthenticated
+                | ErrorKind::PermissionDenied
+                | ErrorKind::TargetDisabled
+                | ErrorKind::ConfigInvalid
+        )
+}
+
+impl Run<'_> {
+    /// The register-side write-ahead: needed when sending twice could create twice.
+    fn write_ahead(&self) -> bool {
+        self.operation == Operation::Provision && !self.engine.caps.idempotent_register
+    }
+
+    fn stop(&self, e: &Error) {
+        if !self.abort.swap(true, Ordering::AcqRel) {
+            tracing::error!(error = %e, "the target refuses all further work; stopping the job");
+            *self.abort_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
+    }
+
+    async fn batch(&self, mut items: Vec<Item>) -> Result<()> {
+        let engine = self.engine;
+        let units = u32::try_from(items.len()).unwrap_or(u32::MAX);
+        engine.pacer.wait(TARGET_API, units).await;
+        let mut round = 0u32;
+        loop {
+            if self.abort.load(Ordering::Acquire) || items.is_empty() {
+                return Ok(());
+            }
+            round += 1;
+            if self.write_ahead() {
+                items = self.reconcile(items).await?;
+                if items.is_empty() {
+                    return Ok(());
+                }
+                let marks = items
+                    .iter()
+                    .map(|i| {
+                        DeviceUpdate::state(
+                            i.identity.device_id.clone(),
+                            DeviceState::InFlight,
+                            i.attempts + 1,
+                        )
+                    })
+                    .collect();
+                engine.journal.record(self.job, marks, true).await?;
+            } else {
+                // Unknown devices are simply sent again: the call is idempotent.
+                for i in &mut items {
+                    i.unknown = false;
+                }
+            }
+            for i in &mut items {
+                i.attempts += 1;
+                i.error = None;
+            }
+            let retry = match self.operation {
+                Operation::Provision => self.register(items).await?,
+                Operation::Deprovision => self.deregister(items).await?,
+            };
+            items = self.schedule(retry, round).await?;
+        }
+    }
+
+    /// Calls `register` once for `items`; records finished devices; returns those to retry.
+    async fn register(&self, items: Vec<Item>) -> Result<Vec<Item>> {
+        let engine = self.engine;
+        let ids: Vec<DeviceIdentity> = items.iter().map(|i| i.identity.clone()).collect();
+        let call = tokio::time::timeout(
+            engine.opts.attempt_timeout,
+            engine.connector.register(&self.ctx, &ids),
+        )
+        .await;
+        let outcomes = match call {
+            Ok(Ok(out)) if out.len() == items.len() => out,
+            Ok(Ok(out)) => {
+                let e = Error::new(
+                    ErrorKind::Unexpected,
+                    format!(
+                        "connector returned {} outcomes for {} devices",
+                        out.len(),
+                        items.len()
+                    ),
+                )
+                .with_operation("register")
+                .set_temporary(false);
+                return self.whole_call_failed(items, e).await;
+            }
+            Ok(Err(e)) => return self.whole_call_failed(items, e).await,
+            Err(_) => {
+                let e = Error::new(
+                    ErrorKind::OutcomeUnknown,
+                    format!("no answer within {:?}", engine.opts.attempt_timeout),
+                )
+                .with_operation("register");
+                return self.whole_call_failed(items, e).await;
+            }
+        };
+        let mut finished = Vec::new();
+        let mut retry = Vec::new();
+        for (mut item, outcome) in items.into_iter().zip(outcomes) {
+            match outcome {
+                RegisterOutcome::Created(r) => {
+                    finished.push(done(&item, Outcome::Created, Some(r)));
+                }
+                RegisterOutcome::AlreadyPresent(r) => {
+                    finished.push(done(&item, Outcome::AlreadyPresent, Some(r)));
+                }
+                RegisterOutcome::Conflict { remote, reason } => {
+                    let mut u = failed_update(&item, Outcome::Conflict, "conflict", reason, None);
+                    if let Some(r) = remote {
+                        u.remote_name = Some(r.name);
+                        u.resources = r.resources;
+                    }
+                    finished.push(u);
+                }
+                RegisterOutcome::Failed(e) => {
+                    if e.kind() == ErrorKind::OutcomeUnknown {
+                        item.unknown = true;
+                    }
+                    if e.is_temporary() {
+                        item.error = Some(e);
+                        retry.push(item);
+                    } else {
+                        finished.push(error_update(&item, &e));
+                    }
+                }
+            }
+        }
+        self.record_finished(finished).await?;
+        Ok(retry)
+    }
+
+    async fn deregister(&self, items: Vec<Item>) -> Result<Vec<Item>> {
+        let engine = self.engine;
+        let ids: Vec<DeviceIdentity> = items.iter().map(|i| i.identity.clone()).collect();
+        let call = tokio::time::timeout(
+            engine.opts.attempt_timeout,
+            engine.connector.deregister(&self.ctx, &ids),
+        )
+        .await;
+        let outcomes = match call {
+            Ok(Ok(out)) if out.len() == items.len() => out,
+            Ok(Ok(out)) => {
+                let e = Error::new(
+                    ErrorKind::Unexpected,
+                    format!(
+                        "connector returned {} outcomes for {} devices",
+                        out.len(),
+                        items.len()
+                    ),
+                )
+                .with_operation("deregister")
+                .set_temporary(false);
+                return self.whole_call_failed(items, e).await;
+            }
+            Ok(Err(e)) => return self.whole_call_failed(items, e).await,
+            Err(_) => {
+                let e = Error::new(
+                    ErrorKind::OutcomeUnknown,
+                    format!("no answer within {:?}", engine.opts.attempt_timeout),
+                )
+                .with_operation("deregister");
+                return self.whole_call_failed(items, e).await;
+            }
+        };
+        let mut finished = Vec::new();
+        let mut retry = Vec::new();
+        for (mut item, outcome) in items.into_iter().zip(outcomes) {
+            match outcome {
+                DeregisterOutcome::Deleted => finished.push(done(&item, Outcome::Deleted, None)),
+                DeregisterOutcome::NotFound => {
+                    finished.push(done(&item, Outcome::NotFound, None));
+                }
+                DeregisterOutcome::Failed(e) if e.is_temporary() => {
+                    item.error = Some(e);
+                    retry.push(item);
+                }
+                DeregisterOutcome::Failed(e) => finished.push(error_update(&item, &e)),
+            }
+        }
+        self.record_finished(finished).await?;
+        Ok(retry)
+    }
+
+    /// The whole call failed: temporary → every device retried (unknown on a lost answer);
+    /// permanent → every device failed, or the job stopped if nothing can work.
+    async fn whole_call_failed(&self, mut items: Vec<Item>, e: Error) -> Result<Vec<Item>> {
+        if e.is_temporary() {
+            let unknown = e.kind() == ErrorKind::OutcomeUnknown;
+            for i in &mut items {
+                i.unknown |= unknown;
+                i.error = Some(copy_error(&e));
+            }
+            return Ok(items);
+        }
+        if is_fatal(&e) {
+            self.stop(&e);
+            return Ok(Vec::new());
+        }
+        let finished = items.iter().map(|i| error_update(i, &e)).collect();
+        self.record_finished(finished).await?;
+        Ok(Vec::new())
+    }
+
+    /// Checks the retry budget and attempt limits, records unknowns, waits the backoff.
+    async fn schedule(&self, mut retry: Vec<Item>, round: u32) -> Result<Vec<Item>> {
+        if retry.is_empty() {
+            return Ok(retry);
+        }
+        let max = self.backoff.policy().max_attempts;
+        let mut finished = Vec::new();
+        let mut unknown = Vec::new();
+        let budget_ok = self.backoff.take_budget();
+        retry.retain(|i| {
+            let e = i.error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+            if !budget_ok || i.attempts >= max {
+                let why = if budget_ok {
+                    format!("gave up after {} attempts: {e}", i.attempts)
+                } else {
+                    format!("retry budget of the job spent: {e}")
+                };
+                let mut u = failed_update(
+                    i,
+                    Outcome::Error,
+                    i.error.as_ref().map_or("unexpected", |e| e.kind().as_str()),
+                    why,
+                    i.error
+                        .as_ref()
+                        .and_then(|e| e.request_id())
+                        .map(str::to_owned),
+                );
+                if i.unknown && self.write_ahead() {
+                    // It may exist in the cloud: leave it for a later run to reconcile.
+                    u.state = DeviceState::Unknown;
+                    u.outcome = None;
+                }
+                finished.push(u);
+                false
+            } else {
+                if i.unknown {
+                    let mut u = DeviceUpdate::state(
+                        i.identity.device_id.clone(),
+                        DeviceState::Unknown,
+                        i.attempts,
+                    );
+                    u.reason = Some(e);
+                    unknown.push(u);
+                }
+                true
+            }
+        });
+        self.record_finished(finished).await?;
+        self.engine.journal.record(self.job, unknown, false).await?;
+        if retry.is_empty() {
+            return Ok(retry);
+        }
+        let retry_after = retry
+            .iter()
+            .filter_map(|i| i.error.as_ref().and_then(Error::retry_after))
+            .max();
+        let delay = self.backoff.delay(round, retry_after);
+        if let Some(e) = retry.iter().find_map(|i| i.error.as_ref()) {
+            tracing::debug!(devices = retry.len(), error = %e, ?delay, "retrying");
+            self.progress.retrying(retry.len(), e, delay);
+        }
+        tokio::time::sleep(delay).await;
+        Ok(retry)
+    }
+
+    /// Before resending devices whose earlier call may have taken effect, asks the cloud.
+    async fn reconcile(&self, items: Vec<Item>) -> Result<Vec<Item>> {
+        if !items.iter().any(|i| i.unknown) {
+            return Ok(items);
+        }
+        let engine = self.engine;
+        let looked = futures::future::join_all(items.into_iter().map(|mut item| async move {
+            if !item.unknown {
+                return (item, None);
+            }
+            let r = tokio::time::timeout(
+                engine.opts.attempt_timeout,
+                engine.connector.lookup(&self.ctx, &item.identity),
+            )
+            .await;
+            match r {
+                Ok(Ok(Some(remote))) => {
+                    let same = remote.differences.is_empty()
+                        && remote
+                            .device_id
+                            .as_ref()
+                            .is_none_or(|d| *d == item.identity.device_id);
+                    let u = if same {
+                        done(&item, Outcome::AlreadyPresent, Some(remote))
+                    } else {
+                        let reason = if remote.differences.is_empty() {
+                            format!("{} holds a different certificate", remote.name)
+                        } else {
+                            remote.differences.join("; ")
+                        };
+                        let mut u =
+                            failed_update(&item, Outcome::Conflict, "conflict", reason, None);
+                        u.remote_name = Some(remote.name);
+                        u.resources = remote.resources;
+                        u
+                    };
+                    (item, Some(Ok(u)))
+                }
+                Ok(Ok(None)) => {
+                    item.unknown = false;
+                    (item, None)
+                }
+                Ok(Err(e)) => (item, Some(Err(e))),
+                Err(_) => (
+                    item,
+                    Some(Err(Error::new(
+                        ErrorKind::OutcomeUnknown,
+                        "lookup timed out",
+                    )
+                    .with_operation("lookup"))),
+                ),
+            }
+        }))
+        .await;
+        let mut keep = Vec::new();
+        let mut finished = Vec::new();
+        let mut retry = Vec::new();
+        for (mut item, r) in looked {
+            match r {
+                None => keep.push(item),
+                Some(Ok(u)) => finished.push(u),
+                Some(Err(e)) if e.is_temporary() => {
+                    item.attempts += 1;
+                    item.error = Some(e);
+                    retry.push(item);
+                }
+                Some(Err(e)) => {
+                    if is_fatal(&e) {
+                        self.stop(&e);
+                        return Ok(Vec::new());
+                    }
+                    let mut u = error_update(&item, &e);
+                    // It may exist: keep it reconcilable rather than failed for good.
+                    u.state = DeviceState::Unknown;
+                    u.outcome = None;
+                    finished.push(u);
+                }
+            }
+        }
+        self.record_finished(finished).await?;
+        if !retry.is_empty() {
+            // Lookups that failed temporarily wait a backoff, then join the next round.
+            let again = self.schedule(retry, 1).await?;
+            keep.extend(again);
+        }
+        Ok(keep)
+    }
+
+    async fn record_finished(&self, updates: Vec<DeviceUpdate>) -> Result<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        for u in &updates {
+            self.progress.finished(u);
+        }
+        self.engine.journal.record(self.job, updates, false).await
+    }
+}
+
+/// The same error for another device: kind, temporariness, operation, request id, Retry-After.
+fn copy_error(e: &Error) -> Error {
+    let mut c = Error::new(e.kind(), e.message())
+        .with_operation(e.operation())
+        .set_temporary(e.is_temporary());
+    if let Some(id) = e.request_id() {
+        c = c.with_context("request_id", id);
+    }
+    if let Some(after) = e.retry_after() {
+        c = c.with_retry_after(after);
+    }
+    c
+}
+
+fn done(item: &Item, outcome: Outcome, remote: Option<RemoteDevice>) -> DeviceUpdate {
+    let mut u = DeviceUpdate::state(
+        item.identity.device_id.clone(),
+        DeviceState::Done,
+        item.attempts,
+    );
+    u.outcome = Some(outcome);
+    if let Some(r) = remote {
+        u.remote_name = Some(r.name);
+        u.resources = r.resources;
+    }
+    u
+}
+
+fn failed_update(
+    item: &Item,
+    outcome: Outcome,
+    kind: &str,
+    reason: String,
+    request_id: Option<String>,
+) -> DeviceUpdate {
+    let mut u = DeviceUpdate::state(
+        item.identity.device_id.clone(),
+        DeviceState::Failed,
+        item.attempts,
+    );
+    u.outcome = Some(outcome);
+    u.error_kind = Some(kind.to_owned());
+    u.reason = Some(reason);
+    u.request_id = request_id;
+    u
+}
+
+fn error_update(item: &Item, e: &Error) -> DeviceUpdate {
+    failed_update(
+        item,
+        if e.kind() == ErrorKind::Conflict {
+            Outcome::Conflict
+        } else {
+            Outcome::Error
+        },
+        e.kind().as_str(),
+        e.to_string(),
+        e.request_id().map(str::to_owned),
+    )
+}
+
+#[cfg(test)]
+mod tests;

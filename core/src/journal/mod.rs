@@ -1,0 +1,428 @@
+//! The crash-safe record of provisioning jobs: which devices a job covers and where each one is
+//! (pending, in flight, done, failed, outcome unknown), with the cloud resource ids it created.
+//!
+//! The engine writes a device `in_flight` durably *before* a non-idempotent call that may create
+//! it, and its result afterwards. After a `kill -9` at any instant a rerun finds every device
+//! either untouched (pending), finished (done/failed), or possibly sent (in flight / unknown);
+//! the last are reconciled with the connector's `lookup` before anything is sent again, so no
+//! device is lost or registered twice.
+//!
+//! [`Journal`] is the trait (a PostgreSQL one can follow for multi-worker deployments);
+//! [`SqliteJournal`] the embedded default: one SQLite file in WAL mode, written by one thread that
+//! commits everything queued in one transaction (group commit), so the journal is not the
+//! bottleneck. Nothing secret is stored: certificates are public, batch IDs are kept only as
+//! their tag.
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::identity::{DeviceId, DeviceIdentity};
+
+pub use sqlite::SqliteJournal;
+
+/// What a job does to its devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// Register devices (`idbridge provision`).
+    Provision,
+    /// Remove devices (`idbridge deprovision`).
+    Deprovision,
+}
+
+impl Operation {
+    /// `"provision"` or `"deprovision"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Provision => "provision",
+            Operation::Deprovision => "deprovision",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Operation {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "provision" => Ok(Operation::Provision),
+            "deprovision" => Ok(Operation::Deprovision),
+            other => Err(Error::new(
+                ErrorKind::Unexpected,
+                format!("unknown job operation {other:?} in the journal"),
+            )),
+        }
+    }
+}
+
+/// Where a device of a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    /// Nothing sent yet.
+    Pending,
+    /// A call that may change the cloud was (possibly) sent; the answer is not recorded.
+    InFlight,
+    /// A call timed out or its answer was lost: reconcile with `lookup` before sending again.
+    Unknown,
+    /// Finished successfully (created, already present, deleted, not found).
+    Done,
+    /// Finished without success (conflict, permanent error, retries exhausted).
+    Failed,
+}
+
+impl DeviceState {
+    /// The snake_case name stored in the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Pending => "pending",
+            DeviceState::InFlight => "in_flight",
+            DeviceState::Unknown => "unknown",
+            DeviceState::Done => "done",
+            DeviceState::Failed => "failed",
+        }
+    }
+
+    /// Whether the device may have reached the cloud without its answer being recorded.
+    pub fn needs_reconcile(self) -> bool {
+        matches!(self, DeviceState::InFlight | DeviceState::Unknown)
+    }
+}
+
+impl fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeviceState {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pending" => DeviceState::Pending,
+            "in_flight" => DeviceState::InFlight,
+            "unknown" => DeviceState::Unknown,
+            "done" => DeviceState::Done,
+            "failed" => DeviceState::Failed,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Unexpected,
+                    format!("unknown device state {other:?} in the journal"),
+                ));
+            }
+        })
+    }
+}
+
+/// Whether a job still has work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Created or interrupted: `idbridge resume` (or the same command) finishes it.
+    Running,
+    /// Every device reached done or failed and the connector's `finish` ran.
+    Finished,
+}
+
+impl JobState {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Finished => "finished",
+        }
+    }
+}
+
+/// What a new job is: stored with it so `idbridge resume JOB` can rebuild the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Provision or deprovision.
+    pub operation: Operation,
+    /// The target's name in the configuration (`[targets.NAME]`).
+    pub target: String,
+    /// Identifies "the same command": an unfinished job with this key is resumed, not duplicated.
+    pub key: String,
+    /// Free-form, non-secret run parameters (config file path, options) for `resume`.
+    #[serde(default)]
+    pub params: serde_json::Value,
+}
+
+impl JobSpec {
+    /// A spec whose key is derived from the operation, the target and the set of devices.
+    pub fn for_devices<'a>(
+        operation: Operation,
+        target: &str,
+        devices: impl IntoIterator<Item = &'a DeviceId>,
+    ) -> Self {
+        let mut ids: Vec<&str> = devices.into_iter().map(DeviceId::as_str).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(operation.as_str().as_bytes());
+        ctx.update(b"\0");
+        ctx.update(target.as_bytes());
+        for id in ids {
+            ctx.update(b"\0");
+            ctx.update(id.as_bytes());
+        }
+        JobSpec {
+            operation,
+            target: target.to_owned(),
+            key: hex::encode(ctx.finish()),
+            params: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Device counts by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StateCounts {
+    /// Not sent yet.
+    pub pending: u64,
+    /// Possibly sent, answer not recorded.
+    pub in_flight: u64,
+    /// Outcome unknown.
+    pub unknown: u64,
+    /// Done.
+    pub done: u64,
+    /// Failed.
+    pub failed: u64,
+}
+
+impl StateCounts {
+    /// All devices.
+    pub fn total(&self) -> u64 {
+        self.pending + self.in_flight + self.unknown + self.done + self.failed
+    }
+
+    /// Adds one device in `state`.
+    pub fn add(&mut self, state: DeviceState) {
+        match state {
+            DeviceState::Pending => self.pending += 1,
+            DeviceState::InFlight => self.in_flight += 1,
+            DeviceState::Unknown => self.unknown += 1,
+            DeviceState::Done => self.done += 1,
+            DeviceState::Failed => self.failed += 1,
+        }
+    }
+}
+
+/// A job as the journal holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobInfo {
+    /// `job-` and 16 hex digits.
+    pub id: String,
+    /// What it was created with.
+    pub spec: JobSpec,
+    /// Running or finished.
+    pub state: JobState,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339.
+    pub updated: String,
+    /// Devices by state.
+    pub counts: StateCounts,
+}
+
+/// What happened to a device, as a stable word for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Registered now.
+    Created,
+    /// Was registered already, identical.
+    AlreadyPresent,
+    /// Something different is registered under its name or certificate.
+    Conflict,
+    /// Removed now.
+    Deleted,
+    /// Was not registered (deprovision).
+    NotFound,
+    /// An error, see the reason.
+    Error,
+}
+
+impl Outcome {
+    /// The snake_case word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::AlreadyPresent => "already_present",
+            Outcome::Conflict => "conflict",
+            Outcome::Deleted => "deleted",
+            Outcome::NotFound => "not_found",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "created" => Outcome::Created,
+            "already_present" => Outcome::AlreadyPresent,
+            "conflict" => Outcome::Conflict,
+            "deleted" => Outcome::Deleted,
+            "not_found" => Outcome::NotFound,
+            "error" => Outcome::Error,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Unexpected,
+                    format!("unknown outcome {other:?} in the journal"),
+                ));
+            }
+        })
+    }
+}
+
+/// One device of a job, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceRecord {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its position in the job's input (0-based).
+    pub seq: u64,
+    /// Where it is.
+    pub state: DeviceState,
+    /// What happened, once finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Calls made for it so far (across runs).
+    pub attempts: u32,
+    /// The error kind of the last failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+    /// One line: why it failed or is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The cloud's request id of the last failure, if it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The name the cloud knows it by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_name: Option<String>,
+    /// Cloud resource ids created or found (certificate ARN, thing name, etag ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, String>,
+    /// Where the device came from (`file:line`).
+    pub source: String,
+}
+
+/// A change to one device's record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceUpdate {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its new state.
+    pub state: DeviceState,
+    /// Its outcome, when finished.
+    pub outcome: Option<Outcome>,
+    /// Calls made so far.
+    pub attempts: u32,
+    /// The error kind of the last failure.
+    pub error_kind: Option<String>,
+    /// Why it failed or is unknown.
+    pub reason: Option<String>,
+    /// The cloud's request id.
+    pub request_id: Option<String>,
+    /// The cloud's name for it.
+    pub remote_name: Option<String>,
+    /// Cloud resource ids.
+    pub resources: BTreeMap<String, String>,
+}
+
+impl DeviceUpdate {
+    /// An update to `state` with nothing else known.
+    pub fn state(device_id: DeviceId, state: DeviceState, attempts: u32) -> Self {
+        DeviceUpdate {
+            device_id,
+            state,
+            outcome: None,
+            attempts,
+            error_kind: None,
+            reason: None,
+            request_id: None,
+            remote_name: None,
+            resources: BTreeMap::new(),
+        }
+    }
+}
+
+/// The result of [`Journal::open_job`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenedJob {
+    /// The job id.
+    pub id: String,
+    /// True when an unfinished job with the same key was found and is being continued.
+    pub resumed: bool,
+}
+
+/// The record of jobs. Object-safe; the engine holds `Arc<dyn Journal>`.
+///
+/// `record` with `durable = true` returns only once the updates are committed (the write-ahead
+/// mark before a non-idempotent call); with `false` it may return before, and the updates are
+/// committed with the next group (a lost one is harmless: the device is then still in flight and
+/// gets reconciled).
+#[async_trait]
+pub trait Journal: Send + Sync + fmt::Debug {
+    /// Continues the unfinished job with `spec.key`, or creates one with `devices` pending.
+    async fn open_job(&self, spec: &JobSpec, devices: &[DeviceIdentity]) -> Result<OpenedJob>;
+
+    /// One job.
+    async fn job(&self, id: &str) -> Result<Option<JobInfo>>;
+
+    /// Every job, newest first.
+    async fn jobs(&self) -> Result<Vec<JobInfo>>;
+
+    /// A job's device records, in input order.
+    async fn devices(&self, id: &str) -> Result<Vec<DeviceRecord>>;
+
+    /// A job's device identities (certificates, vendor attributes, source), in input order, to
+    /// resume a job without its input files. Batch IDs are not stored, so `batch` is None.
+    async fn identities(&self, id: &str) -> Result<Vec<DeviceIdentity>>;
+
+    /// Records device updates; see the trait docs for `durable`.
+    async fn record(&self, id: &str, updates: Vec<DeviceUpdate>, durable: bool) -> Result<()>;
+
+    /// Sets the job's state, durably.
+    async fn set_job_state(&self, id: &str, state: JobState) -> Result<()>;
+
+    /// Waits until everything recorded so far is committed.
+    async fn flush(&self) -> Result<()>;
+}
+
+/// Opens a journal from a URL: `sqlite:PATH`, `sqlite://PATH` or a plain path.
+pub fn open(url: &str) -> Result<std::sync::Arc<dyn Journal>> {
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "the PostgreSQL journal is not built yet; use sqlite:PATH",
+        ));
+    }
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    if path.is_empty() {
+        return Err(Error::new(ErrorKind::ConfigInvalid, "empty journal path"));
+    }
+    Ok(std::sync::Arc::new(SqliteJournal::open(path)?))
+}

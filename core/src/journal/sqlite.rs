@@ -1,0 +1,656 @@
+//! The embedded journal: one SQLite file in WAL mode, owned by one writer thread.
+//!
+//! Every request goes to the thread through a channel. Writes queued while the previous group
+//! committed are committed together in one transaction (group commit), so 100,000 devices cost a
+//! few hundred transactions, not 300,000. `synchronous = NORMAL` in WAL mode survives a killed
+//! process (the WAL is in the OS's page cache); only a power loss can lose the last commits.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::{
+    DeviceRecord, DeviceState, DeviceUpdate, JobInfo, JobSpec, JobState, Journal, OpenedJob,
+    Outcome, StateCounts,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::identity::{DeviceIdentity, Source, VendorAttributes};
+
+/// The SQLite journal. Cheap to share (`Arc`); dropping the last handle stops its thread after
+/// committing what was queued.
+pub struct SqliteJournal {
+    tx: mpsc::Sender<Cmd>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteJournal")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+type ReadFn = Box<dyn FnOnce(&mut Connection) + Send>;
+
+enum Cmd {
+    Write {
+        job: String,
+        updates: Vec<DeviceUpdate>,
+        ack: Option<oneshot::Sender<Result<()>>>,
+    },
+    /// Runs on the writer thread after everything queued before it is committed.
+    Exec(ReadFn),
+}
+
+impl SqliteJournal {
+    /// Opens (creating if needed) the journal file at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::new(
+                    ErrorKind::ConfigInvalid,
+                    format!("cannot create the journal directory {}", dir.display()),
+                )
+                .with_source(e)
+            })?;
+        }
+        let conn = Connection::open(&path).map_err(|e| {
+            Error::new(
+                ErrorKind::ConfigInvalid,
+                format!("cannot open the journal {}", path.display()),
+            )
+            .with_source(e)
+        })?;
+        init(&conn).map_err(|e| db_error(&path, e))?;
+        let (tx, rx) = mpsc::channel();
+        let p = path.clone();
+        std::thread::Builder::new()
+            .name("idbridge-journal".into())
+            .spawn(move || writer(conn, rx, p))
+            .map_err(|e| {
+                Error::new(ErrorKind::Unexpected, "cannot start the journal thread").with_source(e)
+            })?;
+        Ok(SqliteJournal { tx, path })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn exec<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Exec(Box::new(move |c| {
+                let _ = tx.send(f(c));
+            })))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+}
+
+#[async_trait]
+impl Journal for SqliteJournal {
+    async fn open_job(&self, spec: &JobSpec, devices: &[DeviceIdentity]) -> Result<OpenedJob> {
+        let spec = spec.clone();
+        let rows: Vec<NewDevice> = devices.iter().map(NewDevice::of).collect::<Result<_>>()?;
+        let path = self.path.clone();
+        self.exec(move |c| open_job(c, &spec, &rows).map_err(|e| db_error(&path, e)))
+            .await?
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<JobInfo>> {
+        let id = id.to_owned();
+        let path = self.path.clone();
+        self.exec(move |c| load_jobs(c, Some(&id)).map_err(|e| db_error(&path, e)))
+            .await?
+            .map(|mut v| v.pop())
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobInfo>> {
+        let path = self.path.clone();
+        self.exec(move |c| load_jobs(c, None).map_err(|e| db_error(&path, e)))
+            .await?
+    }
+
+    async fn devices(&self, id: &str) -> Result<Vec<DeviceRecord>> {
+        let id = id.to_owned();
+        let path = self.path.clone();
+        self.exec(move |c| load_devices(c, &id).map_err(|e| db_error(&path, e)))
+            .await?
+    }
+
+    async fn identities(&self, id: &str) -> Result<Vec<DeviceIdentity>> {
+        let id = id.to_owned();
+        let path = self.path.clone();
+        self.exec(move |c| load_identities(c, &id).map_err(|e| db_error(&path, e)))
+            .await?
+    }
+
+    async fn record(&self, id: &str, updates: Vec<DeviceUpdate>, durable: bool) -> Result<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let (ack, rx) = if durable {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.tx
+            .send(Cmd::Write {
+                job: id.to_owned(),
+                updates,
+                ack,
+            })
+            .map_err(|_| closed())?;
+        match rx {
+            Some(rx) => rx.await.map_err(|_| closed())?,
+            None => Ok(()),
+        }
+    }
+
+    async fn set_job_state(&self, id: &str, state: JobState) -> Result<()> {
+        let id = id.to_owned();
+        let path = self.path.clone();
+        self.exec(move |c| {
+            c.execute(
+                "UPDATE jobs SET state = ?1, updated = ?2 WHERE id = ?3",
+                params![state.as_str(), now(), id],
+            )
+            .map(|_| ())
+            .map_err(|e| db_error(&path, e))
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        // An Exec runs after every write queued before it is committed.
+        self.exec(|_| Ok(())).await
+    }
+}
+
+struct NewDevice {
+    device_id: String,
+    der: Arc<[u8]>,
+    vendor: String,
+    source: String,
+    source_display: String,
+    batch_tag: Option<String>,
+}
+
+impl NewDevice {
+    fn of(d: &DeviceIdentity) -> Result<Self> {
+        Ok(NewDevice {
+            device_id: d.device_id.as_str().to_owned(),
+            der: Arc::clone(&d.der),
+            vendor: serde_json::to_string(&d.vendor).map_err(json_error)?,
+            source: serde_json::to_string(&d.source).map_err(json_error)?,
+            source_display: d.source.to_string(),
+            batch_tag: d.batch.as_ref().map(|b| b.tag().to_owned()),
+        })
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    target TEXT NOT NULL,
+    params TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key, state);
+CREATE TABLE IF NOT EXISTS devices (
+    job TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    outcome TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error_kind TEXT,
+    reason TEXT,
+    request_id TEXT,
+    remote_name TEXT,
+    resources TEXT,
+    source TEXT NOT NULL
+);
+-- Rows are stored in rowid (= input) order, so the devices a run updates together share pages;
+-- the key is looked up through this index, device id first (it differs in the first bytes).
+CREATE UNIQUE INDEX IF NOT EXISTS devices_key ON devices (device_id, job);
+CREATE INDEX IF NOT EXISTS devices_seq ON devices (job, seq);
+-- Certificates are written once and read only by `resume`: kept apart so the rows the engine
+-- updates stay small.
+CREATE TABLE IF NOT EXISTS certificates (
+    job TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    source_json TEXT NOT NULL,
+    vendor_json TEXT NOT NULL,
+    batch_tag TEXT,
+    der BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS certificates_seq ON certificates (job, seq);
+";
+
+fn init(c: &Connection) -> rusqlite::Result<()> {
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "NORMAL")?;
+    // 64 MiB of page cache: a 100,000-device job's rows stay in memory.
+    c.pragma_update(None, "cache_size", -65536)?;
+    c.execute_batch(SCHEMA)
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Cmd>, path: PathBuf) {
+    // An error of a write nobody waits for is reported to the next writer who waits.
+    let mut deferred: Option<String> = None;
+    while let Ok(first) = rx.recv() {
+        let mut writes: Vec<Write> = Vec::new();
+        let mut next = Some(first);
+        let mut exec: Option<ReadFn> = None;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Cmd::Write { job, updates, ack } => writes.push((job, updates, ack)),
+                Cmd::Exec(f) => {
+                    exec = Some(f);
+                    break;
+                }
+            }
+            if writes.len() >= 4096 {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !writes.is_empty() {
+            let result = commit(&mut conn, &writes).map_err(|e| e.to_string());
+            let failure = result
+                .err()
+                .map(|e| format!("journal {}: {e}", path.display()));
+            if let Some(f) = &failure {
+                tracing::error!(error = %f, "journal write failed");
+            }
+            for (_, _, ack) in writes {
+                match ack {
+                    Some(ack) => {
+                        let r = match failure.clone().or_else(|| deferred.take()) {
+                            Some(f) => Err(Error::new(ErrorKind::Unexpected, f)),
+                            None => Ok(()),
+                        };
+                        let _ = ack.send(r);
+                    }
+                    None => {
+                        if let Some(f) = &failure {
+                            deferred = Some(f.clone());
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(f) = exec {
+            f(&mut conn);
+        }
+    }
+}
+
+type Write = (
+    String,
+    Vec<DeviceUpdate>,
+    Option<oneshot::Sender<Result<()>>>,
+);
+
+fn commit(conn: &mut Connection, writes: &[Write]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut st = tx.prepare_cached(
+            "UPDATE devices SET state = ?1, outcome = ?2, attempts = ?3, error_kind = ?4,
+             reason = ?5, request_id = ?6, remote_name = COALESCE(?7, remote_name),
+             resources = COALESCE(?8, resources) WHERE device_id = ?10 AND job = ?9",
+        )?;
+        for (job, updates, _) in writes {
+            for u in updates {
+                let resources = if u.resources.is_empty() {
+                    None
+                } else {
+                    serde_json::to_string(&u.resources).ok()
+                };
+                st.execute(params![
+                    u.state.as_str(),
+                    u.outcome.map(Outcome::as_str),
+                    u.attempts,
+                    u.error_kind,
+                    u.reason,
+                    u.request_id,
+                    u.remote_name,
+                    resources,
+                    job,
+                    u.device_id.as_str(),
+                ])?;
+            }
+        }
+        let mut touch = tx.prepare_cached("UPDATE jobs SET updated = ?1 WHERE id = ?2")?;
+        let stamp = now();
+        let mut last: Option<&str> = None;
+        for (job, _, _) in writes {
+            if last != Some(job.as_str()) {
+                touch.execute(params![stamp, job])?;
+                last = Some(job);
+            }
+        }
+    }
+    tx.commit()
+}
+
+fn open_job(
+    c: &mut Connection,
+    spec: &JobSpec,
+    devices: &[NewDevice],
+) -> rusqlite::Result<Result<OpenedJob>> {
+    let existing: Option<String> = c
+        .query_row(
+            "SELECT id FROM jobs WHERE key = ?1 AND operation = ?2 AND target = ?3
+             AND state = 'running' ORDER BY created DESC LIMIT 1",
+            params![spec.key, spec.operation.as_str(), spec.target],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = existing {
+        return Ok(Ok(OpenedJob { id, resumed: true }));
+    }
+    let id = format!("job-{:016x}", rand::random::<u64>());
+    let stamp = now();
+    let params_json = spec.params.to_string();
+    let tx = c.transaction()?;
+    tx.execute(
+        "INSERT INTO jobs (id, key, operation, target, params, state, created, updated)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?6)",
+        params![
+            id,
+            spec.key,
+            spec.operation.as_str(),
+            spec.target,
+            params_json,
+            stamp
+        ],
+    )?;
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT OR IGNORE INTO devices (job, device_id, seq, state, source)
+             VALUES (?1, ?2, ?3, 'pending', ?4)",
+        )?;
+        let mut cert = tx.prepare_cached(
+            "INSERT INTO certificates (job, seq, device_id, source_json, vendor_json, batch_tag,
+             der) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for (seq, d) in devices.iter().enumerate() {
+            if st.execute(params![id, d.device_id, seq as i64, d.source_display])? == 1 {
+                cert.execute(params![
+                    id,
+                    seq as i64,
+                    d.device_id,
+                    d.source,
+                    d.vendor,
+                    d.batch_tag,
+                    &d.der[..],
+                ])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(Ok(OpenedJob { id, resumed: false }))
+}
+
+fn load_jobs(c: &mut Connection, only: Option<&str>) -> rusqlite::Result<Result<Vec<JobInfo>>> {
+    let mut counts: BTreeMap<String, StateCounts> = BTreeMap::new();
+    {
+        let sql = if only.is_some() {
+            "SELECT job, state, COUNT(*) FROM devices WHERE job = ?1 GROUP BY job, state"
+        } else {
+            "SELECT job, state, COUNT(*) FROM devices WHERE ?1 IS NULL GROUP BY job, state"
+        };
+        let mut st = c.prepare(sql)?;
+        let rows = st.query_map(params![only], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (job, state, n) = row?;
+            let Ok(state) = state.parse::<DeviceState>() else {
+                continue;
+            };
+            let c = counts.entry(job).or_default();
+            for _ in 0..n.max(0) {
+                c.add(state);
+            }
+        }
+    }
+    let mut st = c.prepare(
+        "SELECT id, key, operation, target, params, state, created, updated FROM jobs
+         WHERE ?1 IS NULL OR id = ?1 ORDER BY created DESC, id",
+    )?;
+    let rows = st.query_map(params![only], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, String>(6)?,
+            r.get::<_, String>(7)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, key, op, target, params_json, state, created, updated) = row?;
+        let operation = match op.parse() {
+            Ok(o) => o,
+            Err(e) => return Ok(Err(e)),
+        };
+        let state = if state == "finished" {
+            JobState::Finished
+        } else {
+            JobState::Running
+        };
+        out.push(JobInfo {
+            counts: counts.get(&id).copied().unwrap_or_default(),
+            id,
+            spec: JobSpec {
+                operation,
+                target,
+                key,
+                params: serde_json::from_str(&params_json).unwrap_or(serde_json::Value::Null),
+            },
+            state,
+            created,
+            updated,
+        });
+    }
+    Ok(Ok(out))
+}
+
+fn load_devices(c: &mut Connection, job: &str) -> rusqlite::Result<Result<Vec<DeviceRecord>>> {
+    let mut st = c.prepare(
+        "SELECT device_id, seq, state, outcome, attempts, error_kind, reason, request_id,
+         remote_name, resources, source FROM devices WHERE job = ?1 ORDER BY seq",
+    )?;
+    let mut rows = st.query(params![job])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        let state: String = r.get(2)?;
+        let outcome: Option<String> = r.get(3)?;
+        let resources: Option<String> = r.get(9)?;
+        let rec = (|| -> Result<DeviceRecord> {
+            Ok(DeviceRecord {
+                device_id: id.parse()?,
+                seq: u64::try_from(r.get::<_, i64>(1).unwrap_or(0)).unwrap_or(0),
+                state: state.parse()?,
+                outcome: outcome.as_deref().map(str::parse).transpose()?,
+                attempts: r.get::<_, u32>(4).unwrap_or(0),
+                error_kind: r.get(5).unwrap_or(None),
+                reason: r.get(6).unwrap_or(None),
+                request_id: r.get(7).unwrap_or(None),
+                remote_name: r.get(8).unwrap_or(None),
+                resources: resources
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str(s).ok())
+                    .unwrap_or_default(),
+                source: r.get(10).unwrap_or_default(),
+            })
+        })();
+        match rec {
+            Ok(rec) => out.push(rec),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    Ok(Ok(out))
+}
+
+fn load_identities(c: &mut Connection, job: &str) -> rusqlite::Result<Result<Vec<DeviceIdentity>>> {
+    let mut st = c.prepare(
+        "SELECT device_id, der, source_json, vendor_json FROM certificates WHERE job = ?1
+         ORDER BY seq",
+    )?;
+    let mut rows = st.query(params![job])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        let der: Vec<u8> = r.get(1)?;
+        let source_json: String = r.get(2)?;
+        let vendor_json: String = r.get(3)?;
+        let source: Source = serde_json::from_str(&source_json).unwrap_or_default();
+        let mut identity = match DeviceIdentity::from_der(der, source) {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(e)),
+        };
+        if identity.device_id.as_str() != id {
+            return Ok(Err(Error::new(
+                ErrorKind::Unexpected,
+                format!("journal row {id} holds a different certificate"),
+            )));
+        }
+        identity.vendor =
+            serde_json::from_str::<VendorAttributes>(&vendor_json).unwrap_or_default();
+        out.push(identity);
+    }
+    Ok(Ok(out))
+}
+
+fn now() -> String {
+    ::time::OffsetDateTime::now_utc()
+        .format(&::time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn db_error(path: &Path, e: rusqlite::Error) -> Error {
+    Error::new(ErrorKind::Unexpected, format!("journal {}", path.display())).with_source(e)
+}
+
+fn json_error(e: serde_json::Error) -> Error {
+    Error::new(ErrorKind::Unexpected, "cannot encode a journal row").with_source(e)
+}
+
+fn closed() -> Error {
+    Error::new(ErrorKind::Unexpected, "the journal thread stopped")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Operation;
+
+    pub(crate) fn cert(n: u32) -> DeviceIdentity {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("dev {n}"));
+        let c = p.self_signed(&key).unwrap();
+        DeviceIdentity::from_der(
+            c.der().to_vec(),
+            Source {
+                file: "t.pem".into(),
+                line: Some(u64::from(n)),
+                entry: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn jobs_resume_by_key_and_updates_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let devs: Vec<_> = (0..3).map(cert).collect();
+        let spec = JobSpec::for_devices(
+            Operation::Provision,
+            "demo",
+            devs.iter().map(|d| &d.device_id),
+        );
+        let id = {
+            let j = SqliteJournal::open(&path).unwrap();
+            let opened = j.open_job(&spec, &devs).await.unwrap();
+            assert!(!opened.resumed);
+            let mut u = DeviceUpdate::state(devs[1].device_id.clone(), DeviceState::Done, 1);
+            u.outcome = Some(Outcome::Created);
+            u.resources.insert("etag".into(), "e1".into());
+            j.record(&opened.id, vec![u], false).await.unwrap();
+            j.record(
+                &opened.id,
+                vec![DeviceUpdate::state(
+                    devs[2].device_id.clone(),
+                    DeviceState::InFlight,
+                    1,
+                )],
+                true,
+            )
+            .await
+            .unwrap();
+            opened.id
+        };
+        let j = SqliteJournal::open(&path).unwrap();
+        let again = j.open_job(&spec, &devs).await.unwrap();
+        assert_eq!(again.id, id);
+        assert!(again.resumed);
+        let recs = j.devices(&id).await.unwrap();
+        let states: Vec<_> = recs.iter().map(|r| r.state).collect();
+        assert_eq!(
+            states,
+            [
+                DeviceState::Pending,
+                DeviceState::Done,
+                DeviceState::InFlight
+            ]
+        );
+        assert_eq!(recs[1].resources["etag"], "e1");
+        assert_eq!(recs[1].outcome, Some(Outcome::Created));
+        let ids = j.identities(&id).await.unwrap();
+        assert_eq!(ids, devs);
+        let info = j.job(&id).await.unwrap().unwrap();
+        assert_eq!(info.counts.total(), 3);
+        assert_eq!(info.counts.done, 1);
+        j.set_job_state(&id, JobState::Finished).await.unwrap();
+        let fresh = j.open_job(&spec, &devs).await.unwrap();
+        assert!(!fresh.resumed, "a finished job is not reopened");
+        assert_ne!(fresh.id, id);
+        assert_eq!(j.jobs().await.unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,762 @@
+//! The HTTP layer of the receiver: routes, authentication middleware, request parsing and
+//! limits, and the mapping of outcomes to Infineon-shaped answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use idbridge_http::ItemResult;
+use serde_json::{Value, json};
+
+use super::auth::TokenVerifier;
+use super::jobs::Jobs;
+use super::{Backend, Item, Outcome, ServeConfig};
+
+/// Infineon's message for a certificate that does not decode (verbatim, typo included).
+pub const MSG_CANNOT_DECODE: &str = "Cannot decode certitifcate";
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    verifier: Arc<TokenVerifier>,
+    backend: Arc<dyn Backend>,
+    jobs: Jobs,
+    cfg: Arc<ServeConfig>,
+}
+
+impl AppState {
+    /// The state of a receiver.
+    pub fn new(verifier: TokenVerifier, backend: Arc<dyn Backend>, cfg: ServeConfig) -> Self {
+        AppState {
+            verifier: Arc::new(verifier),
+            backend,
+            jobs: Jobs::default(),
+            cfg: Arc::new(cfg),
+        }
+    }
+}
+
+/// The receiver's routes.
+pub fn router(state: AppState) -> Router {
+    let authed = Router::new()
+        .route("/auth", get(|| async { "OK" }))
+        .route("/interop", post(interop))
+        .route("/{stage}/interop", post(interop))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/", get(|| async { "OK" }))
+        .merge(authed)
+        .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .with_state(state)
+}
+
+/// Runs before the body is read: an unauthenticated caller never makes us buffer 25 MB.
+async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match s.verifier.check(header) {
+        Ok(()) => next.run(req).await,
+        Err(msg) => {
+            tracing::info!(path = %req.uri().path(), reason = msg, "refused token");
+            error(StatusCode::UNAUTHORIZED, msg)
+        }
+    }
+}
+
+async fn interop(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "request body larger than {} bytes; send fewer certificates per request",
+                    s.cfg.max_body_bytes
+                ),
+            );
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("unreadable body: {e}")),
+    };
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("body is not valid JSON: {e}"),
+            );
+        }
+    };
+    let Some(obj) = req.as_object() else {
+        return error(StatusCode::BAD_REQUEST, "\"value\" must be of type object");
+    };
+    match obj.get("action").map(|a| a.as_str()) {
+        None => error(StatusCode::BAD_REQUEST, "\"action\" is required"),
+        Some(Some("info")) => json_response(
+            StatusCode::OK,
+            &json!({"action": "info", "compatibilityVersion": 1, "extensions": ["status", "deprovision"]}),
+        ),
+        Some(Some("provision")) => provision(&s, &req).await,
+        Some(Some("deprovision")) => deprovision(&s, &req).await,
+        Some(Some("status")) => status(&s, &req).await,
+        Some(Some("message")) => json_response(
+            StatusCode::OK,
+            &json!({"message": "Not yet implemented.", "action": "message"}),
+        ),
+        Some(_) => error(
+            StatusCode::BAD_REQUEST,
+            "\"action\" must be one of [provision, info, status, message, deprovision]",
+        ),
+    }
+}
+
+/// A validated certificate entry: decoded DER, or the item error it gets.
+enum Entry {
+    Ok(Item),
+    Undecodable(String),
+}
+
+/// Validates `certs` like Infineon's Joi schema (every violation listed, joined by ", ").
+fn parse_certs(req: &Value, max: usize) -> Result<Vec<Entry>, String> {
+    let certs = match req.get("certs") {
+        None => return Err("\"certs\" is required".into()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err("\"certs\" must be an array".into()),
+    };
+    if certs.len() > max {
+        return Err(format!(
+            "\"certs\" has {} items; this receiver takes at most {max} per request",
+            certs.len()
+        ));
+    }
+    let mut errors = Vec::new();
+    let mut out = Vec::with_capacity(certs.len());
+    for (i, c) in certs.iter().enumerate() {
+        if !c.is_object() {
+            errors.push(format!("\"certs[{i}]\" must be of type object"));
+            continue;
+        }
+        let reference = match c.get("ref") {
+            None => {
+                errors.push(format!("\"certs[{i}].ref\" is required"));
+                None
+            }
+            Some(Value::String(r)) if !r.is_empty() => Some(r.clone()),
+            Some(Value::String(_)) => {
+                errors.push(format!("\"certs[{i}].ref\" is not allowed to be empty"));
+                None
+            }
+            Some(_) => {
+                errors.push(format!("\"certs[{i}].ref\" must be a string"));
+                None
+            }
+        };
+        let decoded = match c.get("cert") {
+            None => {
+                errors.push(format!("\"certs[{i}].cert\" is required"));
+                None
+            }
+            Some(Value::String(b)) => match STANDARD.decode(b) {
+                Ok(bytes) => Some(bytes),
+                Err(_) => {
+                    errors.push(format!("\"certs[{i}].cert\" must be a valid base64 string"));
+                    None
+                }
+            },
+            Some(_) => {
+                errors.push(format!("\"certs[{i}].cert\" must be a string"));
+                None
+            }
+        };
+        if let (Some(reference), Some(bytes)) = (reference, decoded) {
+            out.push(match pem_der(&bytes) {
+                Some(der) => Entry::Ok(Item {
+                    reference,
+                    der: der.into(),
+                }),
+                None => Entry::Undecodable(reference),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors.join(", "))
+    }
+}
+
+/// The DER of the first CERTIFICATE block of a PEM text (LF or CRLF).
+fn pem_der(bytes: &[u8]) -> Option<Vec<u8>> {
+    let blocks = pem::parse_many(bytes).ok()?;
+    blocks
+        .into_iter()
+        .find(|b| b.tag() == "CERTIFICATE")
+        .map(|b| b.into_contents())
+}
+
+async fn provision(s: &AppState, req: &Value) -> Response {
+    let entries = match parse_certs(req, s.cfg.max_certs) {
+        Ok(e) => e,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
+    };
+    let mut refs = Vec::with_capacity(entries.len());
+    let mut known = Vec::with_capacity(entries.len());
+    let mut work = Vec::new();
+    for (idx, e) in entries.into_iter().enumerate() {
+        match e {
+            Entry::Ok(item) => {
+                refs.push(item.reference.clone());
+                known.push(None);
+                work.push((idx, item));
+            }
+            Entry::Undecodable(reference) => {
+                known.push(Some(item_result(
+                    &reference,
+                    Outcome::Error {
+                        message: MSG_CANNOT_DECODE.into(),
+                        code: "invalid_certificate",
+                    },
+                )));
+                refs.push(reference);
+            }
+        }
+    }
+    let job = s.jobs.create(refs, known);
+    tracing::info!(job = %job.id, certs = work.len(), "provision request");
+    let (backend, chunk, worker_job) = (Arc::clone(&s.backend), s.cfg.chunk_size, Arc::clone(&job));
+    tokio::spawn(async move {
+        for part in work.chunks(chunk) {
+            let items: Vec<Item> = part.iter().map(|(_, it)| it.clone()).collect();
+            let outcomes = backend.provision(&items).await;
+            let mut outcomes = outcomes.into_iter();
+            for (idx, it) in part {
+                let out = outcomes.next().unwrap_or(Outcome::Error {
+                    message: "no result from the engine".into(),
+                    code: "outcome_unknown",
+                });
+                worker_job.set(*idx, item_result(&it.reference, out));
+            }
+        }
+        worker_job.finish();
+    });
+    let finished = job
+        .wait(Duration::from_secs(s.cfg.sync_deadline_secs))
+        .await;
+    if !finished {
+        tracing::info!(job = %job.id, "answering ACCEPTED for unfinished items");
+    }
+    let answer = job.snapshot(|r| ItemResult {
+        reference: r.to_owned(),
+        status: "ACCEPTED".into(),
+        job: Some(job.id.clone()),
+        ..Default::default()
+    });
+    json_response(StatusCode::OK, &answer)
+}
+
+async fn deprovision(s: &AppState, req: &Value) -> Response {
+    let entries = match parse_certs(req, s.cfg.max_certs) {
+        Ok(e) => e,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
+    };
+    let items: Vec<Item> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Ok(i) => Some(i.clone()),
+            Entry::Undecodable(_) => None,
+        })
+        .collect();
+    let mut outcomes = s.backend.deprovision(&items).await.into_iter();
+    let answer: Vec<ItemResult> = entries
+        .into_iter()
+        .map(|e| match e {
+            Entry::Ok(i) => item_result(
+                &i.reference,
+                outcomes.next().unwrap_or(Outcome::Error {
+                    message: "no result from the engine".into(),
+                    code: "outcome_unknown",
+                }),
+            ),
+            Entry::Undecodable(r) => item_result(
+                &r,
+                Outcome::Error {
+                    message: MSG_CANNOT_DECODE.into(),
+                    code: "invalid_certificate",
+                },
+            ),
+        })
+        .collect();
+    json_response(StatusCode::OK, &answer)
+}
+
+async fn status(s: &AppState, req: &Value) -> Response {
+    if let Some(job) = req.get("job") {
+        let Some(id) = job.as_str() else {
+            return error(StatusCode::BAD_REQUEST, "\"job\" must be a string");
+        };
+        let Some(job) = s.jobs.get(id) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown job (finished jobs are kept for an hour)",
+            );
+        };
+        let done = job.is_done();
+        let results = job.snapshot(|r| ItemResult {
+            reference: r.to_owned(),
+            status: "PENDING".into(),
+            job: Some(job.id.clone()),
+            ..Default::default()
+        });
+        return json_response(
+            StatusCode::OK,
+            &json!({"action": "status", "job": job.id, "done": done, "results": results}),
+        );
+    }
+    if let Some(fps) = req.get("fingerprints") {
+        let Some(arr) = fps.as_array() else {
+            return error(StatusCode::BAD_REQUEST, "\"fingerprints\" must be an array");
+        };
+        let mut list = Vec::with_capacity(arr.len());
+        for (i, f) in arr.iter().enumerate() {
+            match f.as_str() {
+                Some(f) if f.len() == 64 && f.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    list.push(f.to_ascii_lowercase())
+                }
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!(
+                            "\"fingerprints[{i}]\" must be 64 hex characters (SHA-256 of the DER)"
+                        ),
+                    );
+                }
+            }
+        }
+        if list.len() > s.cfg.max_certs {
+            return error(StatusCode::BAD_REQUEST, "too many fingerprints");
+        }
+        let devices = s.backend.lookup(&list).await;
+        return json_response(
+            StatusCode::OK,
+            &json!({"action": "status", "devices": devices}),
+        );
+    }
+    error(
+        StatusCode::BAD_REQUEST,
+        "\"job\" or \"fingerprints\" is required",
+    )
+}
+
+fn item_result(reference: &str, out: Outcome) -> ItemResult {
+    match out {
+        Outcome::Success { endpoint, created } => ItemResult {
+            reference: reference.to_owned(),
+            status: "SUCCESS".into(),
+            endpoint,
+            created: Some(created),
+            ..Default::default()
+        },
+        Outcome::NotFound => ItemResult {
+            reference: reference.to_owned(),
+            status: "NOT_FOUND".into(),
+            ..Default::default()
+        },
+        Outcome::Error { message, code } => ItemResult {
+            reference: reference.to_owned(),
+            status: "ERROR".into(),
+            message: Some(message),
+            code: Some(code.to_owned()),
+            ..Default::default()
+        },
+    }
+}
+
+fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(body) => (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            Body::from(body),
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot encode answer: {e}"),
+        ),
+    }
+}
+
+fn error(status: StatusCode, msg: &str) -> Response {
+    let body = json!({ "error": msg }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use axum::http::Request;
+    use idbridge_http::client::FingerprintStatus;
+    use idbridge_mock_clouds::TestPki;
+    use idbridge_mock_clouds::interop::{InteropSender, TokenKind};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::serve::auth::parse_keys;
+
+    /// Records what it was asked; answers Success, slowly when told.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Mutex<Vec<String>>,
+        delay_ms: u64,
+    }
+
+    #[async_trait]
+    impl Backend for Recorder {
+        async fn provision(&self, items: &[Item]) -> Vec<Outcome> {
+            tokio::time::sleep(Duration::from_millis(self.delay_ms)).await;
+            let mut g = self.seen.lock().unwrap();
+            items
+                .iter()
+                .map(|i| {
+                    g.push(i.reference.clone());
+                    Outcome::Success {
+                        endpoint: Some("localhost:1".into()),
+                        created: true,
+                    }
+                })
+                .collect()
+        }
+        async fn deprovision(&self, items: &[Item]) -> Vec<Outcome> {
+            items.iter().map(|_| Outcome::NotFound).collect()
+        }
+        async fn lookup(&self, fps: &[String]) -> Vec<FingerprintStatus> {
+            fps.iter()
+                .map(|f| FingerprintStatus {
+                    fingerprint: f.clone(),
+                    status: "ABSENT".into(),
+                    endpoint: None,
+                })
+                .collect()
+        }
+    }
+
+    struct T {
+        app: Router,
+        sender: InteropSender,
+        backend: Arc<Recorder>,
+    }
+
+    fn app(cfg: ServeConfig, delay_ms: u64) -> T {
+        let sender = InteropSender::new("123456789012").unwrap();
+        let verifier = TokenVerifier::new(
+            parse_keys(&sender.public_key_pem()).unwrap(),
+            "123456789012",
+            5,
+        )
+        .unwrap();
+        let backend = Arc::new(Recorder {
+            delay_ms,
+            ..Default::default()
+        });
+        let app = router(AppState::new(verifier, backend.clone(), cfg));
+        T {
+            app,
+            sender,
+            backend,
+        }
+    }
+
+    async fn call(t: &T, auth: Option<String>, body: Vec<u8>) -> (StatusCode, Value) {
+        let mut req = Request::post("/interop").header("content-type", "application/json");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = t
+            .app
+            .clone()
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, v)
+    }
+
+    fn bearer(t: &T) -> Option<String> {
+        Some(format!("Bearer {}", t.sender.token(TokenKind::Valid)))
+    }
+
+    fn cert_b64(pem: &str) -> String {
+        STANDARD.encode(pem)
+    }
+
+    #[tokio::test]
+    async fn jwt_matrix_at_the_receiver() {
+        let t = app(ServeConfig::default(), 0);
+        let info = br#"{"action":"info"}"#.to_vec();
+        let (s, v) = call(&t, bearer(&t), info.clone()).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["compatibilityVersion"], 1);
+        for k in [
+            TokenKind::WrongAudience,
+            TokenKind::Expired,
+            TokenKind::OtherKey,
+            TokenKind::AlgNone,
+            TokenKind::Hs256WithPublicKey,
+        ] {
+            let (s, v) = call(
+                &t,
+                Some(format!("Bearer {}", t.sender.token(k))),
+                info.clone(),
+            )
+            .await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{k:?}");
+            assert_eq!(
+                v,
+                json!({"error": "Cannot verify and decode token"}),
+                "{k:?}"
+            );
+        }
+        let (s, v) = call(&t, None, info.clone()).await;
+        assert_eq!(
+            (s, v),
+            (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "Missing Authorization Header"})
+            )
+        );
+        let (s, v) = call(&t, Some("Bearer".into()), info.clone()).await;
+        assert_eq!(
+            (s, v),
+            (StatusCode::UNAUTHORIZED, json!({"error": "Token invalid"}))
+        );
+        let (s, v) = call(&t, Some("Bearer abc.def".into()), info.clone()).await;
+        assert_eq!(
+            (s, v),
+            (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "Cannot verify and decode token"})
+            )
+        );
+        let (s, v) = call(
+            &t,
+            Some(format!("Token {}", t.sender.token(TokenKind::Valid))),
+            info,
+        )
+        .await;
+        assert_eq!(
+            (s, v),
+            (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "Authorization Header must contain Bearer Token"})
+            )
+        );
+        // GET / needs nothing; GET /auth needs the token.
+        let r = t
+            .app
+            .clone()
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = t
+            .app
+            .clone()
+            .oneshot(Request::get("/auth").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let r = t
+            .app
+            .clone()
+            .oneshot(
+                Request::get("/auth")
+                    .header("authorization", bearer(&t).unwrap())
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            t.backend.seen.lock().unwrap().is_empty(),
+            "nothing provisioned by refused calls"
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_are_400_with_clear_bodies() {
+        let t = app(ServeConfig::default(), 0);
+        let cases: Vec<(&[u8], &str)> = vec![
+            (b"{not json", "not valid JSON"),
+            (b"[]", "must be of type object"),
+            (br#"{"certs":[]}"#, "\"action\" is required"),
+            (br#"{"action":"dance"}"#, "\"action\" must be one of"),
+            (br#"{"action":"provision"}"#, "\"certs\" is required"),
+            (
+                br#"{"action":"provision","certs":{}}"#,
+                "\"certs\" must be an array",
+            ),
+            (
+                br#"{"action":"provision","certs":[{"cert":"dGVzdGluZw=="}]}"#,
+                "\"certs[0].ref\" is required",
+            ),
+            (
+                br#"{"action":"provision","certs":[{"ref":"a"}]}"#,
+                "\"certs[0].cert\" is required",
+            ),
+            (
+                br#"{"action":"provision","certs":[{"ref":"a","cert":"%%%"}]}"#,
+                "\"certs[0].cert\" must be a valid base64 string",
+            ),
+            (
+                br#"{"action":"status"}"#,
+                "\"job\" or \"fingerprints\" is required",
+            ),
+            (
+                br#"{"action":"status","fingerprints":["abc"]}"#,
+                "fingerprints[0]",
+            ),
+        ];
+        for (body, want) in cases {
+            let (s, v) = call(&t, bearer(&t), body.to_vec()).await;
+            assert_eq!(
+                s,
+                StatusCode::BAD_REQUEST,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            let msg = v["error"].as_str().unwrap_or_default();
+            assert!(
+                msg.contains(want),
+                "{} → {msg}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Two violations are both named.
+        let (_, v) = call(
+            &t,
+            bearer(&t),
+            br#"{"action":"provision","certs":[{"cert":"x"},{"ref":"b"}]}"#.to_vec(),
+        )
+        .await;
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            msg.contains("certs[0].ref") && msg.contains("certs[1].cert"),
+            "{msg}"
+        );
+        assert!(t.backend.seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn body_and_count_limits() {
+        let cfg = ServeConfig {
+            max_body_bytes: 4096,
+            max_certs: 2,
+            ..Default::default()
+        };
+        let t = app(cfg, 0);
+        let big = format!(
+            r#"{{"action":"provision","certs":[{{"ref":"a","cert":"{}"}}]}}"#,
+            "A".repeat(8000)
+        );
+        let (s, v) = call(&t, bearer(&t), big.into_bytes()).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(v["error"].as_str().unwrap().contains("4096"), "{v}");
+        let three = r#"{"action":"provision","certs":[{"ref":"a","cert":"QQ=="},{"ref":"b","cert":"QQ=="},{"ref":"c","cert":"QQ=="}]}"#;
+        let (s, v) = call(&t, bearer(&t), three.as_bytes().to_vec()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(v["error"].as_str().unwrap().contains("at most 2"), "{v}");
+    }
+
+    #[tokio::test]
+    async fn provision_answers_per_ref_and_undecodable_items_never_reach_the_engine() {
+        let t = app(ServeConfig::default(), 0);
+        let pki = TestPki::infineon_like().unwrap();
+        let d = pki.device(1).unwrap();
+        let crlf = d.cert_pem.replace('\n', "\r\n");
+        let body = json!({"action": "provision", "certs": [
+            {"ref": "good", "cert": cert_b64(&crlf)},
+            {"ref": "bad", "cert": "dGVzdGluZw=="},
+        ]});
+        let (s, v) = call(&t, bearer(&t), body.to_string().into_bytes()).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v[0]["ref"], "good");
+        assert_eq!(v[0]["status"], "SUCCESS");
+        assert_eq!(v[0]["endpoint"], "localhost:1");
+        assert_eq!(
+            v[1],
+            json!({"ref": "bad", "status": "ERROR", "message": "Cannot decode certitifcate", "code": "invalid_certificate"})
+        );
+        assert_eq!(*t.backend.seen.lock().unwrap(), vec!["good".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn slow_work_is_accepted_with_a_job_and_status_reports_it() {
+        let cfg = ServeConfig {
+            sync_deadline_secs: 0,
+            chunk_size: 1,
+            ..Default::default()
+        };
+        let t = app(cfg, 200);
+        let pki = TestPki::infineon_like().unwrap();
+        let certs: Vec<Value> = (0..3)
+            .map(|i| json!({"ref": format!("r{i}"), "cert": cert_b64(&pki.device(i).unwrap().cert_pem)}))
+            .collect();
+        let body = json!({"action": "provision", "certs": certs});
+        let (s, v) = call(&t, bearer(&t), body.to_string().into_bytes()).await;
+        assert_eq!(s, StatusCode::OK);
+        let job = v[0]["job"].as_str().unwrap().to_owned();
+        assert!(
+            v.as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["status"] == "ACCEPTED"),
+            "{v}"
+        );
+        let status = json!({"action": "status", "job": job})
+            .to_string()
+            .into_bytes();
+        let mut done = false;
+        for _ in 0..50 {
+            let (_, v) = call(&t, bearer(&t), status.clone()).await;
+            if v["done"] == true {
+                assert!(
+                    v["results"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|r| r["status"] == "SUCCESS"),
+                    "{v}"
+                );
+                done = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(done, "job never finished");
+        let (s, _) = call(
+            &t,
+            bearer(&t),
+            br#"{"action":"status","job":"nope"}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,145 @@
+//! The `[serve]` table of idbridge.toml.
+//!
+//! ```toml
+//! journal = "sqlite:idbridge-journal.sqlite"
+//!
+//! [serve]
+//! listen = "127.0.0.1:8443"          # TLS is terminated in front (load balancer, gateway)
+//! audience = "123456789012"          # the JWT aud CIRRENT (or your sender) puts in tokens
+//! issuer_keys = ["interop-public.key"]   # PEM `PUBLIC KEY` blocks or a JWKS file (P-256)
+//! targets = ["acme-aws"]             # [targets.NAME] to provision every certificate into
+//! # endpoint = "xxxx-ats.iot.eu-central-1.amazonaws.com"  # answered with every SUCCESS
+//! # leeway_secs = 30, max_body_bytes = 26214400, max_certs = 10000,
+//! # sync_deadline_secs = 20, chunk_size = 500
+//! ```
+//!
+//! Run: `idbridge serve --config idbridge.toml [--trust vendor-ca.pem] [--journal URL]`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// `[serve]`: the interop receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Listen address (`--listen` overrides), default `127.0.0.1:8443`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The JWT `aud` this receiver accepts (the tenant id CIRRENT puts in tokens).
+    #[serde(default)]
+    pub audience: String,
+    /// Files with the issuers' public keys: PEM (`PUBLIC KEY` blocks) or JWKS JSON.
+    #[serde(default)]
+    pub issuer_keys: Vec<PathBuf>,
+    /// Target names (`[targets.NAME]`) every certificate is provisioned into.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// The `endpoint` answered for every SUCCESS, overriding what the targets report (the
+    /// address devices connect to, e.g. the AWS IoT data endpoint).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Allowed clock skew for `exp`/`nbf`, seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Largest request body, bytes (Infineon's receivers: 25 MB).
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+    /// Most certificates in one request.
+    #[serde(default = "default_max_certs")]
+    pub max_certs: usize,
+    /// How long a `provision` request may take before the unfinished items are answered
+    /// `ACCEPTED` with a job id (callers time out; Lambda receivers run up to 300 s, HTTP
+    /// clients commonly 30 s).
+    #[serde(default = "default_sync")]
+    pub sync_deadline_secs: u64,
+    /// Certificates handed to the engine per step of a job (results become visible to
+    /// `status` step by step).
+    #[serde(default = "default_chunk")]
+    pub chunk_size: usize,
+}
+
+impl ServeConfig {
+    /// Reads `[serve]` from an idbridge.toml (other tables are left to their owners).
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let doc: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{} is not TOML", path.display()))?;
+        let table = doc
+            .get("serve")
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{} has no [serve] table", path.display()))?;
+        let mut cfg: ServeConfig = table
+            .try_into()
+            .with_context(|| format!("{}: [serve]", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for k in &mut cfg.issuer_keys {
+            if k.is_relative() {
+                *k = base.join(&*k);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Checks what can be checked without the keys and targets.
+    pub fn validate(&self) -> anyhow::Result<SocketAddr> {
+        let addr: SocketAddr = self
+            .listen
+            .parse()
+            .with_context(|| format!("[serve] listen {:?} is not ADDR:PORT", self.listen))?;
+        if self.audience.trim().is_empty() {
+            anyhow::bail!("[serve] audience is empty: every token would be refused");
+        }
+        if self.issuer_keys.is_empty() {
+            anyhow::bail!(
+                "[serve] issuer_keys is empty: name the PEM or JWKS file(s) of the token issuer"
+            );
+        }
+        if self.targets.is_empty() {
+            anyhow::bail!("[serve] targets is empty: name the [targets.NAME] to provision into");
+        }
+        if self.chunk_size == 0 || self.max_certs == 0 {
+            anyhow::bail!("[serve] chunk_size and max_certs must be at least 1");
+        }
+        Ok(addr)
+    }
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: default_listen(),
+            audience: String::new(),
+            issuer_keys: Vec::new(),
+            targets: Vec::new(),
+            endpoint: None,
+            leeway_secs: default_leeway(),
+            max_body_bytes: default_body(),
+            max_certs: default_max_certs(),
+            sync_deadline_secs: default_sync(),
+            chunk_size: default_chunk(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8443".to_owned()
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_body() -> usize {
+    25 * 1024 * 1024
+}
+fn default_max_certs() -> usize {
+    10_000
+}
+fn default_sync() -> u64 {
+    20
+}
+fn default_chunk() -> usize {
+    500
+}

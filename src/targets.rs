@@ -1,0 +1,75 @@
+//! Builds a connector from a target's configuration: one `match` on `kind`.
+//!
+//! To add a kind: add an arm below (behind the crate's cargo feature when the connector is
+//! heavy), deserializing the table into the connector's config type with [`connector_config`].
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use idbridge_core::Connector;
+use serde::de::DeserializeOwned;
+
+use crate::config::TargetConfig;
+
+/// The kinds this build knows, for error messages.
+pub fn known_kinds() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut kinds = vec!["mock", "manifest"];
+    #[cfg(feature = "aws-iot")]
+    kinds.push("aws-iot");
+    #[cfg(feature = "azure")]
+    kinds.push("azure-iot-hub");
+    #[cfg(feature = "azure")]
+    kinds.push("azure-dps");
+    #[cfg(feature = "http")]
+    kinds.extend(["interop", "webhook"]);
+    kinds
+}
+
+/// The connector for `target`.
+pub async fn build(target: &TargetConfig) -> anyhow::Result<Arc<dyn Connector>> {
+    let name = &target.name;
+    let connector: Arc<dyn Connector> = match target.kind.as_str() {
+        "mock" => Arc::new(
+            idbridge_mock::MockConnector::new(connector_config(target)?)
+                .await
+                .with_context(|| format!("target {name}"))?,
+        ),
+        "manifest" => Arc::new(
+            idbridge_manifest::ManifestConnector::new(connector_config(target)?)
+                .with_context(|| format!("target {name}"))?,
+        ),
+        #[cfg(feature = "http")]
+        "interop" => Arc::new(
+            idbridge_http::InteropConnector::new(name, connector_config(target)?)
+                .with_context(|| format!("target {name}"))?,
+        ),
+        #[cfg(feature = "http")]
+        "webhook" => Arc::new(
+            idbridge_http::WebhookConnector::new(name, connector_config(target)?)
+                .with_context(|| format!("target {name}"))?,
+        ),
+        #[cfg(feature = "aws-iot")]
+        "aws-iot" => Arc::new(
+            idbridge_aws_iot::AwsIot::connect(connector_config(target)?)
+                .await
+                .with_context(|| format!("target {name}"))?,
+        ),
+        #[cfg(feature = "azure")]
+        "azure-iot-hub" | "azure-dps" => idbridge_azure::connector(&connector_config(target)?)
+            .with_context(|| format!("target {name}"))?,
+        other => anyhow::bail!(
+            "target {name}: unknown kind {other:?} (this build knows: {})",
+            known_kinds().join(", ")
+        ),
+    };
+    Ok(connector)
+}
+
+/// Deserializes the target's table (with `kind`) into a connector's config type; an error names
+/// the target and the key.
+pub fn connector_config<T: DeserializeOwned>(target: &TargetConfig) -> anyhow::Result<T> {
+    toml::Value::Table(target.table.clone())
+        .try_into::<T>()
+        .map_err(|e| anyhow::anyhow!("[targets.{}]: {}", target.name, e.message()))
+}
