@@ -546,3 +546,19 @@ fn verify_der_from_memory() {
         "{verdict}"
     );
 }
+
+#[test]
+fn csv_with_an_endless_field_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("MAC,cn,cert\r\n4BA2BB8764BD,x,\"");
+    text.push_str(&"A".repeat(3 << 20));
+    let p = write(&dir, "endless.csv", text);
+    let (ok, rejected) = run(&[p], &opts());
+    assert!(ok.is_empty());
+    assert_eq!(rejected[0].kind, RejectKind::InputUnusable);
+    assert!(
+        rejected[0].reason.contains("larger than"),
+        "{}",
+        rejected[0]
+    );
+}

@@ -176,6 +176,45 @@ mod tests {
         }
     }
 
+    /// `exp` is enforced with the configured leeway, and is required.
+    #[test]
+    fn exp_leeway_and_required_claims() {
+        let s = InteropSender::new("aud-1").unwrap();
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(s.private_key_pem().as_bytes()).unwrap();
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let mint = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::ES256), &claims, &key)
+                .unwrap()
+        };
+        let v = TokenVerifier::new(parse_keys(&s.public_key_pem()).unwrap(), "aud-1", 30).unwrap();
+        let just_expired = mint(serde_json::json!({"aud": "aud-1", "exp": now - 10}));
+        assert_eq!(
+            v.check(Some(&bearer(&just_expired))),
+            Ok(()),
+            "within leeway"
+        );
+        let expired = mint(serde_json::json!({"aud": "aud-1", "exp": now - 120}));
+        assert_eq!(v.check(Some(&bearer(&expired))), Err(msg::CANNOT_VERIFY));
+        let no_exp = mint(serde_json::json!({"aud": "aud-1"}));
+        assert_eq!(
+            v.check(Some(&bearer(&no_exp))),
+            Err(msg::CANNOT_VERIFY),
+            "exp required"
+        );
+        let aud_list = mint(serde_json::json!({"aud": ["x", "aud-1"], "exp": now + 60}));
+        assert_eq!(
+            v.check(Some(&bearer(&aud_list))),
+            Ok(()),
+            "aud array containing ours"
+        );
+        let strict =
+            TokenVerifier::new(parse_keys(&s.public_key_pem()).unwrap(), "aud-1", 0).unwrap();
+        assert_eq!(
+            strict.check(Some(&bearer(&just_expired))),
+            Err(msg::CANNOT_VERIFY)
+        );
+    }
+
     #[test]
     fn key_files_without_keys_are_refused() {
         assert!(parse_keys("hello").is_err());

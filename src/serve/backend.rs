@@ -50,11 +50,30 @@ impl EngineBackend {
     }
 
     /// Verifies items; `Ok(identity)` for those that may be provisioned, `Err(outcome)` else.
-    fn admit(&self, items: &[Item]) -> Vec<Result<DeviceIdentity, Outcome>> {
-        items
+    /// Chain verification is CPU work: done off the async workers.
+    async fn admit(&self, items: &[Item]) -> Vec<Result<DeviceIdentity, Outcome>> {
+        let verifier = Arc::clone(&self.verifier);
+        let owned = items.to_vec();
+        match tokio::task::spawn_blocking(move || admit_all(&verifier, &owned)).await {
+            Ok(v) => v,
+            Err(e) => items
+                .iter()
+                .map(|_| {
+                    Err(Outcome::Error {
+                        message: format!("certificate verification failed: {e}"),
+                        code: "outcome_unknown",
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+fn admit_all(verifier: &Verifier, items: &[Item]) -> Vec<Result<DeviceIdentity, Outcome>> {
+    items
             .iter()
             .map(|it| {
-                let (identity, verdict) = self.verifier.verify_der(&it.der);
+                let (identity, verdict) = verifier.verify_der(&it.der);
                 let mut identity = match identity {
                     Ok(i) => i,
                     Err(e) => {
@@ -92,10 +111,11 @@ impl EngineBackend {
                 }
             })
             .collect()
-    }
+}
 
+impl EngineBackend {
     async fn run(&self, operation: Operation, items: &[Item]) -> Vec<Outcome> {
-        let admitted = self.admit(items);
+        let admitted = self.admit(items).await;
         // One job per request and target, over the distinct valid devices.
         let mut unique: Vec<DeviceIdentity> = Vec::new();
         let mut seen = std::collections::HashSet::new();

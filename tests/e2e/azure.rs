@@ -187,3 +187,96 @@ async fn standalone_mock_cloud_azure_serves_both_services() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_500s_resets_and_lost_answers_end_in_the_exact_state() {
+    use idbridge_mock_clouds::{Fault, FaultRule};
+    let mock = AzureMock::start(AzureMockConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = TestPki::infineon_like().unwrap();
+    let (devices, bundle) = pki.batch(1, 150).unwrap();
+    std::fs::write(d.join("batch.pem"), &bundle).unwrap();
+    std::fs::write(d.join("root.pem"), pki.root_pem()).unwrap();
+    std::fs::write(d.join("ca.pem"), pki.ca_pem()).unwrap();
+    std::fs::write(d.join("azure-ca.pem"), mock.ca_pem()).unwrap();
+    std::fs::write(
+        d.join("idbridge.toml"),
+        "[targets.hub]\nkind = \"azure-iot-hub\"\nconnection_string = \"${AZ_HUB}\"\nca_file = \"azure-ca.pem\"\nunits = 10\n",
+    )
+    .unwrap();
+    let throttled = Fault::Status {
+        status: 429,
+        headers: vec![
+            ("Retry-After".into(), "1".into()),
+            ("iothub-errorcode".into(), "ThrottlingException".into()),
+        ],
+        body: r#"{"Message":"ErrorCode:ThrottlingException;Throttled","ExceptionMessage":"Tracking ID:x-G:0-TimeStamp:y"}"#.into(),
+    };
+    let f = mock.hub_faults();
+    f.push(
+        FaultRule::once(throttled)
+            .on_method("POST")
+            .on_path("/devices"),
+    );
+    f.push(
+        FaultRule::once(Fault::Status {
+            status: 500,
+            headers: vec![],
+            body: String::new(),
+        })
+        .on_method("POST")
+        .on_path("/devices"),
+    );
+    f.push(
+        FaultRule::once(Fault::Reset)
+            .on_method("POST")
+            .on_path("/devices"),
+    );
+    f.push(
+        FaultRule::once(Fault::LoseResponse)
+            .on_method("POST")
+            .on_path("/devices"),
+    );
+    let out = idbridge(
+        d,
+        &[
+            "provision",
+            "--target",
+            "hub",
+            "batch.pem",
+            "--trust",
+            "root.pem",
+            "--trust",
+            "ca.pem",
+            "--config",
+            "idbridge.toml",
+            "--journal",
+            "sqlite:j.sqlite",
+            "--output",
+            "json",
+        ],
+        &[("AZ_HUB", mock.hub_connection_string())],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(mock.hub().device_count(), 150, "each device exactly once");
+    for dev in &devices {
+        let got = mock.hub().device(&dev.serial_hex).expect("registered");
+        let want = hex_upper_sha256(&dev.cert_der);
+        assert_eq!(got.primary.as_deref(), Some(want.as_str()));
+        assert_eq!(got.status, "enabled");
+    }
+    assert!(mock.hub().stats().requests >= 6, "the faults were hit");
+}
+
+fn hex_upper_sha256(der: &[u8]) -> String {
+    let id = idbridge_core::DeviceId::of_der(der);
+    id.as_str().to_ascii_uppercase()
+}

@@ -29,6 +29,11 @@ struct Served {
 }
 
 async fn start(extra_serve: &str) -> Served {
+    start_with(extra_serve, r#"["cloud"]"#, "").await
+}
+
+/// A receiver provisioning into `targets` (`cloud` is the mock registry); `more` adds tables.
+async fn start_with(extra_serve: &str, targets: &str, more: &str) -> Served {
     let fx = Fixture::new();
     let sender = InteropSender::new(AUD).unwrap();
     let registry = Registry::new(RegistryConfig {
@@ -46,7 +51,7 @@ async fn start(extra_serve: &str) -> Served {
 [serve]
 audience = "{AUD}"
 issuer_keys = ["issuer.jwks"]
-targets = ["cloud"]
+targets = {targets}
 {extra_serve}
 
 [targets.cloud]
@@ -54,6 +59,8 @@ kind = "mock"
 url = "{url}"
 allow_http = true
 token = "e2e-token"
+
+{more}
 "#,
             url = cloud.url
         ),
@@ -339,4 +346,36 @@ async fn beyond_the_sync_bound_items_are_accepted_and_status_finishes_them() {
     }
     assert_eq!(s.registry.devices().len(), 300);
     assert!(admitted(s.devices.addr, s.ca.cert_pem(), &devices[299]).await);
+}
+
+/// Two targets: success only when both hold the device; a failure in one is the item's ERROR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_into_two_targets_mock_cloud_and_webhook() {
+    use idbridge_mock_clouds::webhook::{MockWebhook, WebhookState};
+
+    let secret = WebhookState::random_secret();
+    let hook = MockWebhook::start("127.0.0.1:0", WebhookState::new(&secret).unwrap(), false)
+        .await
+        .unwrap();
+    let more = format!(
+        "[targets.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{secret}\"\nallow_http = true\n\n[targets.hook.engine]\nmax_attempts = 2\n",
+        hook.url()
+    );
+    let s = start_with("", r#"["cloud", "hook"]"#, &more).await;
+    let (devices, _) = s.fx.devices("batch.pem", 1..3);
+    // The webhook receiver refuses the second device for good.
+    hook.state.script(&device_id(&devices[1]), 422, 100);
+    let body = json!({"action": "provision", "certs": [
+        {"ref": "a", "cert": cert(&devices[0].cert_pem)},
+        {"ref": "b", "cert": cert(&devices[1].cert_pem)},
+    ]});
+    let (code, res) = s.post(s.bearer(), &body).await;
+    assert_eq!(code, 200, "{res}");
+    assert_eq!(res[0]["status"], "SUCCESS", "{res}");
+    assert_eq!(res[1]["status"], "ERROR", "{res}");
+    let msg = res[1]["message"].as_str().unwrap();
+    assert!(msg.contains("hook"), "names the target: {msg}");
+    assert_eq!(hook.state.provisioned(), vec![device_id(&devices[0])]);
+    assert!(admitted(hook.devices.addr, hook.ca.cert_pem(), &devices[0]).await);
+    assert!(admitted(s.devices.addr, s.ca.cert_pem(), &devices[0]).await);
 }

@@ -54,6 +54,15 @@ pub struct AwsIotConfig {
     /// Per-API calls per second, for raised quotas (`RegisterCertificateWithoutCA = 100`).
     #[serde(default)]
     pub quotas: BTreeMap<String, f64>,
+    /// Calls each API may make back to back above its smooth rate (default 2): lets the pacer
+    /// make up for a late timer wake-up instead of losing that time, while staying far inside
+    /// AWS's per-second token buckets.
+    #[serde(default = "default_burst")]
+    pub quota_burst: u32,
+}
+
+fn default_burst() -> u32 {
+    2
 }
 
 /// How the certificate is attached to its thing.
@@ -88,6 +97,7 @@ impl Default for AwsIotConfig {
             principal_type: PrincipalType::Exclusive,
             revoke_on_deregister: false,
             quotas: BTreeMap::new(),
+            quota_burst: default_burst(),
         }
     }
 }
@@ -158,6 +168,12 @@ impl AwsIotConfig {
                 )));
             }
         }
+        if self.quota_burst == 0 || self.quota_burst > 100 {
+            return Err(config(format!(
+                "quota_burst must be 1..=100, got {}",
+                self.quota_burst
+            )));
+        }
         for (api, rate) in &self.quotas {
             if !(rate.is_finite() && *rate > 0.0) {
                 return Err(config(format!(
@@ -180,7 +196,13 @@ impl AwsIotConfig {
         for (k, v) in &self.quotas {
             q.insert(k.clone(), *v);
         }
-        q.into_iter().map(|(k, v)| Quota::new(k, v)).collect()
+        let burst = self.quota_burst.max(1);
+        q.into_iter()
+            .map(|(k, v)| Quota {
+                burst,
+                ..Quota::new(k, v)
+            })
+            .collect()
     }
 
     /// The thing name for `device`, validated against AWS's pattern.

@@ -535,3 +535,55 @@ async fn plain_http_needs_allow_http() {
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ConfigInvalid, "{e}");
 }
+
+#[tokio::test]
+async fn lost_activation_and_lost_delete_end_in_exact_state() {
+    let f = fixture().await;
+    let c = connector(&f.mock).await;
+    let dev = f.pki.device(110).unwrap();
+    let id = identity(&dev);
+    // The activation happened but its answer was lost.
+    f.mock.faults().push(
+        FaultRule::once(Fault::LoseResponse)
+            .on_method("PUT")
+            .on_path("newStatus=ACTIVE"),
+    );
+    let out = one(c.register(&ctx(), std::slice::from_ref(&id)).await.unwrap());
+    assert!(
+        matches!(&out, RegisterOutcome::Failed(e) if e.kind() == ErrorKind::OutcomeUnknown),
+        "{out:?}"
+    );
+    // lookup finds it complete: the engine marks it done without sending it again.
+    let seen = c.lookup(&ctx(), &id).await.unwrap().unwrap();
+    assert!(seen.differences.is_empty(), "{seen:?}");
+    assert_provisioned(&f.mock, &id);
+
+    // Deregister: DeleteCertificate happens, its answer is lost; the retry finishes the undo.
+    f.mock.faults().push(
+        FaultRule::once(Fault::LoseResponse)
+            .on_method("DELETE")
+            .on_path("/certificates/"),
+    );
+    let out = c
+        .deregister(&ctx(), std::slice::from_ref(&id))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&out[0], DeregisterOutcome::Failed(e) if e.is_temporary()),
+        "{:?}",
+        out[0]
+    );
+    assert_eq!(f.mock.registry().certificate_count(), 0);
+    assert_eq!(
+        f.mock.registry().thing_count(),
+        1,
+        "the thing is still there"
+    );
+    let out = c
+        .deregister(&ctx(), std::slice::from_ref(&id))
+        .await
+        .unwrap();
+    assert!(matches!(out[0], DeregisterOutcome::Deleted), "{:?}", out[0]);
+    let r = f.mock.registry();
+    assert_eq!((r.certificate_count(), r.thing_count()), (0, 0));
+}

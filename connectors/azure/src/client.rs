@@ -277,6 +277,13 @@ impl Client {
             .await
             .map_err(|e| network_error(self.service, operation, &e))?;
         let status = resp.status().as_u16();
+        tracing::debug!(
+            connector = self.service.connector(),
+            operation,
+            path,
+            status,
+            "azure call"
+        );
         let headers = resp
             .headers()
             .iter()

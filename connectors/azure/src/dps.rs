@@ -22,6 +22,8 @@ use crate::error::{Service, parse_item_error};
 pub const OPERATIONS: &str = "operations";
 /// Enrollments per bulk call.
 pub const MAX_BULK: usize = 10;
+/// Calls the engine may have in flight.
+pub const MAX_CONCURRENCY: usize = 4;
 /// DPS's documented service operation rate.
 pub const OPERATIONS_PER_MINUTE: f64 = 1000.0;
 
@@ -144,6 +146,12 @@ impl DpsConnector {
             per_minute: cfg.operations_per_minute.unwrap_or(OPERATIONS_PER_MINUTE),
             seen: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Enrollments per bulk call: 10, fewer at a rate too low to pay for them within the
+    /// pacing budget.
+    pub fn batch(&self) -> usize {
+        crate::iot_hub::batch_for(self.per_minute / 60.0, MAX_BULK, MAX_CONCURRENCY)
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, DeviceId>> {
@@ -273,16 +281,16 @@ impl Connector for DpsConnector {
     fn info(&self) -> Capabilities {
         Capabilities {
             kind: "azure-dps",
-            max_batch_size: MAX_BULK,
+            max_batch_size: self.batch(),
             quotas: vec![Quota {
                 api: OPERATIONS.into(),
                 per_second: self.per_minute / 60.0,
-                burst: MAX_BULK as u32,
+                burst: self.batch() as u32,
             }],
             supports_list: true,
             supports_deregister: true,
             idempotent_register: true,
-            max_concurrency: 0,
+            max_concurrency: MAX_CONCURRENCY,
         }
     }
 

@@ -55,7 +55,16 @@ async fn bulk_of_100_is_one_call_with_selfsigned_sha256_thumbprints() {
     let devs = common::same_cn_devices(&pki, 100, 100);
     let ids: Vec<_> = devs.iter().map(|d| d.1.clone()).collect();
     let c = IotHubConnector::new(&env.hub_config()).unwrap();
+    assert_eq!(
+        c.info().max_batch_size,
+        12,
+        "S1 x1: 100/min cannot pay 2 x 100 within 15 s"
+    );
+    let mut cfg = env.hub_config();
+    cfg.units = Some(10);
+    let c = IotHubConnector::new(&cfg).unwrap();
     assert_eq!(c.info().max_batch_size, 100);
+    assert_eq!(c.info().quotas[0].burst, 100);
     let before = env.mock.hub().stats().requests;
     let out = c.register(&ctx(), &ids).await.unwrap();
     assert_eq!(env.mock.hub().stats().requests - before, 1, "one bulk call");

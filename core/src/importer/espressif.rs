@@ -1,10 +1,37 @@
 //! Espressif CSV `MAC,cn,cert` (quoted multi-line PEM fields), streamed record by record.
 
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::{EntryError, Imported, Record, source};
 use crate::identity::DeviceIdentity;
 
+/// Counts bytes read since the last record, so one endless quoted field cannot exhaust
+/// memory (the csv crate buffers a whole record).
+struct Bounded {
+    inner: Box<dyn std::io::BufRead + Send>,
+    since_record: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let total = self.since_record.fetch_add(n, Ordering::Relaxed) + n;
+        if total > self.max {
+            return Err(std::io::Error::other(format!(
+                "a record larger than {} bytes",
+                self.max
+            )));
+        }
+        Ok(n)
+    }
+}
+
 pub(crate) struct EspressifImporter {
-    reader: csv::Reader<Box<dyn std::io::BufRead + Send>>,
+    reader: csv::Reader<Bounded>,
+    since_record: Arc<AtomicUsize>,
     name: String,
     columns: Option<(usize, usize, usize)>,
     record: csv::ByteRecord,
@@ -13,12 +40,19 @@ pub(crate) struct EspressifImporter {
 }
 
 impl EspressifImporter {
-    pub(crate) fn new(reader: Box<dyn std::io::BufRead + Send>, name: String) -> Self {
+    pub(crate) fn new(reader: Box<dyn std::io::BufRead + Send>, name: String, max: usize) -> Self {
+        let since_record = Arc::new(AtomicUsize::new(0));
+        let bounded = Bounded {
+            inner: reader,
+            since_record: Arc::clone(&since_record),
+            max,
+        };
         EspressifImporter {
             reader: csv::ReaderBuilder::new()
                 .has_headers(true)
                 .flexible(true)
-                .from_reader(reader),
+                .from_reader(bounded),
+            since_record,
             name,
             columns: None,
             record: csv::ByteRecord::new(),
@@ -67,6 +101,7 @@ impl Iterator for EspressifImporter {
                 return Some(Err(e));
             }
         };
+        self.since_record.store(0, Ordering::Relaxed);
         let more = match self.reader.read_byte_record(&mut self.record) {
             Ok(m) => m,
             Err(e) => {

@@ -391,7 +391,11 @@ pub fn open_reader(
         Format::MicrochipManifest => {
             Box::new(microchip::MicrochipImporter::new(reader, name, opts.limits))
         }
-        Format::EspressifCsv => Box::new(espressif::EspressifImporter::new(reader, name)),
+        Format::EspressifCsv => Box::new(espressif::EspressifImporter::new(
+            reader,
+            name,
+            opts.limits.max_line,
+        )),
         Format::IdbridgeManifest => {
             Box::new(manifest::ManifestImporter::new(reader, name, opts.limits))
         }
