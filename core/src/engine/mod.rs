@@ -439,6 +439,34 @@ impl Run<'_> {
     }
 
     /// A context for one connector call, whose pacer waits do not count against its timeout.
+    /// Runs one connector call for `n` devices under the attempt timeout (pacer waits do not
+    /// count). An `Err` is the whole call's failure: the connector's own error, a wrong number
+    /// of outcomes, or no answer in time (outcome unknown).
+    async fn bounded_call<T>(
+        &self,
+        clock: &pacer::CallClock,
+        operation: &'static str,
+        n: usize,
+        call: impl Future<Output = Result<Vec<T>>>,
+    ) -> Result<Vec<T>> {
+        let timeout = self.engine.opts.attempt_timeout;
+        match pacer::timed(clock, timeout, call).await {
+            Ok(Ok(out)) if out.len() == n => Ok(out),
+            Ok(Ok(out)) => Err(Error::new(
+                ErrorKind::Unexpected,
+                format!("connector returned {} outcomes for {n} devices", out.len()),
+            )
+            .with_operation(operation)
+            .set_temporary(false)),
+            Ok(Err(e)) => Err(e),
+            Err(()) => Err(Error::new(
+                ErrorKind::OutcomeUnknown,
+                format!("no answer within {timeout:?}"),
+            )
+            .with_operation(operation)),
+        }
+    }
+
     fn call_context(&self) -> (CallContext, Arc<pacer::CallClock>) {
         let clock = pacer::CallClock::new(self.engine.pacer.clone());
         let mut ctx = CallContext::paced(clock.clone());
@@ -502,36 +530,13 @@ impl Run<'_> {
         let engine = self.engine;
         let ids: Vec<DeviceIdentity> = items.iter().map(|i| i.identity.clone()).collect();
         let (ctx, clock) = self.call_context();
-        let call = pacer::timed(
-            &clock,
-            engine.opts.attempt_timeout,
-            engine.connector.register(&ctx, &ids),
-        )
-        .await;
-        let outcomes = match call {
-            Ok(Ok(out)) if out.len() == items.len() => out,
-            Ok(Ok(out)) => {
-                let e = Error::new(
-                    ErrorKind::Unexpected,
-                    format!(
-                        "connector returned {} outcomes for {} devices",
-                        out.len(),
-                        items.len()
-                    ),
-                )
-                .with_operation("register")
-                .set_temporary(false);
-                return self.whole_call_failed(items, e).await;
-            }
-            Ok(Err(e)) => return self.whole_call_failed(items, e).await,
-            Err(_) => {
-                let e = Error::new(
-                    ErrorKind::OutcomeUnknown,
-                    format!("no answer within {:?}", engine.opts.attempt_timeout),
-                )
-                .with_operation("register");
-                return self.whole_call_failed(items, e).await;
-            }
+        let call = engine.connector.register(&ctx, &ids);
+        let outcomes = match self
+            .bounded_call(&clock, "register", items.len(), call)
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => return self.whole_call_failed(items, e).await,
         };
         let mut finished = Vec::new();
         let mut retry = Vec::new();
@@ -572,36 +577,13 @@ impl Run<'_> {
         let engine = self.engine;
         let ids: Vec<DeviceIdentity> = items.iter().map(|i| i.identity.clone()).collect();
         let (ctx, clock) = self.call_context();
-        let call = pacer::timed(
-            &clock,
-            engine.opts.attempt_timeout,
-            engine.connector.deregister(&ctx, &ids),
-        )
-        .await;
-        let outcomes = match call {
-            Ok(Ok(out)) if out.len() == items.len() => out,
-            Ok(Ok(out)) => {
-                let e = Error::new(
-                    ErrorKind::Unexpected,
-                    format!(
-                        "connector returned {} outcomes for {} devices",
-                        out.len(),
-                        items.len()
-                    ),
-                )
-                .with_operation("deregister")
-                .set_temporary(false);
-                return self.whole_call_failed(items, e).await;
-            }
-            Ok(Err(e)) => return self.whole_call_failed(items, e).await,
-            Err(_) => {
-                let e = Error::new(
-                    ErrorKind::OutcomeUnknown,
-                    format!("no answer within {:?}", engine.opts.attempt_timeout),
-                )
-                .with_operation("deregister");
-                return self.whole_call_failed(items, e).await;
-            }
+        let call = engine.connector.deregister(&ctx, &ids);
+        let outcomes = match self
+            .bounded_call(&clock, "deregister", items.len(), call)
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => return self.whole_call_failed(items, e).await,
         };
         let mut finished = Vec::new();
         let mut retry = Vec::new();
