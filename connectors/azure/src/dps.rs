@@ -365,33 +365,17 @@ impl Connector for DpsConnector {
                             .with_context("registration_id", &id);
                         if err.kind() == ErrorKind::AlreadyExists {
                             ctx.acquire(OPERATIONS).await;
-                            match self.client.dps_get(&id, "register").await {
-                                Ok(Some(v)) => {
-                                    let r = remote_of(&v, Some(d));
-                                    if r.device_id.as_ref() == Some(&d.device_id) {
-                                        RegisterOutcome::AlreadyPresent(r)
-                                    } else {
-                                        let reason = format!(
-                                            "DPS enrollment {id:?} exists with another certificate: {}",
-                                            r.differences.join("; ")
-                                        );
-                                        RegisterOutcome::Conflict {
-                                            remote: Some(r),
-                                            reason,
-                                        }
-                                    }
-                                }
-                                Ok(None) => RegisterOutcome::Failed(
-                                    Error::new(
-                                        ErrorKind::ServerError,
-                                        format!("enrollment {id:?} reported existing but is gone"),
-                                    )
-                                    .with_operation("register"),
-                                ),
-                                Err(e) => RegisterOutcome::Failed(
-                                    e.with_context("device_id", &d.device_id),
-                                ),
-                            }
+                            let got = self
+                                .client
+                                .dps_get(&id, "register")
+                                .await
+                                .map(|v| v.map(|v| remote_of(&v, Some(d))));
+                            crate::existing_outcome(
+                                got,
+                                d,
+                                &format!("DPS enrollment {id:?}"),
+                                |r| r.device_id.as_ref() == Some(&d.device_id),
+                            )
                         } else {
                             RegisterOutcome::Failed(err)
                         }
@@ -400,16 +384,7 @@ impl Connector for DpsConnector {
                 outcomes[i] = Some(outcome);
             }
         }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    RegisterOutcome::Failed(
-                        Error::new(ErrorKind::Unexpected, "no outcome").with_operation("register"),
-                    )
-                })
-            })
-            .collect())
+        Ok(crate::fill_outcomes(outcomes))
     }
 
     async fn deregister(

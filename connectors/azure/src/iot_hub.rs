@@ -325,34 +325,17 @@ impl Connector for IotHubConnector {
                             .with_context("iot_hub_device_id", id);
                         if err.kind() == ErrorKind::AlreadyExists {
                             ctx.acquire(REGISTRY).await;
-                            match self.client.hub_get(id, "register").await {
-                                Ok(Some(v)) => {
-                                    let r = remote_of(&v, Some(d));
-                                    if same_certificate(&r) {
-                                        RegisterOutcome::AlreadyPresent(r)
-                                    } else {
-                                        let reason = format!(
-                                            "IoT Hub device {id:?} exists with another certificate: {}",
-                                            r.differences.join("; ")
-                                        );
-                                        RegisterOutcome::Conflict {
-                                            remote: Some(r),
-                                            reason,
-                                        }
-                                    }
-                                }
-                                // Deleted in between: temporary, the engine retries it.
-                                Ok(None) => RegisterOutcome::Failed(
-                                    Error::new(
-                                        ErrorKind::ServerError,
-                                        format!("device {id:?} reported existing but is gone"),
-                                    )
-                                    .with_operation("register"),
-                                ),
-                                Err(e) => RegisterOutcome::Failed(
-                                    e.with_context("device_id", &d.device_id),
-                                ),
-                            }
+                            let got = self
+                                .client
+                                .hub_get(id, "register")
+                                .await
+                                .map(|v| v.map(|v| remote_of(&v, Some(d))));
+                            crate::existing_outcome(
+                                got,
+                                d,
+                                &format!("IoT Hub device {id:?}"),
+                                same_certificate,
+                            )
                         } else {
                             RegisterOutcome::Failed(err)
                         }
@@ -361,16 +344,7 @@ impl Connector for IotHubConnector {
                 outcomes[i] = Some(outcome);
             }
         }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    RegisterOutcome::Failed(
-                        Error::new(ErrorKind::Unexpected, "no outcome").with_operation("register"),
-                    )
-                })
-            })
-            .collect())
+        Ok(crate::fill_outcomes(outcomes))
     }
 
     async fn deregister(

@@ -31,7 +31,9 @@ pub use iot_hub::IotHubConnector;
 
 use std::sync::Arc;
 
-use idbridge_core::{Connector, Error, ErrorKind, Result};
+use idbridge_core::{
+    Connector, DeviceIdentity, Error, ErrorKind, RegisterOutcome, RemoteDevice, Result,
+};
 
 /// Builds the connector for a target whose `kind` is `azure-iot-hub` or `azure-dps`.
 pub fn connector(cfg: &AzureConfig) -> Result<Arc<dyn Connector>> {
@@ -44,4 +46,50 @@ pub fn connector(cfg: &AzureConfig) -> Result<Arc<dyn Connector>> {
         )
         .with_operation("config")),
     }
+}
+
+/// The outcome of a create that the service refused because `label` exists, from a GET of it:
+/// the same certificate is success, another one a conflict never overwritten, and a resource
+/// deleted in between a temporary failure the engine retries.
+pub(crate) fn existing_outcome(
+    got: Result<Option<RemoteDevice>>,
+    device: &DeviceIdentity,
+    label: &str,
+    same: impl Fn(&RemoteDevice) -> bool,
+) -> RegisterOutcome {
+    match got {
+        Ok(Some(r)) if same(&r) => RegisterOutcome::AlreadyPresent(r),
+        Ok(Some(r)) => {
+            let reason = format!(
+                "{label} exists with another certificate: {}",
+                r.differences.join("; ")
+            );
+            RegisterOutcome::Conflict {
+                remote: Some(r),
+                reason,
+            }
+        }
+        Ok(None) => RegisterOutcome::Failed(
+            Error::new(
+                ErrorKind::ServerError,
+                format!("{label} reported existing but is gone"),
+            )
+            .with_operation("register"),
+        ),
+        Err(e) => RegisterOutcome::Failed(e.with_context("device_id", &device.device_id)),
+    }
+}
+
+/// One outcome per device: a slot no call filled is an unexpected failure, never a success.
+pub(crate) fn fill_outcomes(outcomes: Vec<Option<RegisterOutcome>>) -> Vec<RegisterOutcome> {
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                RegisterOutcome::Failed(
+                    Error::new(ErrorKind::Unexpected, "no outcome").with_operation("register"),
+                )
+            })
+        })
+        .collect()
 }
