@@ -23,10 +23,35 @@ pub struct InputArgs {
     #[arg(long, value_name = "SLOT", default_value = "E0E0")]
     pub slot: Slot,
 
+    /// How certificates are judged.
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+impl InputArgs {
+    /// The intake options these arguments describe.
+    pub fn intake_options(&self) -> IntakeOptions {
+        IntakeOptions {
+            format: self.format,
+            slot: self.slot,
+            trust: self.trust.options(),
+            ..IntakeOptions::default()
+        }
+    }
+
+    /// Opens the inputs. An error is an unusable input or configuration (exit 2).
+    pub fn open(&self) -> anyhow::Result<Intake> {
+        Ok(Intake::open(&self.inputs, &self.intake_options())?)
+    }
+}
+
+/// Trust flags: shared by the commands that read inputs and by `idbridge serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrustArgs {
     /// Also trust the certificates in FILE (PEM or DER) or in every certificate file of DIR.
     /// Repeatable.
     #[arg(long = "trust", value_name = "FILE|DIR")]
-    pub trust: Vec<PathBuf>,
+    pub anchors: Vec<PathBuf>,
 
     /// Accept chains to the published test roots (Infineon Trust M Test CA 000, Microchip
     /// Example Signer FFFF). Their private keys are public: never in production.
@@ -47,25 +72,15 @@ pub struct InputArgs {
     pub no_builtin_roots: bool,
 }
 
-impl InputArgs {
-    /// The intake options these arguments describe.
-    pub fn intake_options(&self) -> IntakeOptions {
-        IntakeOptions {
-            format: self.format,
-            slot: self.slot,
-            trust: TrustOptions {
-                anchors: self.trust.clone(),
-                allow_test_roots: self.allow_test_roots,
-                crls: self.crl.clone(),
-                validity: self.validity_at,
-                no_builtin: self.no_builtin_roots,
-            },
-            ..IntakeOptions::default()
+impl TrustArgs {
+    /// The trust options these flags describe.
+    pub fn options(&self) -> TrustOptions {
+        TrustOptions {
+            anchors: self.anchors.clone(),
+            allow_test_roots: self.allow_test_roots,
+            crls: self.crl.clone(),
+            validity: self.validity_at,
+            no_builtin: self.no_builtin_roots,
         }
-    }
-
-    /// Opens the inputs. An error is an unusable input or configuration (exit 2).
-    pub fn open(&self) -> anyhow::Result<Intake> {
-        Ok(Intake::open(&self.inputs, &self.intake_options())?)
     }
 }

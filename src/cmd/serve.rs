@@ -3,8 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use idbridge_core::intake::{TrustOptions, ValidityPolicy};
-
 /// Arguments of `idbridge serve`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -22,38 +20,9 @@ pub struct Args {
     #[arg(long, env = "IDBRIDGE_JOURNAL", value_name = "URL")]
     pub journal: Option<String>,
 
-    /// Also trust the certificates in FILE (PEM or DER) or DIR. Repeatable.
-    #[arg(long = "trust", value_name = "FILE|DIR")]
-    pub trust: Vec<PathBuf>,
-
-    /// Accept chains to the published test roots. Never in production.
-    #[arg(long)]
-    pub allow_test_roots: bool,
-
-    /// Check revocation against an offline CRL. Repeatable.
-    #[arg(long = "crl", value_name = "FILE")]
-    pub crl: Vec<PathBuf>,
-
-    /// When certificate validity is judged: `now` (default: at start-up), `ignore`, or an
-    /// RFC 3339 time.
-    #[arg(long, value_name = "WHEN", default_value = "now")]
-    pub validity_at: ValidityPolicy,
-
-    /// Trust only the --trust anchors, not the built-in vendor roots.
-    #[arg(long)]
-    pub no_builtin_roots: bool,
-}
-
-impl Args {
-    fn trust_options(&self) -> TrustOptions {
-        TrustOptions {
-            anchors: self.trust.clone(),
-            allow_test_roots: self.allow_test_roots,
-            crls: self.crl.clone(),
-            validity: self.validity_at,
-            no_builtin: self.no_builtin_roots,
-        }
-    }
+    /// How certificates in requests are judged (validity `now` means at start-up).
+    #[command(flatten)]
+    pub trust: super::input::TrustArgs,
 }
 
 /// Runs the command until Ctrl-C or SIGTERM.
@@ -70,7 +39,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let backend = crate::serve::backend::build(
         &args.config,
         &cfg,
-        &args.trust_options(),
+        &args.trust.options(),
         args.journal.clone(),
     )
     .await?;
@@ -91,6 +60,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Without the `http` feature there is no receiver.
 #[cfg(not(feature = "http"))]
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let _ = args.trust_options();
+    let _ = args.trust.options();
     anyhow::bail!("this idbridge was built without the `http` feature: `serve` is unavailable")
 }
