@@ -339,38 +339,12 @@ impl Client {
 
     /// `GET /devices/{id}`; None on 404.
     pub async fn hub_get(&self, id: &str, operation: &'static str) -> Result<Option<Value>> {
-        let r = self
-            .call(
-                Method::GET,
-                &format!("/devices/{}", encode_component(id)),
-                &[],
-                None,
-                operation,
-            )
-            .await?;
-        match r.status {
-            200 => r.json(self.service, operation).map(Some),
-            404 => Ok(None),
-            _ => Err(self.fail(operation, &r)),
-        }
+        self.get_item("devices", id, operation).await
     }
 
     /// `DELETE /devices/{id}` with `If-Match: "*"`; false when it was not there.
     pub async fn hub_delete(&self, id: &str, operation: &'static str) -> Result<bool> {
-        let r = self
-            .call(
-                Method::DELETE,
-                &format!("/devices/{}", encode_component(id)),
-                &[("if-match", "\"*\"".to_owned())],
-                None,
-                operation,
-            )
-            .await?;
-        match r.status {
-            200 | 204 => Ok(true),
-            404 => Ok(false),
-            _ => Err(self.fail(operation, &r)),
-        }
+        self.delete_item("devices", id, operation).await
     }
 
     /// `POST /devices/query` (`SELECT * FROM devices`): a page of twins and the continuation.
@@ -401,6 +375,42 @@ impl Client {
         }
     }
 
+    /// `GET /{collection}/{id}`; None on 404.
+    async fn get_item(
+        &self,
+        collection: &str,
+        id: &str,
+        operation: &'static str,
+    ) -> Result<Option<Value>> {
+        let path = format!("/{collection}/{}", encode_component(id));
+        let r = self.call(Method::GET, &path, &[], None, operation).await?;
+        match r.status {
+            200 => r.json(self.service, operation).map(Some),
+            404 => Ok(None),
+            _ => Err(self.fail(operation, &r)),
+        }
+    }
+
+    /// `DELETE /{collection}/{id}` with `If-Match: "*"` (delete whatever is there); false when
+    /// it was not there.
+    async fn delete_item(
+        &self,
+        collection: &str,
+        id: &str,
+        operation: &'static str,
+    ) -> Result<bool> {
+        let path = format!("/{collection}/{}", encode_component(id));
+        let if_match = [("if-match", "\"*\"".to_owned())];
+        let r = self
+            .call(Method::DELETE, &path, &if_match, None, operation)
+            .await?;
+        match r.status {
+            200 | 204 => Ok(true),
+            404 => Ok(false),
+            _ => Err(self.fail(operation, &r)),
+        }
+    }
+
     // ---- DPS ----
 
     /// `POST /enrollments` `{"mode":…,"enrollments":[…]}`: the BulkEnrollmentOperationResult.
@@ -422,38 +432,12 @@ impl Client {
 
     /// `GET /enrollments/{id}`; None on 404.
     pub async fn dps_get(&self, id: &str, operation: &'static str) -> Result<Option<Value>> {
-        let r = self
-            .call(
-                Method::GET,
-                &format!("/enrollments/{}", encode_component(id)),
-                &[],
-                None,
-                operation,
-            )
-            .await?;
-        match r.status {
-            200 => r.json(self.service, operation).map(Some),
-            404 => Ok(None),
-            _ => Err(self.fail(operation, &r)),
-        }
+        self.get_item("enrollments", id, operation).await
     }
 
     /// `DELETE /enrollments/{id}` with `If-Match: "*"`; false when it was not there.
     pub async fn dps_delete(&self, id: &str, operation: &'static str) -> Result<bool> {
-        let r = self
-            .call(
-                Method::DELETE,
-                &format!("/enrollments/{}", encode_component(id)),
-                &[("if-match", "\"*\"".to_owned())],
-                None,
-                operation,
-            )
-            .await?;
-        match r.status {
-            200 | 204 => Ok(true),
-            404 => Ok(false),
-            _ => Err(self.fail(operation, &r)),
-        }
+        self.delete_item("enrollments", id, operation).await
     }
 
     /// `POST /enrollments/query` (`*`): a page of enrollments and the continuation.
