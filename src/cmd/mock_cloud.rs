@@ -55,16 +55,13 @@ pub struct Args {
     pub tls: bool,
 
     /// Write the generated CA (server and device endpoint certificates) here, PEM
-    /// (`interop`, `webhook`).
+    /// (`aws`, `interop`, `webhook`).
     #[arg(long, value_name = "FILE")]
     pub ca_out: Option<std::path::PathBuf>,
+
     /// Device (mutual TLS) endpoint listen address (`aws`).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub device_listen: String,
-
-    /// Write the device endpoint's CA certificate (PEM) here (`aws`).
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<std::path::PathBuf>,
 
     /// Enforce AWS IoT's default per-API quotas (`aws`).
     #[arg(long)]
@@ -137,7 +134,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 idbridge_mock_clouds::aws::StandaloneOptions {
                     listen: args.listen.clone(),
                     device_listen: args.device_listen.clone(),
-                    ca_file: args.ca_file.clone(),
+                    ca_file: args.ca_out.clone(),
                     default_quotas: args.default_quotas,
                 },
             )

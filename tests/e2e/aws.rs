@@ -225,7 +225,7 @@ fn standalone_mock_cloud_aws_serves_the_sdk() {
             "--listen",
             "127.0.0.1:0",
             "--default-quotas",
-            "--ca-file",
+            "--ca-out",
         ])
         .arg(&ca)
         .stdout(Stdio::piped())
