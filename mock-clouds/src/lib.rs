@@ -13,6 +13,7 @@
 
 pub mod aws;
 pub mod azure;
+pub mod clock;
 pub mod devices;
 pub mod interop;
 pub mod registry;
@@ -20,6 +21,7 @@ pub mod server;
 pub mod tls;
 pub mod webhook;
 
+pub use clock::MockClock;
 pub use devices::{TestDevice, TestPki};
 pub use registry::{Registry, RegistryConfig};
 pub use server::{Fault, FaultRule, FaultScript, RunningServer};

@@ -10,9 +10,10 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
-use super::engine_support::{MockCloud, big_batch, code, idbridge, run, write_config};
+use super::engine_support::{MockCloud, big_batch, code, idbridge, run, test_seed, write_config};
 
 const KILLS: usize = 20;
 
@@ -107,7 +108,8 @@ fn crash_until_done(
     rate: f64,
 ) -> (String, usize) {
     let mut max_delay_ms = (total as f64 / (KILLS + 1) as f64 / rate * 1000.0) as u64;
-    let mut rng = rand::rng();
+    // The kill moments are drawn from a seed (printed; replay with IDBRIDGE_TEST_SEED=...).
+    let mut rng = StdRng::seed_from_u64(test_seed());
     let mut job: Option<String> = None;
     let mut kills = 0;
     let mut runs = 0;
@@ -148,7 +150,9 @@ fn crash_until_done(
                     // The job is paced at `rate` devices/s, so it cannot get further than that.
                     let remaining = total.saturating_sub(after) as f64;
                     let left = (KILLS - kills + 1) as f64;
-                    max_delay_ms = ((remaining / left / rate) * 1000.0) as u64;
+                    // (Four fifths of it: the pacer's first burst and a late read of the
+                    // "started" line must not let the job end before the last kill.)
+                    max_delay_ms = ((remaining / left / rate) * 800.0) as u64;
                     eprintln!(
                         "run {runs}: killed {ran:?} into the job, {before} -> {after} done, \
                          next delay < {max_delay_ms} ms"

@@ -9,6 +9,17 @@ use std::sync::OnceLock;
 
 use idbridge_mock_clouds::TestPki;
 
+/// The seed of a test's randomness: `IDBRIDGE_TEST_SEED` when set, else drawn from the OS;
+/// printed either way, so that a failure can be replayed with the same draws.
+pub fn test_seed() -> u64 {
+    let seed = std::env::var("IDBRIDGE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("IDBRIDGE_TEST_SEED={seed}");
+    seed
+}
+
 /// The idbridge binary under test.
 pub fn idbridge() -> Command {
     Command::new(env!("CARGO_BIN_EXE_idbridge"))

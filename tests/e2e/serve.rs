@@ -315,12 +315,12 @@ async fn beyond_the_sync_bound_items_are_accepted_and_status_finishes_them() {
         .enumerate()
         .map(|(i, d)| json!({"ref": format!("r{i}"), "cert": cert(&d.cert_pem)}))
         .collect();
-    let t = Instant::now();
+    // With a sync bound of 0 s the answer does not wait for the job: items past the bound
+    // come back ACCEPTED (asserted below), however slow the machine.
     let (code, res) = s
         .post(s.bearer(), &json!({"action": "provision", "certs": certs}))
         .await;
     assert_eq!(code, 200, "{res}");
-    assert!(t.elapsed() < Duration::from_secs(10), "answered promptly");
     let items = res.as_array().unwrap();
     assert_eq!(items.len(), 300);
     let job = items
@@ -330,7 +330,8 @@ async fn beyond_the_sync_bound_items_are_accepted_and_status_finishes_them() {
         .as_str()
         .unwrap()
         .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // A hang guard only (no rate or duration is asserted): generous for a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let (_, st) = s
             .post(s.bearer(), &json!({"action": "status", "job": job}))

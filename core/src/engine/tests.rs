@@ -244,6 +244,17 @@ fn opts() -> EngineOptions {
     }
 }
 
+/// The seed of a test's randomness: `IDBRIDGE_TEST_SEED` when set, else drawn; printed so that
+/// a failure can be replayed.
+fn test_seed() -> u64 {
+    let seed = std::env::var("IDBRIDGE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("IDBRIDGE_TEST_SEED={seed}");
+    seed
+}
+
 fn record<'a>(r: &'a JobReport, d: &DeviceIdentity) -> &'a DeviceRecord {
     r.devices
         .iter()
@@ -609,4 +620,127 @@ fn execute_is_send_for_servers() {
         &NoProgress,
     );
     send(&f);
+}
+
+/// A cloud with a per-API quota, whose calls take a seeded random time: records when each wire
+/// call is made (after the pacer granted it).
+#[derive(Debug)]
+struct QuotaCloud {
+    quota: f64,
+    burst: u32,
+    batch: usize,
+    latency: Mutex<rand::rngs::StdRng>,
+    arrivals: Mutex<Vec<tokio::time::Instant>>,
+}
+
+#[async_trait]
+impl Connector for QuotaCloud {
+    fn info(&self) -> Capabilities {
+        Capabilities {
+            kind: "quota",
+            max_batch_size: self.batch,
+            quotas: vec![Quota {
+                burst: self.burst,
+                ..Quota::new("Create", self.quota)
+            }],
+            idempotent_register: true,
+            ..Default::default()
+        }
+    }
+
+    async fn register(
+        &self,
+        ctx: &CallContext,
+        devices: &[DeviceIdentity],
+    ) -> Result<Vec<RegisterOutcome>> {
+        use rand::Rng;
+        let n = u32::try_from(devices.len()).unwrap();
+        ctx.acquire_n("Create", n).await;
+        {
+            let mut a = self.arrivals.lock().unwrap();
+            for _ in 0..n {
+                a.push(tokio::time::Instant::now());
+            }
+        }
+        let wire = Duration::from_millis(self.latency.lock().unwrap().random_range(0..300));
+        tokio::time::sleep(wire).await;
+        Ok(devices
+            .iter()
+            .map(|d| RegisterOutcome::Created(RemoteDevice::named(d.device_id.short())))
+            .collect())
+    }
+
+    async fn lookup(&self, _: &CallContext, _: &DeviceIdentity) -> Result<Option<RemoteDevice>> {
+        Ok(None)
+    }
+
+    async fn health_check(&self, _: &CallContext) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The most calls in any one-second window (sliding, starting at each call).
+fn max_in_any_second(times: &[tokio::time::Instant]) -> usize {
+    let mut t = times.to_vec();
+    t.sort();
+    (0..t.len())
+        .map(|i| {
+            t[i..]
+                .iter()
+                .take_while(|u| **u - t[i] < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quota_is_never_exceeded_and_is_used() {
+    // 32 calls in flight, each taking 0-300 ms, against a quota; single devices and bulk calls
+    // of 7 counted per device (a bulk API declares a burst of at least one call, as Azure's
+    // does: a cloud cannot admit a call bigger than its bucket).
+    // On paused time the answer is exact, however loaded the machine.
+    let seed = test_seed();
+    for (batch, quota, burst) in [(1, 50.0, 1), (1, 10.0, 1), (7, 50.0, 7), (1, 50.0, 5)] {
+        let cloud = Arc::new(QuotaCloud {
+            quota,
+            burst,
+            batch,
+            latency: Mutex::new(rand::SeedableRng::seed_from_u64(seed)),
+            arrivals: Mutex::new(Vec::new()),
+        });
+        let s = journal();
+        let mut o = opts();
+        o.concurrency = 32;
+        let start = tokio::time::Instant::now();
+        let n = 160;
+        let r = Engine::new(cloud.clone(), s.journal.clone(), o)
+            .execute(
+                Operation::Provision,
+                "t",
+                devices(n),
+                serde_json::Value::Null,
+                &NoProgress,
+            )
+            .await
+            .unwrap();
+        assert!(r.all_done(), "{r:?}");
+        let arrivals = cloud.arrivals.lock().unwrap().clone();
+        assert_eq!(arrivals.len(), n as usize);
+        let case = format!("batch {batch}, {quota}/s, burst {burst} (seed {seed})");
+        // A quota of Q/s with a burst of B admits at most Q + B - 1 calls in any second.
+        let max = max_in_any_second(&arrivals);
+        let limit = quota as usize + burst as usize - 1;
+        assert!(
+            max <= limit,
+            "{case}: {max} calls in one second, limit {limit}"
+        );
+        // Used, not starved: the job takes about n / (0.97 * quota) seconds.
+        let took = start.elapsed().as_secs_f64();
+        let ideal = f64::from(n) / (quota * HEADROOM);
+        assert!(
+            took < ideal * 1.05 + 0.3,
+            "{case}: {took} s for {n} devices"
+        );
+    }
 }

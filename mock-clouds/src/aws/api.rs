@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::sigv4::{self, Signed};
 use super::state::{AwsError, Registry, request_id};
+use crate::clock::MockClock;
 
 /// State shared by the control plane and the device endpoint.
 #[derive(Debug)]
@@ -24,6 +25,7 @@ pub(crate) struct Shared {
     pub quotas: Mutex<HashMap<String, Bucket>>,
     pub throttled: AtomicU64,
     pub calls: Mutex<BTreeMap<String, u64>>,
+    pub clock: MockClock,
 }
 
 /// A token bucket holding at most one second of calls (at least one).
@@ -31,23 +33,22 @@ pub(crate) struct Shared {
 pub(crate) struct Bucket {
     rate: f64,
     tokens: f64,
-    last: Instant,
+    last: Duration,
 }
 
 impl Bucket {
-    pub(crate) fn new(rate: f64) -> Self {
+    pub(crate) fn new(rate: f64, now: Duration) -> Self {
         Bucket {
             rate,
             tokens: rate.max(1.0),
-            last: Instant::now(),
+            last: now,
         }
     }
 
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
+    fn take(&mut self, now: Duration) -> bool {
         let cap = self.rate.max(1.0);
         self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(cap);
+            (self.tokens + now.saturating_sub(self.last).as_secs_f64() * self.rate).min(cap);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -67,7 +68,7 @@ impl Shared {
     fn throttle(&self, api: &str) -> bool {
         let mut q = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
         match q.get_mut(api) {
-            Some(b) => !b.take(),
+            Some(b) => !b.take(self.clock.now()),
             None => false,
         }
     }

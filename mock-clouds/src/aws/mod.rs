@@ -30,6 +30,7 @@ use axum::Router;
 
 pub use state::{AwsError, Registry};
 
+use crate::clock::MockClock;
 use crate::server::{FaultScript, RunningServer, serve};
 use crate::tls::{DeviceEndpoint, DeviceHello, TestCa, device_endpoint};
 use api::{Bucket, Shared};
@@ -145,10 +146,11 @@ impl MockAws {
     ) -> anyhow::Result<Self> {
         let mut registry = Registry::new(&config.region, &config.account_id, &config.data_host);
         registry.async_detach_polls = config.async_detach_polls;
+        let clock = MockClock::default();
         let quotas: HashMap<String, Bucket> = config
             .quotas
             .iter()
-            .map(|(k, v)| (k.clone(), Bucket::new(*v)))
+            .map(|(k, v)| (k.clone(), Bucket::new(*v, clock.now())))
             .collect();
         let shared = Arc::new(Shared {
             registry: Mutex::new(registry),
@@ -157,6 +159,7 @@ impl MockAws {
             quotas: Mutex::new(quotas),
             throttled: Default::default(),
             calls: Default::default(),
+            clock,
         });
         let router = Router::new()
             .fallback(api::handle)
@@ -242,12 +245,17 @@ impl MockAws {
             .unwrap_or(0)
     }
 
+    /// The clock the quotas run on: freeze and advance it instead of sleeping.
+    pub fn clock(&self) -> &MockClock {
+        &self.shared.clock
+    }
+
     /// Sets (or with `None` removes) the quota of `api`.
     pub fn set_quota(&self, api: &str, per_second: Option<f64>) {
         let mut q = self.shared.quotas.lock().unwrap_or_else(|p| p.into_inner());
         match per_second {
             Some(r) => {
-                q.insert(api.to_owned(), Bucket::new(r));
+                q.insert(api.to_owned(), Bucket::new(r, self.shared.clock.now()));
             }
             None => {
                 q.remove(api);

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use base64::Engine;
@@ -12,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, Response, StatusCode};
 
 use super::sas::{self, Policy, SasRefusal};
+use crate::clock::MockClock;
 
 /// A quota as the mock enforces it.
 #[derive(Debug, Clone)]
@@ -53,7 +54,8 @@ pub(crate) struct Gate {
     scope: &'static str,
     tokens: Mutex<HashSet<String>>,
     quota: Mutex<QuotaSettings>,
-    bucket: Mutex<(f64, Instant)>,
+    bucket: Mutex<(f64, Duration)>,
+    clock: MockClock,
     requests: AtomicU64,
     throttled: AtomicU64,
     operations: AtomicU64,
@@ -71,6 +73,7 @@ impl Gate {
         entra: EntraApp,
         scope: &'static str,
         quota: QuotaSettings,
+        clock: MockClock,
     ) -> Self {
         let burst = quota.burst;
         Gate {
@@ -79,7 +82,8 @@ impl Gate {
             scope,
             tokens: Mutex::new(HashSet::new()),
             quota: Mutex::new(quota),
-            bucket: Mutex::new((burst, Instant::now())),
+            bucket: Mutex::new((burst, clock.now())),
+            clock,
             requests: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             operations: AtomicU64::new(0),
@@ -95,7 +99,7 @@ impl Gate {
     }
 
     pub fn set_quota(&self, q: QuotaSettings) {
-        *lock(&self.bucket) = (q.burst, Instant::now());
+        *lock(&self.bucket) = (q.burst, self.clock.now());
         *lock(&self.quota) = q;
     }
 
@@ -147,8 +151,8 @@ impl Gate {
         };
         let rate = per_minute / 60.0;
         let mut b = lock(&self.bucket);
-        let now = Instant::now();
-        let tokens = (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(q.burst);
+        let now = self.clock.now();
+        let tokens = (b.0 + now.saturating_sub(b.1).as_secs_f64() * rate).min(q.burst);
         // A call bigger than the bucket is paid as a full bucket (a 100-device bulk on a 1-unit
         // S1 hub is allowed when the bucket is full).
         let cost_f = (cost as f64).min(q.burst);

@@ -16,6 +16,8 @@ use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
+use crate::clock::MockClock;
+
 use super::common::{
     self, EntraApp, Gate, QuotaSettings, Refusal, ServiceStats, empty, if_match, json_response,
     lock,
@@ -162,13 +164,19 @@ impl std::fmt::Debug for Dps {
 }
 
 impl Dps {
-    pub(crate) fn new(policies: Vec<Policy>, entra: EntraApp, quota: QuotaSettings) -> Self {
+    pub(crate) fn new(
+        policies: Vec<Policy>,
+        entra: EntraApp,
+        quota: QuotaSettings,
+        clock: MockClock,
+    ) -> Self {
         Dps {
             gate: Gate::new(
                 policies,
                 entra,
                 "https://azure-devices-provisioning.net/.default",
                 quota,
+                clock,
             ),
             enrollments: Mutex::new(BTreeMap::new()),
             version: AtomicU64::new(0x633f_5070_0000),

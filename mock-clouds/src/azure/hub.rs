@@ -14,6 +14,8 @@ use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
+use crate::clock::MockClock;
+
 use super::common::{
     self, EntraApp, Gate, QuotaSettings, Refusal, ServiceStats, empty, if_match, json_response,
     lock,
@@ -113,9 +115,20 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    pub(crate) fn new(policies: Vec<Policy>, entra: EntraApp, quota: QuotaSettings) -> Self {
+    pub(crate) fn new(
+        policies: Vec<Policy>,
+        entra: EntraApp,
+        quota: QuotaSettings,
+        clock: MockClock,
+    ) -> Self {
         Hub {
-            gate: Gate::new(policies, entra, "https://iothubs.azure.net/.default", quota),
+            gate: Gate::new(
+                policies,
+                entra,
+                "https://iothubs.azure.net/.default",
+                quota,
+                clock,
+            ),
             devices: Mutex::new(BTreeMap::new()),
             version: AtomicU64::new(510_934_660),
             item_faults: Mutex::new(HashMap::new()),

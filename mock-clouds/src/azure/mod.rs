@@ -18,6 +18,7 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+use crate::clock::MockClock;
 use crate::server::{self, FaultScript, RunningServer};
 use crate::tls::{self, DeviceEndpoint, DeviceHello, TestCa};
 
@@ -125,6 +126,7 @@ pub struct AzureMock {
     dps_devices: DeviceEndpoint,
     hub: Arc<hub::Hub>,
     dps: Arc<dps::Dps>,
+    clock: MockClock,
     hub_key: String,
     hub_read_key: String,
     dps_key: String,
@@ -163,6 +165,7 @@ impl AzureMock {
             client_id: ENTRA_CLIENT_ID.into(),
             client_secret: entra_secret.clone(),
         };
+        let clock = MockClock::default();
         let hub = Arc::new(hub::Hub::new(
             vec![
                 policy("iothubowner", &hub_key, true)?,
@@ -175,6 +178,7 @@ impl AzureMock {
                 bulk_counts_per_device: config.bulk_counts_per_device,
                 shaping: config.shaping,
             },
+            clock.clone(),
         ));
         let dps = Arc::new(dps::Dps::new(
             vec![policy("provisioningserviceowner", &dps_key, true)?],
@@ -185,6 +189,7 @@ impl AzureMock {
                 bulk_counts_per_device: config.bulk_counts_per_device,
                 shaping: config.shaping,
             },
+            clock.clone(),
         ));
         let https = ca.https_config()?;
         let hub_server = server::serve(
@@ -210,6 +215,7 @@ impl AzureMock {
         )
         .await?;
         Ok(AzureMock {
+            clock,
             ca,
             hub_server,
             dps_server,
@@ -300,6 +306,11 @@ impl AzureMock {
     /// DPS's device endpoint address.
     pub fn dps_device_addr(&self) -> std::net::SocketAddr {
         self.dps_devices.addr
+    }
+
+    /// The clock both services' quotas run on: freeze and advance it instead of sleeping.
+    pub fn clock(&self) -> &MockClock {
+        &self.clock
     }
 
     /// The hub registry, for assertions.
