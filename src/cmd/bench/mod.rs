@@ -81,6 +81,15 @@ pub fn cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// The 1/5/15-minute load averages (Linux `/proc/loadavg`), to print beside every figure: the
+/// machine is shared, so a figure means little without the load it was taken under.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// `n` distinct certificates (one key, distinct serials and names), fast to make.
 pub fn certificates(n: u64) -> anyhow::Result<Vec<idbridge_core::DeviceIdentity>> {
     use idbridge_core::{DeviceIdentity, Source};
