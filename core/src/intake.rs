@@ -147,9 +147,12 @@ struct Reader {
 }
 
 /// One entry after the reader's sequential checks, before its signatures are checked.
+// Moved once per entry, in chunks of 64: the few hundred bytes of the rare certificate-less
+// variant cost nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Work {
-    /// Judged already (unreadable, skipped, duplicate, unusable input).
-    Done(std::result::Result<Checked, Rejected>),
+    /// Judged already (unreadable, skipped, duplicate, unusable input); boxed, as it is rare.
+    Done(Box<Rejected>),
     /// A certificate-less entry whose manifest signature is to be checked.
     NoCertificate {
         source: Source,
@@ -289,11 +292,14 @@ impl Intake {
     pub fn verifier(&self) -> &Arc<Verifier> {
         &self.verifier
     }
-
 }
 
 impl Reader {
-    fn new(queue: VecDeque<(PathBuf, Format)>, current: Option<Items>, import: ImportOptions) -> Self {
+    fn new(
+        queue: VecDeque<(PathBuf, Format)>,
+        current: Option<Items>,
+        import: ImportOptions,
+    ) -> Self {
         Reader {
             queue,
             current,
@@ -316,7 +322,7 @@ impl Reader {
             match importer::open(&path, format, &self.import) {
                 Ok(items) => self.current = Some(items),
                 Err(e) => {
-                    return Some(Work::Done(Err(Rejected {
+                    return Some(Work::Done(Box::new(Rejected {
                         source: Source {
                             file: path.display().to_string(),
                             line: None,
@@ -333,7 +339,7 @@ impl Reader {
 
     fn sequential(&mut self, item: std::result::Result<Imported, EntryError>) -> Work {
         match item {
-            Err(e) => Work::Done(Err(Rejected {
+            Err(e) => Work::Done(Box::new(Rejected {
                 source: e.source,
                 vendor: VendorAttributes::default(),
                 kind: if e.fatal {
@@ -343,7 +349,7 @@ impl Reader {
                 },
                 reason: e.message,
             })),
-            Ok(Imported::Skipped { source, reason }) => Work::Done(Err(Rejected {
+            Ok(Imported::Skipped { source, reason }) => Work::Done(Box::new(Rejected {
                 source,
                 vendor: VendorAttributes::default(),
                 kind: RejectKind::Skipped,
@@ -363,7 +369,7 @@ impl Reader {
             Ok(Imported::Cert(mut record)) => {
                 let id128 = id_prefix(&record.identity);
                 if !self.seen.insert(id128) {
-                    return Work::Done(Err(Rejected {
+                    return Work::Done(Box::new(Rejected {
                         source: record.identity.source.clone(),
                         vendor: record.identity.vendor.clone(),
                         kind: RejectKind::Skipped,
@@ -404,7 +410,7 @@ fn judge(
     cache: &mut ManifestCache,
 ) -> std::result::Result<Checked, Rejected> {
     match work {
-        Work::Done(done) => done,
+        Work::Done(rejected) => Err(*rejected),
         Work::NoCertificate {
             source,
             vendor,

@@ -22,5 +22,5 @@ pub mod webhook;
 
 pub use devices::{TestDevice, TestPki};
 pub use registry::{Registry, RegistryConfig};
-pub use server::{Fault, FaultRule, FaultScript, RunningServer};
+pub use server::{Fault, FaultRule, FaultScript, Latency, LatencyConfig, RunningServer};
 pub use tls::{DeviceHello, TestCa};

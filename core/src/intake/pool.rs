@@ -156,6 +156,8 @@ fn internal(reason: String) -> Rejected {
     }
 }
 
+// Same sizes as `judge`: see there.
+#[allow(clippy::result_large_err)]
 fn judge_all(verifier: &Verifier, works: Vec<Work>, cache: &mut ManifestCache) -> Judged {
     works
         .into_iter()

@@ -74,7 +74,11 @@ fn the_pool_yields_exactly_what_one_thread_does_in_the_same_order() {
     );
     for (workers, chunk) in [(2, 64), (4, 1), (3, 7), (8, 1000)] {
         let pooled = everything(workers, chunk);
-        assert_eq!(pooled.len(), serial.len(), "workers {workers} chunk {chunk}");
+        assert_eq!(
+            pooled.len(),
+            serial.len(),
+            "workers {workers} chunk {chunk}"
+        );
         for (i, (a, b)) in serial.iter().zip(&pooled).enumerate() {
             assert_eq!(a, b, "item {i}, workers {workers} chunk {chunk}");
         }

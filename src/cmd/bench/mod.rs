@@ -8,6 +8,7 @@ mod aws;
 pub mod azure;
 pub mod engine;
 pub mod ingest;
+pub mod latency;
 pub mod quota;
 #[cfg(feature = "http")]
 pub mod receiver;
@@ -28,6 +29,9 @@ enum Bench {
     /// Import + verification throughput and peak RSS on 100k/1M synthetic devices, beside
     /// `openssl speed`.
     Ingest(ingest::Args),
+    /// A 4,000-device reel into mock AWS IoT, IoT Hub and DPS answering after an injected
+    /// latency (0/20/50/100 ms ± jitter) at a raised quota: wall time against the quota floor.
+    Latency(latency::Args),
     /// `idbridge serve` throughput: certificates/s and p50/p99 latency per request for
     /// batches of 1, 100 and 4,000 into the unthrottled in-process mock cloud.
     #[cfg(feature = "http")]
@@ -50,6 +54,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::Engine(a) => engine::run(a).await,
         Bench::Quota(a) => quota::run(a).await,
         Bench::Ingest(a) => ingest::run(a).await,
+        Bench::Latency(a) => latency::run(a).await,
         #[cfg(feature = "http")]
         Bench::Receiver(a) => receiver::run(a).await,
         #[cfg(feature = "aws-iot")]
