@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 mod cmd;
 mod config;
 #[cfg(feature = "http")]
+mod console;
+#[cfg(feature = "http")]
 mod serve;
 mod targets;
 
