@@ -46,18 +46,28 @@ impl Topic {
         };
         let http = reqwest::Client::new();
         let r = http
-            .put(format!("{}/v1/projects/{}/topics/{}", t.base, t.project, t.topic))
+            .put(format!(
+                "{}/v1/projects/{}/topics/{}",
+                t.base, t.project, t.topic
+            ))
             .send()
             .await
             .unwrap();
         assert!(r.status().is_success(), "create topic: {}", r.status());
         let r = http
-            .put(format!("{}/v1/projects/{}/subscriptions/audit", t.base, t.project))
+            .put(format!(
+                "{}/v1/projects/{}/subscriptions/audit",
+                t.base, t.project
+            ))
             .json(&json!({"topic": format!("projects/{}/topics/{}", t.project, t.topic)}))
             .send()
             .await
             .unwrap();
-        assert!(r.status().is_success(), "create subscription: {}", r.status());
+        assert!(
+            r.status().is_success(),
+            "create subscription: {}",
+            r.status()
+        );
         t
     }
 
@@ -75,7 +85,10 @@ impl Topic {
     }
 
     async fn pull(&self) -> Vec<Received> {
-        let sub = format!("{}/v1/projects/{}/subscriptions/audit", self.base, self.project);
+        let sub = format!(
+            "{}/v1/projects/{}/subscriptions/audit",
+            self.base, self.project
+        );
         let http = reqwest::Client::new();
         let v: Value = http
             .post(format!("{sub}:pull"))
@@ -86,7 +99,10 @@ impl Topic {
             .json()
             .await
             .unwrap();
-        let msgs = v["receivedMessages"].as_array().cloned().unwrap_or_default();
+        let msgs = v["receivedMessages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if msgs.is_empty() {
             tokio::time::sleep(Duration::from_millis(200)).await;
             return Vec::new();
@@ -135,7 +151,11 @@ async fn conformance_throttling_bad_credentials_and_health() {
     let e = missing.health_check(&ctx()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ConfigInvalid, "{e}");
     let e = missing.register(&ctx(), &devs[..1]).await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::ConfigInvalid, "a missing topic stops the job: {e}");
+    assert_eq!(
+        e.kind(),
+        ErrorKind::ConfigInvalid,
+        "a missing topic stops the job: {e}"
+    );
     assert!(!e.is_temporary());
 
     let proxy = FaultProxy::start(&t.base).await.unwrap();
@@ -163,7 +183,11 @@ async fn conformance_throttling_bad_credentials_and_health() {
     }).times(10));
     conformance::bad_credentials_are_permanent(&bad, &devs[1]).await;
     assert!(t.drain(0).await.is_empty(), "nothing was published");
-    assert!(c.lookup(&ctx(), &devs[0]).await.is_err_and(|e| e.kind() == ErrorKind::Unsupported));
+    assert!(
+        c.lookup(&ctx(), &devs[0])
+            .await
+            .is_err_and(|e| e.kind() == ErrorKind::Unsupported)
+    );
 }
 
 #[tokio::test]
@@ -172,26 +196,40 @@ async fn provision_deprovision_provision_are_three_distinct_messages_each_once()
     let pki = TestPki::infineon_like().unwrap();
     let mut devs = common::devices(&pki, 1, 2);
     for d in &mut devs {
-        d.batch = Some(idbridge_core::BatchRef::new("b41425b9-b42b-47fd-95c2-f981b4c61561"));
+        d.batch = Some(idbridge_core::BatchRef::new(
+            "b41425b9-b42b-47fd-95c2-f981b4c61561",
+        ));
     }
     let c = Arc::new(t.connector(&t.base));
     let dir = tempfile::tempdir().unwrap();
     let engine = common::engine(c.clone(), dir.path(), Duration::from_secs(30));
     let mut jobs = Vec::new();
-    for op in [Operation::Provision, Operation::Deprovision, Operation::Provision] {
+    for op in [
+        Operation::Provision,
+        Operation::Deprovision,
+        Operation::Provision,
+    ] {
         let r = engine
             .execute(op, "device-events", devs.clone(), Value::Null, &NoProgress)
             .await
             .unwrap();
         assert!(r.all_done(), "{r:?}");
-        let want = if op == Operation::Provision { Outcome::Created } else { Outcome::Deleted };
+        let want = if op == Operation::Provision {
+            Outcome::Created
+        } else {
+            Outcome::Deleted
+        };
         assert!(r.devices.iter().all(|d| d.outcome == Some(want)), "{r:?}");
         jobs.push(r.job_id);
     }
     assert_eq!(jobs.iter().collect::<HashSet<_>>().len(), 3, "three jobs");
 
     let got = t.drain(6).await;
-    assert_eq!(got.len(), 6, "three messages per device, each once: {got:?}");
+    assert_eq!(
+        got.len(),
+        6,
+        "three messages per device, each once: {got:?}"
+    );
     for d in &devs {
         let mut mine: Vec<&Received> = got
             .iter()
@@ -199,10 +237,23 @@ async fn provision_deprovision_provision_are_three_distinct_messages_each_once()
             .collect();
         assert_eq!(mine.len(), 3);
         mine.sort_by_key(|m| m.message_id.parse::<u64>().unwrap_or(u64::MAX));
-        let types: Vec<&str> = mine.iter().map(|m| m.attributes["eventType"].as_str()).collect();
-        assert_eq!(types, vec![EVENT_AUTHORIZED, EVENT_REVOKED, EVENT_AUTHORIZED]);
-        let keys: HashSet<&str> = mine.iter().map(|m| m.attributes["idempotencyKey"].as_str()).collect();
-        assert_eq!(keys.len(), 3, "provisioning again is a new event with a new key");
+        let types: Vec<&str> = mine
+            .iter()
+            .map(|m| m.attributes["eventType"].as_str())
+            .collect();
+        assert_eq!(
+            types,
+            vec![EVENT_AUTHORIZED, EVENT_REVOKED, EVENT_AUTHORIZED]
+        );
+        let keys: HashSet<&str> = mine
+            .iter()
+            .map(|m| m.attributes["idempotencyKey"].as_str())
+            .collect();
+        assert_eq!(
+            keys.len(),
+            3,
+            "provisioning again is a new event with a new key"
+        );
         for (m, job) in mine.iter().zip(&jobs) {
             assert_eq!(
                 m.attributes["idempotencyKey"],
@@ -213,7 +264,10 @@ async fn provision_deprovision_provision_are_three_distinct_messages_each_once()
             assert_eq!(m.data["certificate"]["pem"], d.to_pem());
             assert_eq!(m.attributes["batch"], d.batch.as_ref().unwrap().tag());
             let text = format!("{:?} {}", m.attributes, m.data);
-            assert!(!text.contains("b41425b9"), "batch ID published in clear: {text}");
+            assert!(
+                !text.contains("b41425b9"),
+                "batch ID published in clear: {text}"
+            );
         }
     }
 }
@@ -236,7 +290,10 @@ async fn a_call_of_2500_devices_is_three_publishes_of_at_most_1000() {
     assert_eq!(publishes, 3);
     let got = t.drain(2500).await;
     assert_eq!(got.len(), 2500);
-    let ids: HashSet<&str> = got.iter().map(|m| m.attributes["deviceId"].as_str()).collect();
+    let ids: HashSet<&str> = got
+        .iter()
+        .map(|m| m.attributes["deviceId"].as_str())
+        .collect();
     assert_eq!(ids.len(), 2500, "every device once");
 }
 
@@ -249,7 +306,11 @@ async fn a_lost_answer_is_republished_with_the_same_key() {
     let mut cfg = common::pubsub_config(proxy.url(), &t.project, &t.topic);
     cfg.batch_size = 4;
     let c = Arc::new(PubSubConnector::new("device-events", cfg).unwrap());
-    proxy.server.faults.push(FaultRule::once(Fault::LoseResponse).on_path(":publish").after(1));
+    proxy.server.faults.push(
+        FaultRule::once(Fault::LoseResponse)
+            .on_path(":publish")
+            .after(1),
+    );
     proxy.server.faults.push(FaultRule::once(Fault::Status {
         status: 503,
         headers: vec![],
@@ -258,7 +319,13 @@ async fn a_lost_answer_is_republished_with_the_same_key() {
     let dir = tempfile::tempdir().unwrap();
     let engine = common::engine(c.clone(), dir.path(), Duration::from_secs(30));
     let r = engine
-        .execute(Operation::Provision, "device-events", devs.clone(), Value::Null, &NoProgress)
+        .execute(
+            Operation::Provision,
+            "device-events",
+            devs.clone(),
+            Value::Null,
+            &NoProgress,
+        )
         .await
         .unwrap();
     assert!(r.all_done(), "{r:?}");
