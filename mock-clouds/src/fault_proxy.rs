@@ -3,7 +3,8 @@
 //! script matches it, in which case the proxy answers for the server ([`Fault::Status`]),
 //! drops the connection before forwarding ([`Fault::Reset`]), delays the request
 //! ([`Fault::Stall`]) or forwards it and drops the answer ([`Fault::LoseResponse`]: the effect
-//! happened, the client cannot know).
+//! happened, the client cannot know). [`FaultProxy::delay_responses`] adds the slow twin of the
+//! last one: the request is forwarded and applied, and its answer held back for a while.
 //!
 //! It uses the same serving and fault machinery as the mock clouds ([`crate::server`]), so the
 //! script is reachable in-process and over the socket at `/_mock/faults`.
@@ -34,6 +35,15 @@ pub struct FaultProxy {
     pub server: RunningServer,
     forwarded: Arc<AtomicU64>,
     log: Arc<Mutex<Vec<String>>>,
+    delays: Arc<Mutex<Vec<Delay>>>,
+}
+
+/// Hold back the answers of the next `times` forwarded requests whose path contains `path`.
+#[derive(Debug, Clone)]
+struct Delay {
+    path: String,
+    times: u32,
+    millis: u64,
 }
 
 impl FaultProxy {
@@ -53,11 +63,13 @@ impl FaultProxy {
             .ok_or_else(|| anyhow::anyhow!("upstream {upstream} does not resolve"))?;
         let forwarded = Arc::new(AtomicU64::new(0));
         let log = Arc::new(Mutex::new(Vec::new()));
+        let delays = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new(Upstream {
             addr,
             host: format!("{host}:{port}"),
             forwarded: forwarded.clone(),
             log: log.clone(),
+            delays: delays.clone(),
         });
         let router = Router::new().fallback(forward).with_state(state);
         let server = serve(router, "127.0.0.1:0", None).await?;
@@ -65,6 +77,7 @@ impl FaultProxy {
             server,
             forwarded,
             log,
+            delays,
         })
     }
 
@@ -78,9 +91,20 @@ impl FaultProxy {
         self.forwarded.load(Ordering::SeqCst)
     }
 
+    /// Forwards the next `times` requests whose path (and query) contains `path` as usual, then
+    /// holds each answer back `millis` before sending it: the effect happens at once, the
+    /// client learns of it late (or, past its timeout, never).
+    pub fn delay_responses(&self, path: &str, times: u32, millis: u64) {
+        lock(&self.delays).push(Delay {
+            path: path.to_owned(),
+            times,
+            millis,
+        });
+    }
+
     /// `METHOD path?query` of every forwarded request, in order.
     pub fn forwarded_requests(&self) -> Vec<String> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.log).clone()
     }
 }
 
@@ -90,6 +114,24 @@ struct Upstream {
     host: String,
     forwarded: Arc<AtomicU64>,
     log: Arc<Mutex<Vec<String>>>,
+    delays: Arc<Mutex<Vec<Delay>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means a test panicked while holding it; the data is still valid.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The delay for a forwarded request, consuming one use of the first matching rule.
+fn take_delay(delays: &Mutex<Vec<Delay>>, pq: &str) -> Option<u64> {
+    let mut d = lock(delays);
+    let idx = d.iter().position(|r| pq.contains(&r.path))?;
+    let millis = d[idx].millis;
+    d[idx].times = d[idx].times.saturating_sub(1);
+    if d[idx].times == 0 {
+        d.remove(idx);
+    }
+    Some(millis)
 }
 
 async fn forward(State(up): State<Arc<Upstream>>, req: Request<Body>) -> Response<Body> {
@@ -111,6 +153,7 @@ async fn try_forward(up: &Upstream, req: Request<Body>) -> anyhow::Result<Respon
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
     let line = format!("{} {pq}", parts.method);
+    let delay = take_delay(&up.delays, &pq);
     let mut out = Request::builder().method(parts.method).uri(pq);
     for (k, v) in &parts.headers {
         if k != header::HOST && k != header::CONNECTION {
@@ -123,10 +166,13 @@ async fn try_forward(up: &Upstream, req: Request<Body>) -> anyhow::Result<Respon
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     up.forwarded.fetch_add(1, Ordering::SeqCst);
-    up.log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    lock(&up.log).push(line);
     let resp = sender.send_request(out).await?;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await?.to_bytes();
+    if let Some(ms) = delay {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let mut resp = Response::from_parts(parts, Body::from(body));
     resp.headers_mut().remove(header::CONNECTION);
     resp.headers_mut().remove(header::TRANSFER_ENCODING);

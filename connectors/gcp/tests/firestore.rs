@@ -354,9 +354,11 @@ async fn faults_between_connector_and_emulator_leave_every_device_once() {
     let c = Arc::new(FirestoreConnector::new("allowlist", cfg).unwrap());
     let f = &proxy.server.faults;
     let on_write = |fault| FaultRule::once(fault).on_path(":batchWrite");
-    // Second write: applied, answer lost. Then a 503, a throttle, a reset before forwarding,
-    // and a stall far beyond the attempt timeout (the engine gives up on it; the stalled
-    // request reaches the emulator only long after its retry, and creates nothing).
+    // First write: applied, its answer held back past the attempt timeout. Second write:
+    // applied, answer lost. Then a 503, a throttle, a reset before forwarding, and a stall far
+    // beyond the attempt timeout (the engine gives up on it; the stalled request would reach
+    // the emulator only long after its retry, and create nothing).
+    proxy.delay_responses(":batchWrite", 1, 30_000);
     f.push(on_write(Fault::LoseResponse).after(1));
     f.push(on_write(Fault::Status {
         status: 503,
@@ -395,15 +397,15 @@ async fn faults_between_connector_and_emulator_leave_every_device_once() {
             .filter(|d| d.outcome == Some(o))
             .count()
     };
-    // The 50 devices of the lost answer were created by the first call; the retry found them
-    // identical. Every other device was created exactly once, by its retry.
+    // The 2 x 50 devices of the late and the lost answer were created by their first call; the
+    // retry found them identical. Every other device was created exactly once.
     assert_eq!(
         by_outcome(Outcome::AlreadyPresent),
-        50,
+        100,
         "{:?}",
         report.counts
     );
-    assert_eq!(by_outcome(Outcome::Created), 250);
+    assert_eq!(by_outcome(Outcome::Created), 200);
     let ids = listed(&c).await;
     assert_eq!(ids.len(), 300, "one document per device");
     let unique: HashSet<_> = ids.into_iter().collect();
@@ -418,7 +420,12 @@ async fn faults_between_connector_and_emulator_leave_every_device_once() {
         .collect();
     assert_eq!(
         lost_then_present.len(),
-        1,
-        "exactly one batch was lost: {lost_then_present:?}"
+        2,
+        "exactly two whole batches took effect unseen: {lost_then_present:?}"
+    );
+    assert_eq!(
+        f.take("POST", ":batchWrite"),
+        None,
+        "every scripted fault was met"
     );
 }
