@@ -8,6 +8,8 @@ mod azure;
 mod console;
 mod crash;
 mod engine_support;
+#[cfg(all(feature = "gcp", feature = "http"))]
+mod gcp;
 mod inspect;
 #[cfg(feature = "http")]
 mod interop;
