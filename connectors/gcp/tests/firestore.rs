@@ -203,6 +203,23 @@ async fn provision_lookup_diff_deprovision() {
         "{again:?}"
     );
     assert_eq!(listed(&c).await, vec![stranger[0].device_id.to_string()]);
+
+    // A direct caller passing more than batch_size: split into batchWrites of at most that.
+    let mut cfg = common::firestore_config(&emu.url(), &project);
+    cfg.batch_size = 2;
+    let small = FirestoreConnector::new("allowlist", cfg).unwrap();
+    let out = small.register(&ctx(), &devs[..5]).await.unwrap();
+    assert_eq!(out.len(), 5);
+    assert!(
+        out.iter().all(|o| matches!(o, RegisterOutcome::Created(_))),
+        "{out:?}"
+    );
+    let out = small.deregister(&ctx(), &devs[..5]).await.unwrap();
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, idbridge_core::DeregisterOutcome::Deleted)),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]
