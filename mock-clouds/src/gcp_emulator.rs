@@ -64,7 +64,11 @@ impl Emulator {
     /// Starts `kind` on a free loopback port and waits (at most `timeout`) until it serves.
     /// Fails with [`INSTALL_HINT`] when the SDK, the emulator or Java is missing.
     pub fn start(kind: EmulatorKind, timeout: Duration) -> anyhow::Result<Emulator> {
-        let sdk = sdk_root()?;
+        Self::start_in(&sdk_root()?, kind, timeout)
+    }
+
+    /// [`Emulator::start`] with the Cloud SDK at `sdk`.
+    pub fn start_in(sdk: &Path, kind: EmulatorKind, timeout: Duration) -> anyhow::Result<Emulator> {
         let java =
             which("java").with_context(|| format!("java not found on PATH; {INSTALL_HINT}"))?;
         let port = free_port()?;
@@ -280,6 +284,25 @@ mod tempfile_dir {
     impl Drop for TempDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_emulator_says_how_to_install_it() {
+        let dir = tempfile_dir::TempDir::new().unwrap();
+        std::fs::create_dir_all(dir.path().join("platform")).unwrap();
+        for kind in [EmulatorKind::Firestore, EmulatorKind::PubSub] {
+            let e = Emulator::start_in(dir.path(), kind, Duration::from_secs(1)).unwrap_err();
+            let msg = format!("{e:#}");
+            assert!(
+                msg.contains("apt-get install") && msg.contains("emulator"),
+                "{msg}"
+            );
         }
     }
 }

@@ -18,12 +18,24 @@ async fn run(
     op: &str,
     input: &Path,
 ) -> (i32, Value, String) {
+    let env = [("FIRESTORE_EMULATOR_HOST", emulator.host_port())];
+    run_env(fx, config, "allowlist", op, input, &env).await
+}
+
+async fn run_env(
+    fx: &Fixture,
+    config: &Path,
+    target: &str,
+    op: &str,
+    input: &Path,
+    env: &[(&str, String)],
+) -> (i32, Value, String) {
     let mut args = vec![
         op.to_owned(),
         "--config".into(),
         config.display().to_string(),
         "--target".into(),
-        "allowlist".into(),
+        target.into(),
         "--output".into(),
         "json".into(),
     ];
@@ -34,7 +46,7 @@ async fn run(
         .env_remove("IDBRIDGE_CONFIG")
         .env_remove("IDBRIDGE_JOURNAL")
         .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
-        .env("FIRESTORE_EMULATOR_HOST", emulator.host_port())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .kill_on_drop(true)
         .output()
         .await
@@ -125,4 +137,108 @@ async fn cli_provisions_and_deprovisions_a_firestore_allowlist_and_stops_on_wron
     );
     assert!(!out.contains("PRIVATE KEY"), "the key leaked: {out}");
     assert_eq!(reqwest::get(doc(&devices[0])).await.unwrap().status(), 404);
+
+    // The same key found as Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS),
+    // with an explicit endpoint: same refusal, same clear reason.
+    let config = fx.write(
+        "adc.toml",
+        &format!(
+            "[targets.allowlist]\nkind = \"gcp-firestore\"\nproject = \"e2e\"\nendpoint_url = \"{}\"\nallow_http = true\n",
+            emulator.url()
+        ),
+    );
+    let env = [("GOOGLE_APPLICATION_CREDENTIALS", sa.display().to_string())];
+    let (code, _report, out) = run_env(&fx, &config, "allowlist", "provision", &input, &env).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("Batch writes require admin authentication"),
+        "{out}"
+    );
+    assert_eq!(reqwest::get(doc(&devices[0])).await.unwrap().status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_publishes_device_events_to_pubsub_found_through_the_emulator_variable() {
+    let emulator = tokio::task::spawn_blocking(|| {
+        Emulator::start(EmulatorKind::PubSub, Duration::from_secs(180))
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let base = format!("{}/v1/projects/e2e", emulator.url());
+    let http = reqwest::Client::new();
+    assert!(
+        http.put(format!("{base}/topics/devices"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let sub = http
+        .put(format!("{base}/subscriptions/audit"))
+        .json(&serde_json::json!({"topic": "projects/e2e/topics/devices"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(sub.status().is_success());
+    let fx = Fixture::new();
+    let (devices, input) = fx.devices("batch.pem", 1..4);
+    let config = fx.write(
+        "idbridge.toml",
+        "[targets.events]\nkind = \"gcp-pubsub\"\nproject = \"e2e\"\ntopic = \"devices\"\n",
+    );
+    let env = [("PUBSUB_EMULATOR_HOST", emulator.host_port())];
+    let (code, report, out) = run_env(&fx, &config, "events", "provision", &input, &env).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(states(&report).iter().all(|(_, s, _)| s == "done"), "{out}");
+    let (code, _, out) = run_env(&fx, &config, "events", "deprovision", &input, &env).await;
+    assert_eq!(code, 0, "{out}");
+
+    let mut got: Vec<(String, String)> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < 6 && std::time::Instant::now() < deadline {
+        let v: Value = http
+            .post(format!("{base}/subscriptions/audit:pull"))
+            .json(&serde_json::json!({"maxMessages": 100, "returnImmediately": true}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let msgs = v["receivedMessages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if msgs.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let acks: Vec<Value> = msgs.iter().map(|m| m["ackId"].clone()).collect();
+        http.post(format!("{base}/subscriptions/audit:acknowledge"))
+            .json(&serde_json::json!({ "ackIds": acks }))
+            .send()
+            .await
+            .unwrap();
+        for m in msgs {
+            let a = &m["message"]["attributes"];
+            got.push((
+                a["deviceId"].as_str().unwrap().to_owned(),
+                a["eventType"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    got.sort();
+    let mut want: Vec<(String, String)> = devices
+        .iter()
+        .flat_map(|d| {
+            [
+                (device_id(d), "device.authorized".to_owned()),
+                (device_id(d), "device.revoked".to_owned()),
+            ]
+        })
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
 }

@@ -189,6 +189,21 @@ impl Connector for FirestoreConnector {
         ctx: &CallContext,
         devices: &[DeviceIdentity],
     ) -> Result<Vec<RegisterOutcome>> {
+        // The engine sends at most `batch_size`; a direct caller may send more.
+        if devices.len() > self.cfg.batch_size {
+            let mut out = Vec::with_capacity(devices.len());
+            for part in devices.chunks(self.cfg.batch_size) {
+                match self.register(ctx, part).await {
+                    Ok(o) => out.extend(o),
+                    Err(e) => out.extend(part.iter().map(|d| {
+                        RegisterOutcome::Failed(
+                            copy_error(&e).with_context("device_id", &d.device_id),
+                        )
+                    })),
+                }
+            }
+            return Ok(out);
+        }
         let (unique, first_of) = dedupe(devices);
         if unique.is_empty() {
             return Ok(Vec::new());
@@ -278,6 +293,20 @@ impl Connector for FirestoreConnector {
         ctx: &CallContext,
         devices: &[DeviceIdentity],
     ) -> Result<Vec<DeregisterOutcome>> {
+        if devices.len() > self.cfg.batch_size {
+            let mut out = Vec::with_capacity(devices.len());
+            for part in devices.chunks(self.cfg.batch_size) {
+                match self.deregister(ctx, part).await {
+                    Ok(o) => out.extend(o),
+                    Err(e) => out.extend(part.iter().map(|d| {
+                        DeregisterOutcome::Failed(
+                            copy_error(&e).with_context("device_id", &d.device_id),
+                        )
+                    })),
+                }
+            }
+            return Ok(out);
+        }
         let (unique, first_of) = dedupe(devices);
         if unique.is_empty() {
             return Ok(Vec::new());

@@ -203,6 +203,23 @@ async fn provision_lookup_diff_deprovision() {
         "{again:?}"
     );
     assert_eq!(listed(&c).await, vec![stranger[0].device_id.to_string()]);
+
+    // A direct caller passing more than batch_size: split into batchWrites of at most that.
+    let mut cfg = common::firestore_config(&emu.url(), &project);
+    cfg.batch_size = 2;
+    let small = FirestoreConnector::new("allowlist", cfg).unwrap();
+    let out = small.register(&ctx(), &devs[..5]).await.unwrap();
+    assert_eq!(out.len(), 5);
+    assert!(
+        out.iter().all(|o| matches!(o, RegisterOutcome::Created(_))),
+        "{out:?}"
+    );
+    let out = small.deregister(&ctx(), &devs[..5]).await.unwrap();
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, idbridge_core::DeregisterOutcome::Deleted)),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]
@@ -427,5 +444,72 @@ async fn faults_between_connector_and_emulator_leave_every_device_once() {
         f.take("POST", ":batchWrite"),
         None,
         "every scripted fault was met"
+    );
+}
+
+#[tokio::test]
+async fn service_account_credentials_sign_their_own_jwt_and_never_call_the_token_endpoint() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    // A token endpoint that counts connections, and a Firestore stand-in that records the
+    // Authorization header and answers an empty batchWrite.
+    let token = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_url = format!("http://{}/token", token.local_addr().unwrap());
+    let token_calls = Arc::new(AtomicU32::new(0));
+    let tc = token_calls.clone();
+    tokio::spawn(async move {
+        while token.accept().await.is_ok() {
+            tc.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let s2 = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let s2 = s2.clone();
+        async move {
+            if let Some(v) = headers.get("authorization") {
+                s2.lock().unwrap().push(v.to_str().unwrap().to_owned());
+            }
+            r#"{"writeResults":[],"status":[]}"#
+        }
+    });
+    let server = idbridge_mock_clouds::server::serve(app, "127.0.0.1:0", None)
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (file, public_der) = common::service_account_with_key(dir.path(), "p", &token_url);
+    let mut cfg = idbridge_gcp::FirestoreConfig::new("p");
+    cfg.endpoint_url = Some(server.url.clone());
+    cfg.allow_http = true;
+    cfg.credentials_file = Some(file);
+    assert!(!format!("{cfg:?}").contains("PRIVATE KEY"));
+    let c = FirestoreConnector::new("allowlist", cfg).unwrap();
+    assert!(!format!("{c:?}").contains("PRIVATE KEY"));
+    c.health_check(&ctx()).await.unwrap();
+
+    let auth = seen.lock().unwrap().pop().expect("an Authorization header");
+    let jwt = auth.strip_prefix("Bearer ").expect("a bearer token");
+    let header = jsonwebtoken::decode_header(jwt).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
+    assert_eq!(header.kid.as_deref(), Some("test-kid-1"));
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.validate_aud = false;
+    validation.required_spec_claims = ["exp", "iat"].iter().map(|s| s.to_string()).collect();
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        jwt,
+        &jsonwebtoken::DecodingKey::from_rsa_der(&public_der),
+        &validation,
+    )
+    .expect("the JWT verifies with the service account's public key")
+    .claims;
+    assert_eq!(claims["iss"], "provisioner@p.iam.gserviceaccount.com");
+    assert_eq!(claims["sub"], claims["iss"]);
+    assert_eq!(claims["scope"], idbridge_gcp::config::FIRESTORE_SCOPE);
+    assert_eq!(
+        token_calls.load(Ordering::SeqCst),
+        0,
+        "no token endpoint call"
     );
 }

@@ -65,7 +65,17 @@ pub fn pubsub_config(url: &str, project: &str, topic: &str) -> PubSubConfig {
 /// Writes a service-account key file with a fresh RSA-2048 key: real google-cloud-auth
 /// credentials that sign their own JWT, which the emulator does not accept as its admin.
 pub fn service_account_file(dir: &std::path::Path, project: &str) -> std::path::PathBuf {
+    service_account_with_key(dir, project, "http://127.0.0.1:9/token").0
+}
+
+/// [`service_account_file`] with its `token_uri`, also returning the public key (PKCS#1 DER).
+pub fn service_account_with_key(
+    dir: &std::path::Path,
+    project: &str,
+    token_uri: &str,
+) -> (std::path::PathBuf, Vec<u8>) {
     use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::KeyPair as _;
     let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
     let der: aws_lc_rs::encoding::Pkcs8V1Der<'_> = key.as_der().unwrap();
     let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der.as_ref().to_vec()));
@@ -76,12 +86,12 @@ pub fn service_account_file(dir: &std::path::Path, project: &str) -> std::path::
         "private_key": pem,
         "client_email": format!("provisioner@{project}.iam.gserviceaccount.com"),
         "client_id": "1",
-        "token_uri": "http://127.0.0.1:9/token",
+        "token_uri": token_uri,
         "universe_domain": "googleapis.com",
     });
     let path = dir.join("sa.json");
     std::fs::write(&path, json.to_string()).unwrap();
-    path
+    (path, key.public_key().as_ref().to_vec())
 }
 
 /// `n` devices with unique serials under one generated vendor PKI.
