@@ -15,6 +15,8 @@ pub mod aws;
 pub mod azure;
 pub mod clock;
 pub mod devices;
+pub mod fault_proxy;
+pub mod gcp_emulator;
 pub mod interop;
 pub mod registry;
 pub mod server;
@@ -23,6 +25,8 @@ pub mod webhook;
 
 pub use clock::MockClock;
 pub use devices::{TestDevice, TestPki};
+pub use fault_proxy::FaultProxy;
+pub use gcp_emulator::{Emulator, EmulatorKind};
 pub use registry::{Registry, RegistryConfig};
-pub use server::{Fault, FaultRule, FaultScript, RunningServer};
+pub use server::{Fault, FaultRule, FaultScript, Latency, LatencyConfig, RunningServer};
 pub use tls::{DeviceHello, TestCa};

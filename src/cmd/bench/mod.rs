@@ -7,7 +7,10 @@ mod aws;
 #[cfg(feature = "azure")]
 pub mod azure;
 pub mod engine;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 pub mod ingest;
+pub mod latency;
 pub mod quota;
 #[cfg(feature = "http")]
 pub mod receiver;
@@ -28,6 +31,9 @@ enum Bench {
     /// Import + verification throughput and peak RSS on 100k/1M synthetic devices, beside
     /// `openssl speed`.
     Ingest(ingest::Args),
+    /// A 4,000-device reel into mock AWS IoT, IoT Hub and DPS answering after an injected
+    /// latency (0/20/50/100 ms ± jitter) at a raised quota: wall time against the quota floor.
+    Latency(latency::Args),
     /// `idbridge serve` throughput: certificates/s and p50/p99 latency per request for
     /// batches of 1, 100 and 4,000 into the unthrottled in-process mock cloud.
     #[cfg(feature = "http")]
@@ -42,6 +48,10 @@ enum Bench {
     /// Azure IoT Hub / DPS connectors against the Azure mocks (quota floor, devices/s).
     #[cfg(feature = "azure")]
     Azure(azure::Args),
+    /// The Firestore allowlist connector into Google's Firestore emulator (started here):
+    /// devices/s through the engine.
+    #[cfg(feature = "gcp")]
+    Gcp(gcp::Args),
 }
 
 /// Runs a benchmark.
@@ -50,6 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::Engine(a) => engine::run(a).await,
         Bench::Quota(a) => quota::run(a).await,
         Bench::Ingest(a) => ingest::run(a).await,
+        Bench::Latency(a) => latency::run(a).await,
         #[cfg(feature = "http")]
         Bench::Receiver(a) => receiver::run(a).await,
         #[cfg(feature = "aws-iot")]
@@ -58,6 +69,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::AwsMock(a) => aws::run_mock(a).await,
         #[cfg(feature = "azure")]
         Bench::Azure(a) => azure::run(a).await,
+        #[cfg(feature = "gcp")]
+        Bench::Gcp(a) => gcp::run(a).await,
     }
 }
 
@@ -79,6 +92,15 @@ pub fn cpu_seconds() -> Option<f64> {
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// The 1/5/15-minute load averages (Linux `/proc/loadavg`), to print beside every figure: the
+/// machine is shared, so a figure means little without the load it was taken under.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// `n` distinct certificates (one key, distinct serials and names), fast to make.
