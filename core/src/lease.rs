@@ -191,3 +191,59 @@ async fn heartbeat(
         }
     }
 }
+
+/// Takes a job's leases the way every front end does: the job lease first (refused, naming the
+/// holder, when another live process runs the job), then the target lease (waited for: at most
+/// one process drives a target, so its pacer holds the cloud's quota). `waiting` is told who
+/// holds the target while this waits.
+pub async fn guard_job(
+    journal: Arc<dyn Journal>,
+    owner: &str,
+    job_id: &str,
+    target: &str,
+    ttl: Duration,
+    waiting: &(dyn Fn(&Lease) + Send + Sync),
+) -> Result<std::result::Result<Leaseholder, Lease>> {
+    let holder = match Leaseholder::acquire(journal, owner, &crate::journal::job_lease(job_id), ttl)
+        .await?
+    {
+        Ok(h) => h,
+        Err(held) => return Ok(Err(held)),
+    };
+    let poll = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    holder
+        .wait_for(&crate::journal::target_lease(target), poll, waiting)
+        .await?;
+    Ok(Ok(holder))
+}
+
+/// A [`Progress`](crate::engine::Progress) that forwards to another and is cancelled once the
+/// leases are lost or a shutdown was asked for.
+pub struct LeasedProgress<'a> {
+    /// Where progress goes.
+    pub inner: &'a dyn crate::engine::Progress,
+    /// [`Leaseholder::lost_flag`].
+    pub lost: Arc<AtomicBool>,
+    /// Set on SIGTERM / Ctrl-C: finish the calls in flight, start no more.
+    pub shutdown: Arc<AtomicBool>,
+}
+
+impl crate::engine::Progress for LeasedProgress<'_> {
+    fn started(&self, job_id: &str, total: u64, done: u64) {
+        self.inner.started(job_id, total, done);
+    }
+
+    fn finished(&self, update: &crate::journal::DeviceUpdate) {
+        self.inner.finished(update);
+    }
+
+    fn retrying(&self, devices: usize, error: &crate::error::Error, delay: Duration) {
+        self.inner.retrying(devices, error, delay);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+            || self.shutdown.load(Ordering::Acquire)
+            || self.inner.cancelled()
+    }
+}

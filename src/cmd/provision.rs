@@ -15,7 +15,8 @@ use anyhow::Context;
 use idbridge_core::DeviceIdentity;
 use idbridge_core::engine::{Engine, EngineOptions, JobReport, Progress};
 use idbridge_core::intake::{RejectKind, Verdict};
-use idbridge_core::journal::{self, DeviceState, DeviceUpdate, Journal, Operation};
+use idbridge_core::journal::{self, DeviceState, DeviceUpdate, Journal, OpenedJob, Operation};
+use idbridge_core::lease;
 use serde::Serialize;
 
 use super::input::InputArgs;
@@ -34,6 +35,11 @@ pub struct Args {
     /// Show what would be done (looks devices up in the target) and change nothing.
     #[arg(long)]
     dry_run: bool,
+
+    /// Record the job in the journal and exit without running it: `idbridge worker`s sharing
+    /// the journal run it. Prints the job id.
+    #[arg(long, conflicts_with = "dry_run")]
+    enqueue: bool,
 
     #[command(flatten)]
     out: OutputArgs,
@@ -63,8 +69,8 @@ pub struct TargetArgs {
     #[arg(long, env = "IDBRIDGE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// The journal: sqlite:PATH (default: the config's `journal`, else
-    /// sqlite:idbridge-journal.sqlite).
+    /// The journal: sqlite:PATH or postgres://USER@HOST:PORT/DB (default: the config's
+    /// `journal`, else sqlite:idbridge-journal.sqlite).
     #[arg(long, env = "IDBRIDGE_JOURNAL", value_name = "URL")]
     pub journal: Option<String>,
 
@@ -154,6 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         &args.target,
         &args.out,
         false,
+        args.enqueue,
     )
     .await
 }
@@ -167,6 +174,7 @@ pub async fn run_deprovision(args: DeprovisionArgs) -> anyhow::Result<ExitCode> 
         &args.target,
         &args.out,
         true,
+        false,
     )
     .await
 }
@@ -177,6 +185,7 @@ async fn execute(
     target: &TargetArgs,
     out: &OutputArgs,
     any_verdict: bool,
+    enqueue: bool,
 ) -> anyhow::Result<ExitCode> {
     let ctx = Prepared::open(target).await?;
     let inputs = read_inputs(input, any_verdict).await?;
@@ -193,20 +202,95 @@ async fn execute(
             ExitCode::from(1)
         });
     }
-    let progress = CliProgress::new(operation);
-    let report = ctx
+    let opened = ctx
         .engine
-        .execute(
-            operation,
-            &ctx.target.name,
-            inputs.devices,
-            ctx.params(),
-            &progress,
-        )
+        .open(operation, &ctx.target.name, &inputs.devices, ctx.params())
         .await?;
+    if enqueue {
+        eprintln!(
+            "idbridge: job {} queued for workers ({} devices, {} refused)",
+            opened.id,
+            inputs.devices.len(),
+            inputs.refused.len()
+        );
+        println!("{}", opened.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let progress = CliProgress::new(operation);
+    let report = run_leased(&ctx, &opened, operation, Some(inputs.devices), &progress).await?;
     progress.done();
     print_report(Some(&report), &inputs.refused, out)?;
     Ok(exit_code(&report, &inputs.refused))
+}
+
+/// Runs an opened job holding its leases: refused (naming the holder) when another live
+/// process runs the same job; waits while another process drives the same target. `devices`
+/// None resumes with the identities stored in the journal.
+pub async fn run_leased(
+    ctx: &Prepared,
+    job: &OpenedJob,
+    operation: Operation,
+    devices: Option<Vec<DeviceIdentity>>,
+    progress: &dyn Progress,
+) -> anyhow::Result<JobReport> {
+    let owner = lease::owner_name("cli");
+    let told = std::sync::atomic::AtomicBool::new(false);
+    let waiting = |held: &journal::Lease| {
+        if !told.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "idbridge: waiting for target {}: {} drives it now",
+                ctx.target.name, held.owner
+            );
+        }
+    };
+    let holder = match lease::guard_job(
+        Arc::clone(ctx.engine.journal()),
+        &owner,
+        &job.id,
+        &ctx.target.name,
+        lease_ttl()?,
+        &waiting,
+    )
+    .await?
+    {
+        Ok(h) => h,
+        Err(held) => anyhow::bail!(
+            "job {} is being run by {} (its lease runs {} s more); not running it twice",
+            job.id,
+            held.owner,
+            (held.expires_ms - journal::now_ms()).max(0) / 1000
+        ),
+    };
+    let leased = lease::LeasedProgress {
+        inner: progress,
+        lost: holder.lost_flag(),
+        shutdown: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let report = match devices {
+        Some(d) => {
+            ctx.engine
+                .run(job, operation, &ctx.target.name, d, &leased)
+                .await
+        }
+        None => ctx.engine.resume(&job.id, &leased).await,
+    };
+    holder.release().await;
+    Ok(report?)
+}
+
+/// The lease time to live: `IDBRIDGE_LEASE_TTL` seconds, else 30.
+pub fn lease_ttl() -> anyhow::Result<Duration> {
+    match std::env::var("IDBRIDGE_LEASE_TTL") {
+        Ok(v) => {
+            let secs: f64 = v
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                .with_context(|| format!("IDBRIDGE_LEASE_TTL={v:?} is not a positive number"))?;
+            Ok(Duration::from_secs_f64(secs))
+        }
+        Err(_) => Ok(lease::DEFAULT_TTL),
+    }
 }
 
 /// A target, its engine and journal, ready to run.

@@ -56,7 +56,7 @@ pub struct JournalArgs {
     #[arg(long, env = "IDBRIDGE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// The journal: sqlite:PATH.
+    /// The journal: sqlite:PATH or postgres://USER@HOST:PORT/DB.
     #[arg(long, env = "IDBRIDGE_JOURNAL", value_name = "URL")]
     journal: Option<String>,
 }
@@ -216,7 +216,12 @@ pub async fn run_resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
     };
     let ctx = Prepared::with_journal(&targs, config, target, journal, url).await?;
     let progress = CliProgress::new(info.spec.operation);
-    let report = ctx.engine.resume(&info.id, &progress).await?;
+    let job = idbridge_core::journal::OpenedJob {
+        id: info.id.clone(),
+        resumed: true,
+    };
+    let report =
+        super::provision::run_leased(&ctx, &job, info.spec.operation, None, &progress).await?;
     progress.done();
     print_report(Some(&report), &[], &args.out)?;
     Ok(exit_code(&report, &[]))

@@ -17,3 +17,4 @@ mod quota;
 mod serve;
 #[cfg(feature = "http")]
 mod webhook;
+mod workers;

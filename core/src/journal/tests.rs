@@ -323,7 +323,7 @@ async fn claims(j: &dyn Journal) {
     j.release_lease(&job_lease(&taken.id), "w3").await.unwrap();
     j.release_lease(&target_lease(&t1), "w3").await.unwrap();
     let next = j
-        .claim_job("w4", &[t1.clone()], 100, 10_120)
+        .claim_job("w4", std::slice::from_ref(&t1), 100, 10_120)
         .await
         .unwrap()
         .unwrap();
