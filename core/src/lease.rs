@@ -19,7 +19,32 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 
 /// `KIND:HOST:PID`: who holds a lease, as `status` shows it and refusals name it.
 pub fn owner_name(kind: &str) -> String {
-    let host = std::env::var("HOSTNAME")
+    format!("{kind}:{}:{}", host_name(), std::process::id())
+}
+
+/// Whether `owner` (`KIND:HOST:PID...`) names a process of this host that no longer runs: its
+/// lease is abandoned (a `kill -9`'d station rerun at once need not wait for the expiry). A
+/// recycled PID only makes us wait for the expiry as before.
+pub fn holder_is_dead_here(owner: &str) -> bool {
+    let mut parts = owner.splitn(3, ':');
+    let (Some(_kind), Some(host), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    if host != host_name() {
+        return false;
+    }
+    let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    match pid.parse::<u32>() {
+        Ok(pid) if pid != std::process::id() => {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && std::path::Path::new("/proc/self").exists()
+        }
+        _ => false,
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| {
@@ -28,8 +53,24 @@ pub fn owner_name(kind: &str) -> String {
                 .map(|h| h.trim().to_owned())
         })
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
-    format!("{kind}:{host}:{}", std::process::id())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Takes `name`: granted, or taken over from a holder that died on this host (the upsert's
+/// expiry test run at the holder's own expiry, so it succeeds only if nobody renewed it).
+async fn take(journal: &dyn Journal, name: &str, owner: &str, ttl: Duration) -> Result<LeaseClaim> {
+    let claim = journal
+        .acquire_lease(name, owner, ttl_ms(ttl), now_ms())
+        .await?;
+    match claim {
+        LeaseClaim::Held(held) if holder_is_dead_here(&held.owner) => {
+            tracing::warn!(lease = %name, holder = %held.owner, "taking over the lease of a process that died");
+            journal
+                .acquire_lease(name, owner, ttl_ms(ttl), held.expires_ms)
+                .await
+        }
+        other => Ok(other),
+    }
 }
 
 /// Leases one owner holds and renews in the background until [`release`](Self::release)d or
@@ -75,10 +116,7 @@ impl Leaseholder {
         name: &str,
         ttl: Duration,
     ) -> Result<std::result::Result<Self, Lease>> {
-        match journal
-            .acquire_lease(name, owner, ttl_ms(ttl), now_ms())
-            .await?
-        {
+        match take(&*journal, name, owner, ttl).await? {
             LeaseClaim::Granted(_) => {
                 Ok(Ok(Self::hold(journal, owner, vec![name.to_owned()], ttl)))
             }
@@ -95,11 +133,7 @@ impl Leaseholder {
         waiting: &(dyn Fn(&Lease) + Send + Sync),
     ) -> Result<()> {
         loop {
-            match self
-                .journal
-                .acquire_lease(name, &self.owner, ttl_ms(self.ttl), now_ms())
-                .await?
-            {
+            match take(&*self.journal, name, &self.owner, self.ttl).await? {
                 LeaseClaim::Granted(_) => {
                     self.names
                         .lock()
@@ -152,6 +186,29 @@ impl Drop for Leaseholder {
 
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dead_processes_of_this_host_are_abandoned() {
+        let me = owner_name("cli");
+        assert!(!holder_is_dead_here(&me), "this process is alive");
+        assert!(!holder_is_dead_here(&format!("{me}#3")));
+        let host = host_name();
+        // PID 1 always runs.
+        assert!(!holder_is_dead_here(&format!("cli:{host}:1#0")));
+        // Beyond the kernel's pid_max: never a live process.
+        assert!(holder_is_dead_here(&format!("cli:{host}:4194305#0")));
+        assert!(holder_is_dead_here(&format!("worker:{host}:4194305/1")));
+        assert!(
+            !holder_is_dead_here("cli:elsewhere:4194305#0"),
+            "another host"
+        );
+        assert!(!holder_is_dead_here("someone"));
+    }
 }
 
 async fn heartbeat(

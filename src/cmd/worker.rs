@@ -24,8 +24,7 @@ use idbridge_core::engine::NoProgress;
 use idbridge_core::journal::{self, JobInfo, Journal};
 use idbridge_core::lease::{self, LeasedProgress, Leaseholder};
 
-use super::provision::{Prepared, TargetArgs};
-use crate::config::Config;
+use idbridge::app::{Config, EngineOverrides, TargetRun};
 
 /// Arguments of `idbridge worker`.
 #[derive(Debug, clap::Args)]
@@ -260,21 +259,14 @@ impl Worker {
         holder: &Leaseholder,
     ) -> anyhow::Result<idbridge_core::engine::JobReport> {
         let target = self.config.target(&job.spec.target)?;
-        let targs = TargetArgs {
-            target: job.spec.target.clone(),
-            config: self.config.path.clone(),
-            journal: Some(self.url.clone()),
-            concurrency: None,
-            rate: None,
-            batch_size: None,
-            timeout: None,
-        };
-        let ctx = Prepared::with_journal(
-            &targs,
-            self.config.clone(),
+        // The leases come from the claim: run the engine directly (not TargetRun::resume_job,
+        // which would take them again under another name).
+        let run = TargetRun::with_journal(
+            &self.config,
             target,
             Arc::clone(&self.journal),
             self.url.clone(),
+            &EngineOverrides::default(),
         )
         .await?;
         let progress = LeasedProgress {
@@ -282,7 +274,7 @@ impl Worker {
             lost: holder.lost_flag(),
             shutdown: Arc::clone(&self.shutdown),
         };
-        Ok(ctx.engine.resume(&job.id, &progress).await?)
+        Ok(run.engine.resume(&job.id, &progress).await?)
     }
 }
 

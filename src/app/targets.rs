@@ -9,7 +9,7 @@ use anyhow::Context;
 use idbridge_core::Connector;
 use serde::de::DeserializeOwned;
 
-use crate::config::TargetConfig;
+use super::config::TargetConfig;
 
 /// The kinds this build knows, for error messages.
 pub fn known_kinds() -> Vec<&'static str> {
