@@ -188,29 +188,6 @@ fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_dead_processes_of_this_host_are_abandoned() {
-        let me = owner_name("cli");
-        assert!(!holder_is_dead_here(&me), "this process is alive");
-        assert!(!holder_is_dead_here(&format!("{me}#3")));
-        let host = host_name();
-        // PID 1 always runs.
-        assert!(!holder_is_dead_here(&format!("cli:{host}:1#0")));
-        // Beyond the kernel's pid_max: never a live process.
-        assert!(holder_is_dead_here(&format!("cli:{host}:4194305#0")));
-        assert!(holder_is_dead_here(&format!("worker:{host}:4194305/1")));
-        assert!(
-            !holder_is_dead_here("cli:elsewhere:4194305#0"),
-            "another host"
-        );
-        assert!(!holder_is_dead_here("someone"));
-    }
-}
-
 async fn heartbeat(
     journal: Arc<dyn Journal>,
     owner: String,
@@ -302,5 +279,28 @@ impl crate::engine::Progress for LeasedProgress<'_> {
         self.lost.load(Ordering::Acquire)
             || self.shutdown.load(Ordering::Acquire)
             || self.inner.cancelled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dead_processes_of_this_host_are_abandoned() {
+        let me = owner_name("cli");
+        assert!(!holder_is_dead_here(&me), "this process is alive");
+        assert!(!holder_is_dead_here(&format!("{me}#3")));
+        let host = host_name();
+        // PID 1 always runs.
+        assert!(!holder_is_dead_here(&format!("cli:{host}:1#0")));
+        // Beyond the kernel's pid_max: never a live process.
+        assert!(holder_is_dead_here(&format!("cli:{host}:4194305#0")));
+        assert!(holder_is_dead_here(&format!("worker:{host}:4194305/1")));
+        assert!(
+            !holder_is_dead_here("cli:elsewhere:4194305#0"),
+            "another host"
+        );
+        assert!(!holder_is_dead_here("someone"));
     }
 }
