@@ -1,14 +1,17 @@
 //! `idbridge`: carry factory-provisioned secure-element identities into a product cloud.
+//!
+//! The binary is a thin front end: `cmd/*` translates arguments into calls of the library's
+//! application layer (`idbridge::app`) and its results into output.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod cmd;
-mod config;
+#[cfg(feature = "http")]
+mod console;
 #[cfg(feature = "http")]
 mod serve;
-mod targets;
 
 /// Carry factory-provisioned secure-element identities (Infineon OPTIGA Trust M, Microchip
 /// ATECC608, Espressif) into a product cloud, verified against the vendors' pinned roots.

@@ -56,8 +56,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     let targets = cfg.targets.join(", ");
+    // The web console (/console) reads and changes data only through the service API router.
+    // Until the registration service is mounted here, that router is empty and no token signs in.
+    let service_api = axum::Router::new();
+    let console = crate::console::router(service_api, false)?;
     let limits = cfg.limits();
-    let app = api::router(api::AppState::new(verifier, backend, cfg));
+    let app = api::router(api::AppState::new(verifier, backend, cfg)).merge(console);
     let scheme = if tls.is_some() { "https" } else { "http" };
     super::mock_cloud::announce(&format!("{scheme}://{local}"))?;
     match &tls {

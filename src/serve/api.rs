@@ -588,7 +588,10 @@ mod tests {
         let (s, v) = call(&t, Some("Bearer".into()), info.clone()).await;
         assert_eq!(
             (s, v),
-            (StatusCode::UNAUTHORIZED, json!({"error": "Token invalid", "code": "unauthorized"}))
+            (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "Token invalid", "code": "unauthorized"})
+            )
         );
         let (s, v) = call(&t, Some("Bearer abc.def".into()), info.clone()).await;
         assert_eq!(

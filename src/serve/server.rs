@@ -104,7 +104,11 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with a caller-facing message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
         ApiError {
             status,
             code,
@@ -232,13 +236,13 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => connection(stream, app, &limits, watcher).await,
+                None => connection(stream, peer, app, &limits, watcher).await,
                 Some(tls) => {
                     let acceptor = tls.acceptor();
                     match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(s)) => connection(s, app, &limits, watcher).await,
+                        Ok(Ok(s)) => connection(s, peer, app, &limits, watcher).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -308,12 +312,13 @@ async fn correlate(mut req: Request, next: Next, retry_after: u64) -> Response {
         log_error(&err, &id, &method, &path);
         resp = render(&err, &id, retry_after);
     } else if resp.status().is_client_error() || resp.status().is_server_error() {
-        let is_json = resp
+        // Answers from a layer or an axum rejection (no type or text/plain): keep their
+        // status, not their text. A route's own JSON or HTML error page stays as it is.
+        let generic = resp
             .headers()
             .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-        if !is_json {
-            // An answer from a layer or an axum rejection: keep its status, not its text.
+            .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+        if generic {
             let err = by_status(resp.status());
             log_error(&err, &id, &method, &path);
             resp = render(&err, &id, retry_after);
@@ -365,7 +370,10 @@ fn by_status(status: StatusCode) -> ApiError {
         StatusCode::FORBIDDEN => ("forbidden", "forbidden"),
         StatusCode::SERVICE_UNAVAILABLE => ("busy", "server busy; retry later"),
         s if s.is_client_error() => ("bad_request", "bad request"),
-        _ => ("internal", "internal error; quote the correlation id to the operator"),
+        _ => (
+            "internal",
+            "internal error; quote the correlation id to the operator",
+        ),
     };
     ApiError::new(status, code, msg)
 }
@@ -459,6 +467,7 @@ impl http_body::Body for DeadlineBody {
 /// Serves one connection until it closes, its idle watchdog fires, or shutdown.
 async fn connection<I>(
     io: I,
+    peer: std::net::SocketAddr,
     app: Router,
     limits: &Limits,
     watcher: hyper_util::server::graceful::Watcher,
@@ -473,7 +482,11 @@ async fn connection<I>(
     let busy = Arc::clone(&activity);
     let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
         let guard = Busy::enter(Arc::clone(&busy));
-        let fut = tower::ServiceExt::oneshot(app.clone(), req.map(Body::new));
+        let mut req = req.map(Body::new);
+        // Handlers that want the caller's address (rate limits, audit) take `ConnectInfo`.
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let fut = tower::ServiceExt::oneshot(app.clone(), req);
         async move {
             let resp = fut.await;
             drop(guard);
@@ -698,7 +711,9 @@ mod tests {
         )
         .await;
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ")
+            .await
+            .unwrap();
         // Generous bound: the test guards against "never", it does not measure.
         let got = read_to_close(&mut s, Duration::from_secs(60)).await;
         assert!(got.is_some(), "the server kept a half-sent head open");
@@ -741,7 +756,9 @@ mod tests {
         s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
             .await
             .unwrap();
-        let got = read_to_close(&mut s, Duration::from_secs(60)).await.unwrap();
+        let got = read_to_close(&mut s, Duration::from_secs(60))
+            .await
+            .unwrap();
         assert!(got.starts_with("HTTP/1.1 413"), "{got}");
         assert!(got.contains("\"code\":\"body_too_large\""), "{got}");
         assert!(got.contains("correlation_id"), "{got}");
@@ -795,14 +812,18 @@ mod tests {
         for _ in 0..2 {
             let mut s = TcpStream::connect(addr).await.unwrap();
             // A complete request: the connection is then surely accepted and held.
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
             let mut buf = [0u8; 64];
             let n = s.read(&mut buf).await.unwrap();
             assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
             held.push(s);
         }
         let mut third = TcpStream::connect(addr).await.unwrap();
-        let got = read_to_close(&mut third, Duration::from_secs(60)).await.unwrap();
+        let got = read_to_close(&mut third, Duration::from_secs(60))
+            .await
+            .unwrap();
         assert!(got.starts_with("HTTP/1.1 503"), "{got}");
         assert!(got.to_ascii_lowercase().contains("retry-after: 1"), "{got}");
         drop(held);
@@ -813,7 +834,11 @@ mod tests {
     async fn errors_are_json_and_generic() {
         let addr = start(app(), Limits::default()).await;
         let http = reqwest::Client::new();
-        let r = http.get(format!("http://{addr}/fail")).send().await.unwrap();
+        let r = http
+            .get(format!("http://{addr}/fail"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let id = r.headers()["x-correlation-id"].to_str().unwrap().to_owned();
         let text = r.text().await.unwrap();
@@ -821,7 +846,11 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["code"], "internal");
         assert_eq!(v["correlation_id"], id.as_str());
-        let r = http.get(format!("http://{addr}/nowhere")).send().await.unwrap();
+        let r = http
+            .get(format!("http://{addr}/nowhere"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["code"], "not_found");

@@ -167,7 +167,8 @@ fn certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 }
 
 fn read_capped(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.len() > MAX_PEM_FILE {
         anyhow::bail!("{}: larger than {MAX_PEM_FILE} bytes", path.display());
     }

@@ -4,8 +4,12 @@
 mod aws;
 #[cfg(feature = "azure")]
 mod azure;
+#[cfg(feature = "http")]
+mod console;
 mod crash;
 mod engine_support;
+#[cfg(all(feature = "gcp", feature = "http"))]
+mod gcp;
 mod inspect;
 #[cfg(feature = "http")]
 mod interop;

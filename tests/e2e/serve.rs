@@ -242,14 +242,26 @@ async fn jwt_matrix_against_the_running_receiver() {
     let (code, res) = s.post(None, &body).await;
     assert_eq!(
         (code, res),
-        (401, json!({"error": "Missing Authorization Header", "code": "unauthorized"}))
+        (
+            401,
+            json!({"error": "Missing Authorization Header", "code": "unauthorized"})
+        )
     );
     let (code, res) = s.post(Some("Bearer a b".into()), &body).await;
-    assert_eq!((code, res), (401, json!({"error": "Token invalid", "code": "unauthorized"})));
+    assert_eq!(
+        (code, res),
+        (
+            401,
+            json!({"error": "Token invalid", "code": "unauthorized"})
+        )
+    );
     let (code, res) = s.post(Some("Bearer not-a-jwt".into()), &body).await;
     assert_eq!(
         (code, res),
-        (401, json!({"error": "Cannot verify and decode token", "code": "unauthorized"}))
+        (
+            401,
+            json!({"error": "Cannot verify and decode token", "code": "unauthorized"})
+        )
     );
     assert!(
         s.registry.devices().is_empty(),
@@ -284,7 +296,10 @@ async fn bad_requests_are_400_and_oversized_413() {
         .await;
     assert_eq!(
         (code, res),
-        (400, json!({"error": "\"certs[0].ref\" is required", "code": "bad_request"}))
+        (
+            400,
+            json!({"error": "\"certs[0].ref\" is required", "code": "bad_request"})
+        )
     );
     let (code, res) = s
         .post(
