@@ -115,23 +115,65 @@ impl fmt::Display for Rejected {
 impl std::error::Error for Rejected {}
 
 /// The stream of every input's devices, judged. See the module docs.
+///
+/// Verification runs on a bounded pool of threads (one per core by default, see
+/// [`Intake::with_workers`]) fed by the one reader thread that imports the files; items come out
+/// in input order, exactly as a single thread would yield them.
 pub struct Intake {
     inputs: Vec<(PathBuf, Format)>,
+    verifier: Arc<Verifier>,
+    notes: Vec<String>,
+    workers: usize,
+    chunk: usize,
+    state: State,
+}
+
+/// Where the stream stands: not started (serial or pooled), running serially, or pooled.
+enum State {
+    Idle(Box<Reader>),
+    Serial(Box<Reader>, ManifestCache),
+    Pooled(pool::Pool),
+    Done,
+}
+
+/// The sequential half of intake: files, importers, and the bookkeeping that depends on input
+/// order (duplicates, vendor-id claims). Everything costly is left to [`judge`].
+struct Reader {
     queue: VecDeque<(PathBuf, Format)>,
     current: Option<Items>,
-    verifier: Arc<Verifier>,
     import: ImportOptions,
-    notes: Vec<String>,
     seen: HashSet<u128>,
     claims: HashMap<u64, u128>,
-    last_manifest: Option<(Arc<ManifestEntry>, std::result::Result<String, String>)>,
 }
+
+/// One entry after the reader's sequential checks, before its signatures are checked.
+// Moved once per entry, in chunks of 64: the few hundred bytes of the rare certificate-less
+// variant cost nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    /// Judged already (unreadable, skipped, duplicate, unusable input); boxed, as it is rare.
+    Done(Box<Rejected>),
+    /// A certificate-less entry whose manifest signature is to be checked.
+    NoCertificate {
+        source: Source,
+        vendor: VendorAttributes,
+        manifest: Option<Arc<ManifestEntry>>,
+        reason: String,
+    },
+    /// A certificate to verify.
+    Cert(Box<Record>),
+}
+
+/// The last manifest entry checked, and its result: an entry holding several keys is checked
+/// once (per pool chunk).
+type ManifestCache = Option<(Arc<ManifestEntry>, std::result::Result<String, String>)>;
 
 impl fmt::Debug for Intake {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Intake")
             .field("inputs", &self.inputs)
             .field("verifier", &self.verifier)
+            .field("workers", &self.workers)
             .finish()
     }
 }
@@ -175,20 +217,15 @@ impl Intake {
                 files.push((path.clone(), format));
             }
         }
-        Ok(Intake {
-            queue: files.iter().cloned().collect(),
-            inputs: files,
-            current: None,
-            verifier,
-            import: ImportOptions {
+        let reader = Reader::new(
+            files.iter().cloned().collect(),
+            None,
+            ImportOptions {
                 slot: opts.slot,
                 limits: opts.limits,
             },
-            notes,
-            seen: HashSet::new(),
-            claims: HashMap::new(),
-            last_manifest: None,
-        })
+        );
+        Ok(Intake::build(files, notes, verifier, reader))
     }
 
     /// Judges one already-open input (an upload, stdin) named `name` in messages, in
@@ -205,16 +242,39 @@ impl Intake {
             limits: opts.limits,
         };
         let items = importer::open_reader(reader, name.to_owned(), format, &import);
+        let reader = Reader::new(VecDeque::new(), Some(items), import);
+        Intake::build(Vec::new(), Vec::new(), verifier, reader)
+    }
+
+    /// Verifies on `workers` threads (0: one per available core; 1: on the calling thread,
+    /// nothing spawned). Takes effect only before the first item is read.
+    pub fn with_workers(mut self, workers: usize) -> Intake {
+        self.workers = if workers == 0 {
+            default_workers()
+        } else {
+            workers
+        };
+        self
+    }
+
+    /// How many threads verify (see [`Intake::with_workers`]).
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    fn build(
+        inputs: Vec<(PathBuf, Format)>,
+        notes: Vec<String>,
+        verifier: Arc<Verifier>,
+        reader: Reader,
+    ) -> Intake {
         Intake {
-            inputs: Vec::new(),
-            queue: VecDeque::new(),
-            current: Some(items),
+            inputs,
             verifier,
-            import,
-            notes: Vec::new(),
-            seen: HashSet::new(),
-            claims: HashMap::new(),
-            last_manifest: None,
+            notes,
+            workers: default_workers(),
+            chunk: pool::CHUNK,
+            state: State::Idle(Box::new(reader)),
         }
     }
 
@@ -232,137 +292,29 @@ impl Intake {
     pub fn verifier(&self) -> &Arc<Verifier> {
         &self.verifier
     }
-
-    // Checked and Rejected are both a few hundred bytes and are moved once per device; boxing
-    // only the error side would buy nothing.
-    #[allow(clippy::result_large_err)]
-    fn judge(
-        &mut self,
-        item: std::result::Result<Imported, EntryError>,
-    ) -> std::result::Result<Checked, Rejected> {
-        match item {
-            Err(e) => Err(Rejected {
-                source: e.source,
-                vendor: VendorAttributes::default(),
-                kind: if e.fatal {
-                    RejectKind::InputUnusable
-                } else {
-                    RejectKind::Unreadable
-                },
-                reason: e.message,
-            }),
-            Ok(Imported::Skipped { source, reason }) => Err(Rejected {
-                source,
-                vendor: VendorAttributes::default(),
-                kind: RejectKind::Skipped,
-                reason,
-            }),
-            Ok(Imported::NoCertificate {
-                source,
-                vendor,
-                manifest,
-                reason,
-            }) => {
-                let checked = manifest.map(|m| self.check_manifest(&m));
-                let (kind, reason) = match checked {
-                    Some(Err(why)) => (RejectKind::Invalid, format!("manifest entry: {why}")),
-                    Some(Ok(signer)) => (
-                        RejectKind::NotProvisionable,
-                        format!("{reason} (entry signature valid, {signer})"),
-                    ),
-                    None => (RejectKind::NotProvisionable, reason),
-                };
-                Err(Rejected {
-                    source,
-                    vendor,
-                    kind,
-                    reason,
-                })
-            }
-            Ok(Imported::Cert(record)) => self.judge_record(*record),
-        }
-    }
-
-    #[allow(clippy::result_large_err)]
-    fn judge_record(&mut self, record: Record) -> std::result::Result<Checked, Rejected> {
-        let Record {
-            mut identity,
-            chain,
-            manifest,
-            stated_key,
-            mut problems,
-            warnings,
-            vendor_key,
-        } = record;
-        let id128 = id_prefix(&identity);
-        if !self.seen.insert(id128) {
-            return Err(Rejected {
-                source: identity.source.clone(),
-                vendor: identity.vendor.clone(),
-                kind: RejectKind::Skipped,
-                reason: format!(
-                    "the same certificate again (device {}): counted once",
-                    identity.device_id
-                ),
-            });
-        }
-        if identity.vendor.vendor.is_none() {
-            identity.vendor.vendor = guess_vendor(&identity.issuer);
-        }
-        if let Some(key) = &vendor_key {
-            let mut h = DefaultHasher::new();
-            key.hash(&mut h);
-            let k = h.finish();
-            match self.claims.get(&k) {
-                Some(&other) if other != id128 => problems.push(format!(
-                    "{key} is claimed by two different certificates: device {:032x}… (earlier) and device {}",
-                    other, identity.device_id
-                )),
-                Some(_) => {}
-                None => {
-                    self.claims.insert(k, id128);
-                }
-            }
-        }
-        if let Some(m) = &manifest {
-            if let Err(why) = self.check_manifest(m) {
-                problems.push(format!("manifest entry: {why}"));
-            }
-            if let Some(stated) = &stated_key
-                && crate::trust::public_key_raw(&identity.der).as_deref() != Some(stated.as_slice())
-            {
-                problems.push("the JWK x/y differ from the certificate's public key".to_owned());
-            }
-        }
-        let verdict = self
-            .verifier
-            .verify_identity_with(&identity, &chain, manifest.is_some());
-        let verdict = if problems.is_empty() {
-            verdict
-        } else {
-            if let Some(r) = verdict.reason() {
-                problems.push(r.to_owned());
-            }
-            Verdict::Invalid {
-                reason: problems.join("; "),
-            }
-        };
-        Ok(Checked {
-            identity,
-            verdict,
-            warnings,
-        })
-    }
 }
 
-impl Iterator for Intake {
-    type Item = std::result::Result<Checked, Rejected>;
+impl Reader {
+    fn new(
+        queue: VecDeque<(PathBuf, Format)>,
+        current: Option<Items>,
+        import: ImportOptions,
+    ) -> Self {
+        Reader {
+            queue,
+            current,
+            import,
+            seen: HashSet::new(),
+            claims: HashMap::new(),
+        }
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next entry of the inputs, with the checks that depend on input order done.
+    fn next_work(&mut self) -> Option<Work> {
         loop {
             if let Some(items) = self.current.as_mut() {
                 if let Some(item) = items.next() {
-                    return Some(self.judge(item));
+                    return Some(self.sequential(item));
                 }
                 self.current = None;
             }
@@ -370,7 +322,7 @@ impl Iterator for Intake {
             match importer::open(&path, format, &self.import) {
                 Ok(items) => self.current = Some(items),
                 Err(e) => {
-                    return Some(Err(Rejected {
+                    return Some(Work::Done(Box::new(Rejected {
                         source: Source {
                             file: path.display().to_string(),
                             line: None,
@@ -379,8 +331,210 @@ impl Iterator for Intake {
                         vendor: VendorAttributes::default(),
                         kind: RejectKind::InputUnusable,
                         reason: e.message().to_owned(),
+                    })));
+                }
+            }
+        }
+    }
+
+    fn sequential(&mut self, item: std::result::Result<Imported, EntryError>) -> Work {
+        match item {
+            Err(e) => Work::Done(Box::new(Rejected {
+                source: e.source,
+                vendor: VendorAttributes::default(),
+                kind: if e.fatal {
+                    RejectKind::InputUnusable
+                } else {
+                    RejectKind::Unreadable
+                },
+                reason: e.message,
+            })),
+            Ok(Imported::Skipped { source, reason }) => Work::Done(Box::new(Rejected {
+                source,
+                vendor: VendorAttributes::default(),
+                kind: RejectKind::Skipped,
+                reason,
+            })),
+            Ok(Imported::NoCertificate {
+                source,
+                vendor,
+                manifest,
+                reason,
+            }) => Work::NoCertificate {
+                source,
+                vendor,
+                manifest,
+                reason,
+            },
+            Ok(Imported::Cert(mut record)) => {
+                let id128 = id_prefix(&record.identity);
+                if !self.seen.insert(id128) {
+                    return Work::Done(Box::new(Rejected {
+                        source: record.identity.source.clone(),
+                        vendor: record.identity.vendor.clone(),
+                        kind: RejectKind::Skipped,
+                        reason: format!(
+                            "the same certificate again (device {}): counted once",
+                            record.identity.device_id
+                        ),
                     }));
                 }
+                if let Some(key) = &record.vendor_key {
+                    let mut h = DefaultHasher::new();
+                    key.hash(&mut h);
+                    let k = h.finish();
+                    match self.claims.get(&k) {
+                        Some(&other) if other != id128 => record.problems.push(format!(
+                            "{key} is claimed by two different certificates: device {:032x}… (earlier) and device {}",
+                            other, record.identity.device_id
+                        )),
+                        Some(_) => {}
+                        None => {
+                            self.claims.insert(k, id128);
+                        }
+                    }
+                }
+                Work::Cert(record)
+            }
+        }
+    }
+}
+
+/// The costly half of intake: signatures and chains. Runs on any thread.
+// Checked and Rejected are both a few hundred bytes and are moved once per device; boxing only
+// the error side would buy nothing.
+#[allow(clippy::result_large_err)]
+fn judge(
+    verifier: &Verifier,
+    work: Work,
+    cache: &mut ManifestCache,
+) -> std::result::Result<Checked, Rejected> {
+    match work {
+        Work::Done(rejected) => Err(*rejected),
+        Work::NoCertificate {
+            source,
+            vendor,
+            manifest,
+            reason,
+        } => {
+            let checked = manifest.map(|m| check_manifest(verifier, &m, cache));
+            let (kind, reason) = match checked {
+                Some(Err(why)) => (RejectKind::Invalid, format!("manifest entry: {why}")),
+                Some(Ok(signer)) => (
+                    RejectKind::NotProvisionable,
+                    format!("{reason} (entry signature valid, {signer})"),
+                ),
+                None => (RejectKind::NotProvisionable, reason),
+            };
+            Err(Rejected {
+                source,
+                vendor,
+                kind,
+                reason,
+            })
+        }
+        Work::Cert(record) => Ok(judge_record(verifier, *record, cache)),
+    }
+}
+
+fn judge_record(verifier: &Verifier, record: Record, cache: &mut ManifestCache) -> Checked {
+    let Record {
+        mut identity,
+        chain,
+        manifest,
+        stated_key,
+        mut problems,
+        warnings,
+        vendor_key: _,
+    } = record;
+    if identity.vendor.vendor.is_none() {
+        identity.vendor.vendor = guess_vendor(&identity.issuer);
+    }
+    if let Some(m) = &manifest {
+        if let Err(why) = check_manifest(verifier, m, cache) {
+            problems.push(format!("manifest entry: {why}"));
+        }
+        if let Some(stated) = &stated_key
+            && crate::trust::public_key_raw(&identity.der).as_deref() != Some(stated.as_slice())
+        {
+            problems.push("the JWK x/y differ from the certificate's public key".to_owned());
+        }
+    }
+    let verdict = verifier.verify_identity_with(&identity, &chain, manifest.is_some());
+    let verdict = if problems.is_empty() {
+        verdict
+    } else {
+        if let Some(r) = verdict.reason() {
+            problems.push(r.to_owned());
+        }
+        Verdict::Invalid {
+            reason: problems.join("; "),
+        }
+    };
+    Checked {
+        identity,
+        verdict,
+        warnings,
+    }
+}
+
+/// The JWS check of a manifest entry, once per entry even when it holds several keys.
+fn check_manifest(
+    verifier: &Verifier,
+    m: &Arc<ManifestEntry>,
+    cache: &mut ManifestCache,
+) -> std::result::Result<String, String> {
+    if let Some((last, result)) = cache
+        && Arc::ptr_eq(last, m)
+    {
+        return result.clone();
+    }
+    let result = verifier.check_manifest_entry(m);
+    *cache = Some((Arc::clone(m), result.clone()));
+    result
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Iterator for Intake {
+    type Item = std::result::Result<Checked, Rejected>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match &mut self.state {
+                State::Idle(_) => {
+                    let State::Idle(reader) = std::mem::replace(&mut self.state, State::Done)
+                    else {
+                        continue;
+                    };
+                    self.state = if self.workers <= 1 {
+                        State::Serial(reader, None)
+                    } else {
+                        State::Pooled(pool::Pool::start(
+                            *reader,
+                            Arc::clone(&self.verifier),
+                            self.workers,
+                            self.chunk,
+                        ))
+                    };
+                }
+                State::Serial(reader, cache) => {
+                    let Some(work) = reader.next_work() else {
+                        self.state = State::Done;
+                        return None;
+                    };
+                    return Some(judge(&self.verifier, work, cache));
+                }
+                State::Pooled(pool) => {
+                    let item = pool.next();
+                    if item.is_none() {
+                        self.state = State::Done;
+                    }
+                    return item;
+                }
+                State::Done => return None,
             }
         }
     }
@@ -424,20 +578,6 @@ fn walk(
     Ok(())
 }
 
-impl Intake {
-    /// The JWS check of a manifest entry, once per entry even when it holds several keys.
-    fn check_manifest(&mut self, m: &Arc<ManifestEntry>) -> std::result::Result<String, String> {
-        if let Some((last, result)) = &self.last_manifest
-            && Arc::ptr_eq(last, m)
-        {
-            return result.clone();
-        }
-        let result = self.verifier.check_manifest_entry(m);
-        self.last_manifest = Some((Arc::clone(m), result.clone()));
-        result
-    }
-}
-
 fn id_prefix(identity: &DeviceIdentity) -> u128 {
     // Invariant: a DeviceId is 64 hex characters, so the first 32 always parse.
     u128::from_str_radix(&identity.device_id.as_str()[..32], 16).unwrap_or_default()
@@ -455,6 +595,8 @@ fn guess_vendor(issuer: &str) -> Option<String> {
         None
     }
 }
+
+mod pool;
 
 #[cfg(test)]
 mod tests;

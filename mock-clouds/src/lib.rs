@@ -26,5 +26,5 @@ pub use devices::{TestDevice, TestPki};
 pub use fault_proxy::FaultProxy;
 pub use gcp_emulator::{Emulator, EmulatorKind};
 pub use registry::{Registry, RegistryConfig};
-pub use server::{Fault, FaultRule, FaultScript, RunningServer};
+pub use server::{Fault, FaultRule, FaultScript, Latency, LatencyConfig, RunningServer};
 pub use tls::{DeviceHello, TestCa};

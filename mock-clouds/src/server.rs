@@ -5,6 +5,14 @@
 //! [`Fault::LoseResponse`], after) the router runs. Tests script it in-process; the CLI and
 //! other processes script a standalone mock with `POST /_mock/faults` (a JSON array of
 //! [`FaultRule`]s) and clear it with `DELETE /_mock/faults`.
+//!
+//! In front of that sits an injected per-call latency ([`Latency`]: fixed ± uniform jitter,
+//! from a seeded generator), so a benchmark sees a cloud that answers in 20–100 ms as real ones
+//! do. In-process through [`RunningServer::latency`]; over the socket with
+//! `POST /_mock/latency` `{"fixed_ms":50,"jitter_ms":20,"seed":7}` and `DELETE /_mock/latency`.
+//! The delay is spent before the request runs (quota accounting and effects happen when it
+//! ends); `/_mock/*` control calls are never delayed. It runs on tokio's clock, so tests with
+//! paused time see it without waiting.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -15,6 +23,8 @@ use axum::body::Body;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -151,6 +161,72 @@ impl FaultScript {
     }
 }
 
+/// An injected per-call latency: `fixed_ms` ± a uniform `jitter_ms`, never below zero, drawn
+/// from a generator seeded with `seed` (so a run can be repeated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyConfig {
+    /// The middle of the delay, milliseconds.
+    pub fixed_ms: u64,
+    /// The most the delay strays from `fixed_ms` either way, milliseconds.
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// Seed of the jitter generator.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl LatencyConfig {
+    /// `fixed_ms` ± `jitter_ms` with `seed`.
+    pub fn new(fixed_ms: u64, jitter_ms: u64, seed: u64) -> Self {
+        LatencyConfig {
+            fixed_ms,
+            jitter_ms,
+            seed,
+        }
+    }
+}
+
+/// The latency a server injects (none until [`Latency::set`]); cheap to clone, shared.
+#[derive(Debug, Clone, Default)]
+pub struct Latency(Arc<Mutex<Option<(LatencyConfig, StdRng)>>>);
+
+impl Latency {
+    /// Injects `config` from now on (the generator restarts from its seed).
+    pub fn set(&self, config: LatencyConfig) {
+        *self.lock() = Some((config, StdRng::seed_from_u64(config.seed)));
+    }
+
+    /// Stops injecting latency.
+    pub fn clear(&self) {
+        *self.lock() = None;
+    }
+
+    /// What is injected, if anything.
+    pub fn config(&self) -> Option<LatencyConfig> {
+        self.lock().as_ref().map(|(c, _)| *c)
+    }
+
+    /// The delay for the next call (zero when none is injected).
+    pub fn next_delay(&self) -> Duration {
+        let mut guard = self.lock();
+        let Some((c, rng)) = guard.as_mut() else {
+            return Duration::ZERO;
+        };
+        let ms = if c.jitter_ms == 0 {
+            c.fixed_ms
+        } else {
+            let lo = c.fixed_ms.saturating_sub(c.jitter_ms);
+            rng.random_range(lo..=c.fixed_ms + c.jitter_ms)
+        };
+        Duration::from_millis(ms)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(LatencyConfig, StdRng)>> {
+        // A poisoned lock only means a test panicked while holding it; the state is valid.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A mock cloud serving in the background; stops when dropped or on [`RunningServer::stop`].
 #[derive(Debug)]
 pub struct RunningServer {
@@ -160,6 +236,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The fault script in front of the router.
     pub faults: FaultScript,
+    /// The latency injected in front of the router.
+    pub latency: Latency,
     shutdown: watch::Sender<bool>,
 }
 
@@ -185,6 +263,7 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let faults = FaultScript::default();
+    let latency = Latency::default();
     let (tx, mut rx) = watch::channel(false);
     let url = match &tls {
         Some(_) => format!("https://localhost:{}", local.port()),
@@ -192,6 +271,7 @@ pub async fn serve(
     };
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let script = faults.clone();
+    let delay = latency.clone();
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -200,10 +280,11 @@ pub async fn serve(
             };
             let router = router.clone();
             let script = script.clone();
+            let delay = delay.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    handle(router.clone(), script.clone(), req)
+                    handle(router.clone(), script.clone(), delay.clone(), req)
                 });
                 let builder = hyper::server::conn::http1::Builder::new();
                 match acceptor {
@@ -223,6 +304,7 @@ pub async fn serve(
         url,
         addr: local,
         faults,
+        latency,
         shutdown: tx,
     })
 }
@@ -242,6 +324,7 @@ impl std::error::Error for DropConnection {}
 async fn handle(
     router: Router,
     script: FaultScript,
+    latency: Latency,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, DropConnection> {
     let method = req.method().as_str().to_owned();
@@ -252,6 +335,15 @@ async fn handle(
         .unwrap_or_default();
     if req.uri().path() == "/_mock/faults" {
         return Ok(control(&script, req).await);
+    }
+    if req.uri().path() == "/_mock/latency" {
+        return Ok(control_latency(&latency, req).await);
+    }
+    if !req.uri().path().starts_with("/_mock/") {
+        let delay = latency.next_delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
     let req = req.map(Body::new);
     let fault = script.take(&method, &pq);
@@ -313,6 +405,32 @@ async fn control(script: &FaultScript, req: Request<hyper::body::Incoming>) -> R
     }
 }
 
+async fn control_latency(latency: &Latency, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return status(StatusCode::BAD_REQUEST, "unreadable body"),
+    };
+    match method {
+        http::Method::DELETE => {
+            latency.clear();
+            status(StatusCode::NO_CONTENT, "")
+        }
+        http::Method::GET => status(
+            StatusCode::OK,
+            &serde_json::to_string(&latency.config()).unwrap_or_default(),
+        ),
+        http::Method::POST => match serde_json::from_slice::<LatencyConfig>(&body) {
+            Ok(c) => {
+                latency.set(c);
+                status(StatusCode::NO_CONTENT, "")
+            }
+            Err(e) => status(StatusCode::BAD_REQUEST, &format!("bad latency: {e}")),
+        },
+        _ => status(StatusCode::METHOD_NOT_ALLOWED, "GET, POST or DELETE"),
+    }
+}
+
 fn status(code: StatusCode, msg: &str) -> Response<Body> {
     Response::builder()
         .status(code)
@@ -344,5 +462,97 @@ mod tests {
         assert_eq!(s.take("GET", "/things/a"), Some(Fault::Reset));
         assert_eq!(s.take("POST", "/things/b"), Some(Fault::Reset));
         assert_eq!(s.take("POST", "/things/b"), None, "used up");
+    }
+
+    #[test]
+    fn latency_is_fixed_plus_seeded_jitter_within_bounds() {
+        let l = Latency::default();
+        assert_eq!(l.next_delay(), Duration::ZERO, "none until set");
+        l.set(LatencyConfig::new(50, 20, 7));
+        let first: Vec<Duration> = (0..200).map(|_| l.next_delay()).collect();
+        assert!(first.iter().all(|d| (30..=70).contains(&d.as_millis())));
+        assert!(first.iter().any(|d| d.as_millis() < 40));
+        assert!(first.iter().any(|d| d.as_millis() > 60));
+        l.set(LatencyConfig::new(50, 20, 7));
+        let again: Vec<Duration> = (0..200).map(|_| l.next_delay()).collect();
+        assert_eq!(first, again, "same seed, same delays");
+        l.set(LatencyConfig::new(10, 20, 1));
+        assert!(
+            (0..100).all(|_| l.next_delay().as_millis() <= 30),
+            "never negative"
+        );
+        l.set(LatencyConfig::new(20, 0, 0));
+        assert_eq!(l.next_delay(), Duration::from_millis(20));
+        l.clear();
+        assert_eq!(l.config(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_served_call_takes_the_injected_latency_and_control_calls_do_not() {
+        let router = Router::new().route("/v1/x", axum::routing::get(|| async { "ok" }));
+        let server = serve(router, "127.0.0.1:0", None).await.unwrap();
+        let client = reqwest_like(&server);
+        let (code, took) = client.get("/v1/x").await;
+        assert_eq!(code, 200);
+        assert!(took < Duration::from_millis(5), "no latency yet: {took:?}");
+        let (code, _) = client
+            .post(
+                "/_mock/latency",
+                r#"{"fixed_ms":100,"jitter_ms":0,"seed":3}"#,
+            )
+            .await;
+        assert_eq!(code, 204);
+        let (code, took) = client.get("/v1/x").await;
+        assert_eq!(code, 200);
+        assert!(took >= Duration::from_millis(100), "{took:?}");
+        assert_eq!(server.latency.config(), Some(LatencyConfig::new(100, 0, 3)));
+        let (code, took) = client.get("/_mock/latency").await;
+        assert_eq!(code, 200);
+        assert!(
+            took < Duration::from_millis(100),
+            "control calls are not delayed"
+        );
+        client.delete("/_mock/latency").await;
+        assert_eq!(server.latency.config(), None);
+    }
+
+    /// A minimal HTTP/1.1 client over a socket, timing calls on tokio's (paused) clock.
+    struct Client(SocketAddr);
+
+    fn reqwest_like(server: &RunningServer) -> Client {
+        Client(server.addr)
+    }
+
+    impl Client {
+        async fn call(&self, method: &str, path: &str, body: &str) -> (u16, Duration) {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let started = tokio::time::Instant::now();
+            let mut stream = tokio::net::TcpStream::connect(self.0).await.unwrap();
+            let req = format!(
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(req.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            let code = answer
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap();
+            (code, started.elapsed())
+        }
+
+        async fn get(&self, path: &str) -> (u16, Duration) {
+            self.call("GET", path, "").await
+        }
+
+        async fn post(&self, path: &str, body: &str) -> (u16, Duration) {
+            self.call("POST", path, body).await
+        }
+
+        async fn delete(&self, path: &str) -> (u16, Duration) {
+            self.call("DELETE", path, "").await
+        }
     }
 }

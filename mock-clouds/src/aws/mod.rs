@@ -30,7 +30,7 @@ use axum::Router;
 
 pub use state::{AwsError, Registry};
 
-use crate::server::{FaultScript, RunningServer, serve};
+use crate::server::{FaultScript, Latency, RunningServer, serve};
 use crate::tls::{DeviceEndpoint, DeviceHello, TestCa, device_endpoint};
 use api::{Bucket, Shared};
 
@@ -219,6 +219,11 @@ impl MockAws {
     /// The fault script in front of the control plane.
     pub fn faults(&self) -> &FaultScript {
         &self.control.faults
+    }
+
+    /// The latency injected in front of the control plane (none by default).
+    pub fn latency(&self) -> &Latency {
+        &self.control.latency
     }
 
     /// The registry, for test setup and inspection.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::server::{self, FaultScript, RunningServer};
+use crate::server::{self, FaultScript, Latency, RunningServer};
 use crate::tls::{self, DeviceEndpoint, DeviceHello, TestCa};
 
 pub use common::{QuotaSettings, ServiceStats};
@@ -290,6 +290,16 @@ impl AzureMock {
     /// The fault script in front of DPS.
     pub fn dps_faults(&self) -> &FaultScript {
         &self.dps_server.faults
+    }
+
+    /// The latency injected in front of IoT Hub (none by default).
+    pub fn hub_latency(&self) -> &Latency {
+        &self.hub_server.latency
+    }
+
+    /// The latency injected in front of DPS (none by default).
+    pub fn dps_latency(&self) -> &Latency {
+        &self.dps_server.latency
     }
 
     /// The hub's device endpoint address.

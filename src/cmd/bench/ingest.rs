@@ -7,9 +7,11 @@
 //!   CA), P-256 throughout: one JWS and one certificate verification per device.
 //!
 //! The files are generated first (not timed), then read through the real [`Intake`] exactly as
-//! `idbridge inspect` does. Peak RSS is the process high-water mark, reset (Linux
-//! `/proc/self/clear_refs`) after generation; CPU time is the process's user + system time, so
-//! "per core" is devices per CPU-second.
+//! `idbridge inspect` does, twice: verifying on one thread (`workers 1`), then on the pool with
+//! one verifier per core (`workers N`, the default everywhere). Peak RSS is the process
+//! high-water mark, reset (Linux `/proc/self/clear_refs`) before each run; CPU time is the
+//! process's user + system time, so "per CPU-s" is devices per CPU-second. "speedup" is the
+//! all-core wall rate over the one-thread wall rate of the same batch.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -47,6 +49,10 @@ pub struct Args {
     /// Seconds per `openssl speed` algorithm (0: skip openssl).
     #[arg(long, default_value_t = 3)]
     openssl_seconds: u32,
+
+    /// Verifier thread counts to run each batch with (repeatable; 0 = one per core).
+    #[arg(long = "workers", default_values_t = [1usize, 0usize])]
+    workers: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +97,21 @@ fn bench(args: &Args) -> anyhow::Result<ExitCode> {
         }
     };
     println!(
-        "{:<10} {:>9} {:>10} {:>12} {:>14} {:>10} {:>16}",
-        "shape", "devices", "wall s", "devices/s", "dev/s per core", "peak MiB", "vs openssl/core"
+        "machine: {} cores available; load average at start: {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        super::load_average()
+    );
+    println!(
+        "{:<10} {:>9} {:>7} {:>9} {:>10} {:>12} {:>9} {:>15} {:>8}",
+        "shape",
+        "devices",
+        "workers",
+        "wall s",
+        "devices/s",
+        "dev/CPU-s",
+        "peak MiB",
+        "verif vs openssl",
+        "speedup"
     );
     let pki = Pki::new()?;
     for &shape in &shapes {
@@ -107,33 +126,46 @@ fn bench(args: &Args) -> anyhow::Result<ExitCode> {
                 Shape::Microchip => pki.write_microchip(&path, n)?,
             }
             let generated = started.elapsed();
-            let m = measure(&pki, shape, &path, n)?;
-            let per_core = n as f64 / m.cpu_seconds;
-            let reference = openssl.map(|(p256, p384)| match shape {
-                Shape::Infineon => p384,
-                Shape::Microchip => p256,
-            });
-            println!(
-                "{:<10} {:>9} {:>10.1} {:>12.0} {:>14.0} {:>10.1} {:>16}",
-                format!("{shape:?}").to_lowercase(),
-                n,
-                m.wall_seconds,
-                n as f64 / m.wall_seconds,
-                per_core,
-                m.peak_rss_kib as f64 / 1024.0,
-                reference
-                    .map(|r| format!("{:.2}x", per_core / r))
-                    .unwrap_or_else(|| "-".to_owned()),
-            );
+            // Verifications per device and the openssl figure for the issuer's curve.
+            let (per_device, reference) = match shape {
+                Shape::Infineon => (1.0, openssl.map(|(_, p384)| p384)),
+                Shape::Microchip => (2.0, openssl.map(|(p256, _)| p256)),
+            };
+            let mut single_rate = None;
+            for &workers in &args.workers {
+                let m = measure(&pki, shape, &path, n, workers)?;
+                let per_cpu = n as f64 / m.cpu_seconds;
+                let rate = n as f64 / m.wall_seconds;
+                if m.workers == 1 {
+                    single_rate = Some(rate);
+                }
+                println!(
+                    "{:<10} {:>9} {:>7} {:>9.1} {:>10.0} {:>12.0} {:>9.1} {:>15} {:>8} (load {})",
+                    format!("{shape:?}").to_lowercase(),
+                    n,
+                    m.workers,
+                    m.wall_seconds,
+                    rate,
+                    per_cpu,
+                    m.peak_rss_kib as f64 / 1024.0,
+                    reference
+                        .map(|r| format!("{:.2}x", per_cpu * per_device / r))
+                        .unwrap_or_else(|| "-".to_owned()),
+                    match single_rate {
+                        Some(s) if m.workers > 1 => format!("{:.2}x", rate / s),
+                        _ => "-".to_owned(),
+                    },
+                    super::load_average(),
+                );
+            }
             eprintln!(
-                "  (generated {n} in {:.1}s; {} bytes; verifications per device: {}; rss reset: {})",
+                "  (generated {n} in {:.1}s; {} bytes; verifications per device: {})",
                 generated.as_secs_f64(),
                 std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
                 match shape {
                     Shape::Infineon => "1 (P-384)",
                     Shape::Microchip => "2 (P-256 JWS + P-256 cert)",
                 },
-                m.rss_reset
             );
             if args.dir.is_none() {
                 let _ = std::fs::remove_file(&path);
@@ -144,13 +176,19 @@ fn bench(args: &Args) -> anyhow::Result<ExitCode> {
 }
 
 struct Measurement {
+    workers: usize,
     wall_seconds: f64,
     cpu_seconds: f64,
     peak_rss_kib: u64,
-    rss_reset: bool,
 }
 
-fn measure(pki: &Pki, shape: Shape, path: &Path, n: u64) -> anyhow::Result<Measurement> {
+fn measure(
+    pki: &Pki,
+    shape: Shape,
+    path: &Path,
+    n: u64,
+    workers: usize,
+) -> anyhow::Result<Measurement> {
     let mut store = TrustStore::builtin();
     store.add_anchor_der(&pki.infineon_root_der)?;
     store.add_intermediate_der(&pki.infineon_ca_der)?;
@@ -165,11 +203,13 @@ fn measure(pki: &Pki, shape: Shape, path: &Path, n: u64) -> anyhow::Result<Measu
         format: Some(format),
         ..IntakeOptions::default()
     };
-    let rss_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let intake = Intake::with_verifier(&[path.to_path_buf()], &opts, verifier)
-        .with_context(|| format!("{}", path.display()))?;
+        .with_context(|| format!("{}", path.display()))?
+        .with_workers(workers);
+    let workers = intake.workers();
     let mut valid = 0u64;
     let mut other = 0u64;
     let mut first_problem = None;
@@ -196,10 +236,10 @@ fn measure(pki: &Pki, shape: Shape, path: &Path, n: u64) -> anyhow::Result<Measu
         );
     }
     Ok(Measurement {
+        workers,
         wall_seconds: wall,
         cpu_seconds: cpu.max(1e-9),
         peak_rss_kib: peak_rss_kib(),
-        rss_reset,
     })
 }
 

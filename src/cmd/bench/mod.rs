@@ -10,6 +10,7 @@ pub mod engine;
 #[cfg(feature = "gcp")]
 pub mod gcp;
 pub mod ingest;
+pub mod latency;
 pub mod quota;
 #[cfg(feature = "http")]
 pub mod receiver;
@@ -30,6 +31,9 @@ enum Bench {
     /// Import + verification throughput and peak RSS on 100k/1M synthetic devices, beside
     /// `openssl speed`.
     Ingest(ingest::Args),
+    /// A 4,000-device reel into mock AWS IoT, IoT Hub and DPS answering after an injected
+    /// latency (0/20/50/100 ms ± jitter) at a raised quota: wall time against the quota floor.
+    Latency(latency::Args),
     /// `idbridge serve` throughput: certificates/s and p50/p99 latency per request for
     /// batches of 1, 100 and 4,000 into the unthrottled in-process mock cloud.
     #[cfg(feature = "http")]
@@ -56,6 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::Engine(a) => engine::run(a).await,
         Bench::Quota(a) => quota::run(a).await,
         Bench::Ingest(a) => ingest::run(a).await,
+        Bench::Latency(a) => latency::run(a).await,
         #[cfg(feature = "http")]
         Bench::Receiver(a) => receiver::run(a).await,
         #[cfg(feature = "aws-iot")]
@@ -87,6 +92,15 @@ pub fn cpu_seconds() -> Option<f64> {
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// The 1/5/15-minute load averages (Linux `/proc/loadavg`), to print beside every figure: the
+/// machine is shared, so a figure means little without the load it was taken under.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// `n` distinct certificates (one key, distinct serials and names), fast to make.
