@@ -42,6 +42,8 @@ enum Command {
     Resume(cmd::status::ResumeArgs),
     /// Run the Cloud ID-compatible interop receiver.
     Serve(cmd::serve::Args),
+    /// Run jobs from a shared journal (PostgreSQL): claim, run, release; any number of workers.
+    Worker(cmd::worker::Args),
     /// Run a local mock cloud (speaking the real wire protocol) in the foreground.
     MockCloud(cmd::mock_cloud::Args),
     /// Measure throughput and memory.
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
             Command::Status(args) => cmd::status::run(args).await,
             Command::Resume(args) => cmd::status::run_resume(args).await,
             Command::Serve(args) => cmd::serve::run(args).await,
+            Command::Worker(args) => cmd::worker::run(args).await,
             Command::MockCloud(args) => cmd::mock_cloud::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
         }

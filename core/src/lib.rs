@@ -16,6 +16,7 @@ pub mod identity;
 pub mod importer;
 pub mod intake;
 pub mod journal;
+pub mod lease;
 pub mod trust;
 
 #[cfg(feature = "conformance")]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use idbridge_core::DeviceIdentity;
 use idbridge_core::engine::{DiffReport, Engine, EngineOptions, JobReport, Progress};
-use idbridge_core::journal::{self, Journal, Operation};
+use idbridge_core::journal::{self, Journal, OpenedJob, Operation};
+use idbridge_core::lease::{self, LeasedProgress};
 
 use super::config::{Config, DEFAULT_JOURNAL, TargetConfig};
 use super::targets;
@@ -54,6 +55,21 @@ impl EngineOverrides {
             opts.retry.max_attempts = m.max(1);
         }
         Ok(opts)
+    }
+}
+
+/// The lease time to live: `IDBRIDGE_LEASE_TTL` seconds, else 30 (ADR 1200).
+pub fn lease_ttl() -> anyhow::Result<Duration> {
+    match std::env::var("IDBRIDGE_LEASE_TTL") {
+        Ok(v) => {
+            let secs: f64 = v
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                .with_context(|| format!("IDBRIDGE_LEASE_TTL={v:?} is not a positive number"))?;
+            Ok(Duration::from_secs_f64(secs))
+        }
+        Err(_) => Ok(lease::DEFAULT_TTL),
     }
 }
 
@@ -156,9 +172,24 @@ impl TargetRun {
         params: serde_json::Value,
         progress: &dyn Progress,
     ) -> anyhow::Result<JobReport> {
+        let opened = self
+            .engine
+            .open(operation, &self.target.name, &devices, params)
+            .await?;
+        self.run_leased(&opened, operation, Some(devices), progress)
+            .await
+    }
+
+    /// Records the job for `devices` in the journal without running it (`--enqueue`): an
+    /// `idbridge worker` on the same journal runs it.
+    pub async fn enqueue(
+        &self,
+        operation: Operation,
+        devices: &[DeviceIdentity],
+    ) -> anyhow::Result<OpenedJob> {
         Ok(self
             .engine
-            .execute(operation, &self.target.name, devices, params, progress)
+            .open(operation, &self.target.name, devices, self.params())
             .await?)
     }
 
@@ -168,7 +199,81 @@ impl TargetRun {
         job_id: &str,
         progress: &dyn Progress,
     ) -> anyhow::Result<JobReport> {
-        Ok(self.engine.resume(job_id, progress).await?)
+        let info = self
+            .engine
+            .journal()
+            .job(job_id)
+            .await?
+            .with_context(|| format!("no job {job_id} in the journal"))?;
+        let opened = OpenedJob {
+            id: info.id,
+            resumed: true,
+        };
+        self.run_leased(&opened, info.spec.operation, None, progress)
+            .await
+    }
+
+    /// Runs an opened job holding its leases (ADR 1200): refused, naming the holder, when
+    /// another live process (or another request of this one) runs the same job; waits while
+    /// another drives the same target, so one pacer holds the target's quota. `devices` None
+    /// resumes with the identities stored in the journal.
+    async fn run_leased(
+        &self,
+        job: &OpenedJob,
+        operation: Operation,
+        devices: Option<Vec<DeviceIdentity>>,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<JobReport> {
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let owner = format!(
+            "{}#{}",
+            lease::owner_name("cli"),
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let told = std::sync::atomic::AtomicBool::new(false);
+        let waiting = |held: &journal::Lease| {
+            if !told.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(target_name = %self.target.name, holder = %held.owner,
+                    "waiting for the target: another process drives it");
+                eprintln!(
+                    "idbridge: waiting for target {}: {} drives it now",
+                    self.target.name, held.owner
+                );
+            }
+        };
+        let holder = match lease::guard_job(
+            Arc::clone(self.engine.journal()),
+            &owner,
+            &job.id,
+            &self.target.name,
+            lease_ttl()?,
+            &waiting,
+        )
+        .await?
+        {
+            Ok(h) => h,
+            Err(held) => anyhow::bail!(
+                "job {} is being run by {} (its lease runs {} s more); not running it twice",
+                job.id,
+                held.owner,
+                (held.expires_ms - journal::now_ms()).max(0) / 1000
+            ),
+        };
+        let leased = LeasedProgress {
+            inner: progress,
+            lost: holder.lost_flag(),
+            shutdown: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        let report = match devices {
+            Some(d) => {
+                self.engine
+                    .run(job, operation, &self.target.name, d, &leased)
+                    .await
+            }
+            None => self.engine.resume(&job.id, &leased).await,
+        };
+        holder.release().await;
+        Ok(report?)
     }
 
     /// The backfill plan for `devices`: missing, identical, different, extra.

@@ -9,6 +9,7 @@ pub mod mock_cloud;
 pub mod provision;
 pub mod serve;
 pub mod status;
+pub mod worker;
 
 /// Logs go to stderr so stdout stays machine-readable.
 pub fn init_tracing(filter: &str) {

@@ -31,6 +31,11 @@ pub struct Args {
     #[arg(long)]
     dry_run: bool,
 
+    /// Record the job in the journal and exit without running it: `idbridge worker`s sharing
+    /// the journal run it. Prints the job id.
+    #[arg(long, conflicts_with = "dry_run")]
+    enqueue: bool,
+
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -59,8 +64,8 @@ pub struct TargetArgs {
     #[arg(long, env = "IDBRIDGE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// The journal: sqlite:PATH (default: the config's `journal`, else
-    /// sqlite:idbridge-journal.sqlite).
+    /// The journal: sqlite:PATH or postgres://USER@HOST:PORT/DB (default: the config's
+    /// `journal`, else sqlite:idbridge-journal.sqlite).
     #[arg(long, env = "IDBRIDGE_JOURNAL", value_name = "URL")]
     pub journal: Option<String>,
 
@@ -125,6 +130,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         &args.target,
         &args.out,
         false,
+        args.enqueue,
     )
     .await
 }
@@ -138,6 +144,7 @@ pub async fn run_deprovision(args: DeprovisionArgs) -> anyhow::Result<ExitCode> 
         &args.target,
         &args.out,
         true,
+        false,
     )
     .await
 }
@@ -148,6 +155,7 @@ async fn execute(
     target: &TargetArgs,
     out: &OutputArgs,
     any_verdict: bool,
+    enqueue: bool,
 ) -> anyhow::Result<ExitCode> {
     let ctx = target.open().await?;
     let inputs = read_inputs(input, any_verdict).await?;
@@ -163,6 +171,17 @@ async fn execute(
         } else {
             ExitCode::from(1)
         });
+    }
+    if enqueue {
+        let opened = ctx.enqueue(operation, &inputs.devices).await?;
+        eprintln!(
+            "idbridge: job {} queued for workers ({} devices, {} refused)",
+            opened.id,
+            inputs.devices.len(),
+            inputs.refused.len()
+        );
+        println!("{}", opened.id);
+        return Ok(ExitCode::SUCCESS);
     }
     let progress = CliProgress::new(operation);
     let report = ctx.run_job(operation, inputs.devices, &progress).await?;

@@ -11,7 +11,8 @@ pub struct Args {
     pub config: PathBuf,
 
     /// Listen address, overriding `[serve] listen` (port 0 picks a free port; the bound
-    /// address is printed on stdout's first line as `http://ADDR`).
+    /// address is printed on stdout's first line as `https://ADDR`, or `http://ADDR` with
+    /// `allow_http = true`).
     #[arg(long)]
     pub listen: Option<String>,
 
@@ -28,13 +29,20 @@ pub struct Args {
 /// Runs the command until Ctrl-C or SIGTERM.
 #[cfg(feature = "http")]
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    use crate::serve::{ServeConfig, api, auth::TokenVerifier};
+    use std::sync::Arc;
+
+    use crate::serve::tls::{TlsReloader, reload_on_sighup};
+    use crate::serve::{ServeConfig, api, auth::TokenVerifier, server};
 
     let mut cfg = ServeConfig::from_file(&args.config)?;
     if let Some(l) = &args.listen {
         cfg.listen = l.clone();
     }
     let addr = cfg.validate()?;
+    let tls = match &cfg.tls {
+        Some(t) => Some(Arc::new(TlsReloader::new(t.clone())?)),
+        None => None,
+    };
     let verifier = TokenVerifier::load(&cfg.issuer_keys, &cfg.audience, cfg.leeway_secs)?;
     let backend = crate::serve::backend::build(
         &args.config,
@@ -52,14 +60,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Until the registration service is mounted here, that router is empty and no token signs in.
     let service_api = axum::Router::new();
     let console = crate::console::router(service_api, false)?;
+    let limits = cfg.limits();
     let app = api::router(api::AppState::new(verifier, backend, cfg)).merge(console);
-    super::mock_cloud::announce(&format!("http://{local}"))?;
-    tracing::info!(%local, %targets, "idbridge serve: interop receiver up");
-    axum::serve(
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    super::mock_cloud::announce(&format!("{scheme}://{local}"))?;
+    match &tls {
+        Some(t) => {
+            reload_on_sighup(Arc::clone(t));
+            tracing::info!(%local, %targets, mutual_tls = t.mutual(), "idbridge serve: interop receiver up (TLS)");
+        }
+        None => tracing::warn!(
+            %local, %targets,
+            "idbridge serve: interop receiver up over PLAIN HTTP (allow_http = true): TLS must be terminated in front"
+        ),
+    }
+    server::serve(
         listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        app,
+        limits,
+        tls,
+        super::mock_cloud::wait_for_shutdown(),
     )
-    .with_graceful_shutdown(super::mock_cloud::wait_for_shutdown())
     .await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -53,7 +53,7 @@ pub struct JournalArgs {
     #[arg(long, env = "IDBRIDGE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// The journal: sqlite:PATH.
+    /// The journal: sqlite:PATH or postgres://USER@HOST:PORT/DB.
     #[arg(long, env = "IDBRIDGE_JOURNAL", value_name = "URL")]
     journal: Option<String>,
 }

@@ -756,17 +756,18 @@ pub(super) async fn job_events(
         .into_response()
 }
 
-/// Devices a second since the job started, from the API's `started_at` (RFC 3339).
+/// Devices a second since the job was created (the API's `created_ms`, `updated_ms` once
+/// finished).
 fn started_rate(v: &Value, j: &Job) -> Option<f64> {
     let v = v.get("job").unwrap_or(v);
-    let started = view::first(v, &["started_at", "created_at"]);
-    let started =
-        time::OffsetDateTime::parse(&started, &time::format_description::well_known::Rfc3339)
-            .ok()?;
-    let end = view::first(v, &["finished_at", "ended_at"]);
-    let end = time::OffsetDateTime::parse(&end, &time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
-    let secs = (end - started).as_seconds_f64();
+    let started = v.get("created_ms").and_then(Value::as_i64)?;
+    let end = if j.finished() {
+        v.get("updated_ms").and_then(Value::as_i64)?
+    } else {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        i64::try_from(now).ok()?
+    };
+    let secs = (end - started) as f64 / 1000.0;
     let finished = j.done + j.failed;
     (secs > 0.5 && finished > 0).then(|| finished as f64 / secs)
 }
@@ -787,7 +788,7 @@ async fn job_errors(c: &Console, caller: &Caller, id: &str) -> Vec<DeviceError> 
         .items
         .iter()
         .filter_map(|d| {
-            let error = view::first(d, &["last_error", "error", "message"]);
+            let error = view::first(d, &["error", "last_error", "message"]);
             let state = view::first(d, &["state", "outcome", "status"]);
             (!error.is_empty()
                 && !matches!(

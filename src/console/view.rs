@@ -78,7 +78,7 @@ impl Binding {
                     .collect()
             })
             .unwrap_or_default();
-        for key in ["job_id", "job", "last_job"] {
+        for key in ["job/id", "job_id", "last_job/id"] {
             let j = text(v, key);
             if !j.is_empty() && !jobs.contains(&j) {
                 jobs.insert(0, j);
@@ -86,10 +86,16 @@ impl Binding {
         }
         Binding {
             id: first(v, &["id", "binding_id"]),
-            scope: first(v, &["scope", "kind"]),
+            scope: first(v, &["scope", "batch", "reel"]),
             valid: count(
                 v,
-                &["valid", "devices_valid", "counts/valid", "devices/valid"],
+                &[
+                    "valid",
+                    "devices",
+                    "devices_valid",
+                    "counts/valid",
+                    "devices/valid",
+                ],
             ),
             refused: count(
                 v,
@@ -103,7 +109,7 @@ impl Binding {
             mode: first(v, &["mode"]),
             target: first(v, &["target"]),
             state: first(v, &["state", "status"]),
-            created: first(v, &["created_at", "bound_at", "created"]),
+            created: time_text(v, &["created_ms", "created_at", "bound_at"]),
             jobs,
         }
     }
@@ -145,7 +151,14 @@ impl Job {
     pub fn finished(&self) -> bool {
         matches!(
             self.state.as_str(),
-            "done" | "succeeded" | "completed" | "finished" | "failed" | "cancelled" | "partial"
+            "done"
+                | "succeeded"
+                | "completed"
+                | "finished"
+                | "failed"
+                | "cancelled"
+                | "partial"
+                | "stopped"
         ) || (self.total > 0 && self.done + self.failed >= self.total)
     }
 }
@@ -333,6 +346,34 @@ pub fn is_redacted(v: &Value) -> bool {
     }
 }
 
+/// A time field as `YYYY-MM-DD HH:MM:SS UTC`: unix milliseconds (`*_ms`) or text as given.
+pub fn time_text(v: &Value, keys: &[&str]) -> String {
+    for k in keys {
+        match v.get(*k) {
+            Some(Value::Number(n)) => {
+                let Some(ms) = n.as_i64() else { continue };
+                let Ok(t) =
+                    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                else {
+                    continue;
+                };
+                return format!(
+                    "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                    t.year(),
+                    u8::from(t.month()),
+                    t.day(),
+                    t.hour(),
+                    t.minute(),
+                    t.second()
+                );
+            }
+            Some(Value::String(s)) if !s.is_empty() => return s.clone(),
+            _ => {}
+        }
+    }
+    String::new()
+}
+
 /// A field as display text (`""` when absent); `a/b` reads nested objects.
 pub fn text(v: &Value, key: &str) -> String {
     let found = if key.contains('/') {
@@ -409,6 +450,29 @@ mod tests {
         };
         let p = Progress::of(&done, Some(50.0));
         assert_eq!((p.percent, p.eta.as_str()), (100, "done"));
+    }
+
+    #[test]
+    fn reads_the_service_binding_and_job_views() {
+        let b = Binding::from_json(&json!({
+            "id": "bnd_1", "batch": "bat_9", "devices": 40, "mode": "automatic",
+            "target": "cloud", "created_ms": 1_764_000_000_000_i64,
+            "job": {"id": "job_7", "binding": "bnd_1", "operation": "provision", "target": "cloud",
+                    "state": "running", "counts": {"total": 40, "done": 10, "failed": 2, "pending": 28},
+                    "created_ms": 1, "updated_ms": 2}
+        }));
+        assert_eq!((b.id.as_str(), b.valid), ("bnd_1", 40));
+        assert_eq!(b.jobs, vec!["job_7".to_owned()]);
+        assert_eq!(b.created, "2025-11-24 16:00:00 UTC");
+        let j = Job::from_json(&json!({
+            "id": "job_7", "binding": "bnd_1", "state": "finished",
+            "counts": {"total": 40, "done": 38, "failed": 2, "pending": 0}
+        }));
+        assert!(j.finished());
+        assert_eq!(
+            (j.done, j.failed, j.total, j.binding.as_deref()),
+            (38, 2, 40, Some("bnd_1"))
+        );
     }
 
     #[test]

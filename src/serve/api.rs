@@ -19,7 +19,11 @@ use serde_json::{Value, json};
 
 use super::auth::TokenVerifier;
 use super::jobs::Jobs;
+use super::server::{ApiError, CorrelationId, JobPermits, clean_text};
 use super::{Backend, Item, Outcome, ServeConfig};
+
+/// Longest `ref` accepted, characters (after control characters are removed).
+pub const MAX_REF_CHARS: usize = 256;
 
 /// Infineon's message for a certificate that does not decode (verbatim, typo included).
 pub const MSG_CANNOT_DECODE: &str = "Cannot decode certitifcate";
@@ -30,6 +34,7 @@ pub struct AppState {
     verifier: Arc<TokenVerifier>,
     backend: Arc<dyn Backend>,
     jobs: Jobs,
+    permits: JobPermits,
     cfg: Arc<ServeConfig>,
 }
 
@@ -40,6 +45,7 @@ impl AppState {
             verifier: Arc::new(verifier),
             backend,
             jobs: Jobs::default(),
+            permits: JobPermits::new(cfg.max_jobs),
             cfg: Arc::new(cfg),
         }
     }
@@ -68,7 +74,12 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
     match s.verifier.check(header) {
         Ok(()) => next.run(req).await,
         Err(msg) => {
-            tracing::info!(path = %req.uri().path(), reason = msg, "refused token");
+            let id = req
+                .extensions()
+                .get::<CorrelationId>()
+                .map(|c| c.0.to_string())
+                .unwrap_or_default();
+            tracing::info!(correlation_id = %id, reason = msg, "refused token");
             error(StatusCode::UNAUTHORIZED, msg)
         }
     }
@@ -86,7 +97,11 @@ async fn interop(State(s): State<AppState>, body: Result<Bytes, BytesRejection>)
                 ),
             );
         }
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("unreadable body: {e}")),
+        Err(e) => {
+            return ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "unreadable body")
+                .detail(e)
+                .into_response();
+        }
     };
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -151,7 +166,15 @@ fn parse_certs(req: &Value, max: usize) -> Result<Vec<Entry>, String> {
                 errors.push(format!("\"certs[{i}].ref\" is required"));
                 None
             }
-            Some(Value::String(r)) if !r.is_empty() => Some(r.clone()),
+            Some(Value::String(r)) if r.chars().count() > MAX_REF_CHARS => {
+                errors.push(format!(
+                    "\"certs[{i}].ref\" length must be less than or equal to {MAX_REF_CHARS} characters long"
+                ));
+                None
+            }
+            Some(Value::String(r)) if !clean_text(r, MAX_REF_CHARS).is_empty() => {
+                Some(clean_text(r, MAX_REF_CHARS))
+            }
             Some(Value::String(_)) => {
                 errors.push(format!("\"certs[{i}].ref\" is not allowed to be empty"));
                 None
@@ -231,10 +254,16 @@ async fn provision(s: &AppState, req: &Value) -> Response {
             }
         }
     }
+    // A job runs only with a slot: a flood of requests cannot start unbounded work.
+    let permit = match s.permits.try_acquire() {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
     let job = s.jobs.create(refs, known);
     tracing::info!(job = %job.id, certs = work.len(), "provision request");
     let (backend, chunk, worker_job) = (Arc::clone(&s.backend), s.cfg.chunk_size, Arc::clone(&job));
     tokio::spawn(async move {
+        let _permit = permit;
         for part in work.chunks(chunk) {
             let items: Vec<Item> = part.iter().map(|(_, it)| it.clone()).collect();
             let outcomes = backend.provision(&items).await;
@@ -389,16 +418,22 @@ fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response {
             Body::from(body),
         )
             .into_response(),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("cannot encode answer: {e}"),
-        ),
+        Err(e) => ApiError::internal(format!("cannot encode answer: {e}")).into_response(),
     }
 }
 
+/// An error answer (`{"error": msg, "code", "correlation_id"}`, Infineon's `error` field
+/// kept); `msg` must be fit for the caller: validation text, never a path or cloud detail.
 fn error(status: StatusCode, msg: &str) -> Response {
-    let body = json!({ "error": msg }).to_string();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::FORBIDDEN => "forbidden",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    ApiError::new(status, code, msg.to_owned()).into_response()
 }
 
 #[cfg(test)]
@@ -470,7 +505,11 @@ mod tests {
             delay_ms,
             ..Default::default()
         });
-        let app = router(AppState::new(verifier, backend.clone(), cfg));
+        let limits = cfg.limits();
+        let app = crate::serve::server::harden(
+            router(AppState::new(verifier, backend.clone(), cfg)),
+            &limits,
+        );
         T {
             app,
             sender,
@@ -493,8 +532,13 @@ mod tests {
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
             .await
             .unwrap();
-        let v = serde_json::from_slice(&bytes)
+        let mut v = serde_json::from_slice(&bytes)
             .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if let Some(o) = v.as_object_mut()
+            && let Some(id) = o.remove("correlation_id")
+        {
+            assert_eq!(id.as_str().map(str::len), Some(16), "{id}");
+        }
         (status, v)
     }
 
@@ -529,7 +573,7 @@ mod tests {
             assert_eq!(s, StatusCode::UNAUTHORIZED, "{k:?}");
             assert_eq!(
                 v,
-                json!({"error": "Cannot verify and decode token"}),
+                json!({"error": "Cannot verify and decode token", "code": "unauthorized"}),
                 "{k:?}"
             );
         }
@@ -538,20 +582,23 @@ mod tests {
             (s, v),
             (
                 StatusCode::UNAUTHORIZED,
-                json!({"error": "Missing Authorization Header"})
+                json!({"error": "Missing Authorization Header", "code": "unauthorized"})
             )
         );
         let (s, v) = call(&t, Some("Bearer".into()), info.clone()).await;
         assert_eq!(
             (s, v),
-            (StatusCode::UNAUTHORIZED, json!({"error": "Token invalid"}))
+            (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "Token invalid", "code": "unauthorized"})
+            )
         );
         let (s, v) = call(&t, Some("Bearer abc.def".into()), info.clone()).await;
         assert_eq!(
             (s, v),
             (
                 StatusCode::UNAUTHORIZED,
-                json!({"error": "Cannot verify and decode token"})
+                json!({"error": "Cannot verify and decode token", "code": "unauthorized"})
             )
         );
         let (s, v) = call(
@@ -564,7 +611,7 @@ mod tests {
             (s, v),
             (
                 StatusCode::UNAUTHORIZED,
-                json!({"error": "Authorization Header must contain Bearer Token"})
+                json!({"error": "Authorization Header must contain Bearer Token", "code": "unauthorized"})
             )
         );
         // GET / needs nothing; GET /auth needs the token.

@@ -4,7 +4,9 @@
 //! journal = "sqlite:idbridge-journal.sqlite"
 //!
 //! [serve]
-//! listen = "127.0.0.1:8443"          # TLS is terminated in front (load balancer, gateway)
+//! listen = "127.0.0.1:8443"
+//! # TLS in the server ([serve.tls] cert/key, optional client_ca), or allow_http = true
+//! # behind a TLS terminator; bounds: docs/security.md
 //! audience = "123456789012"          # the JWT aud CIRRENT (or your sender) puts in tokens
 //! issuer_keys = ["interop-public.key"]   # PEM `PUBLIC KEY` blocks or a JWKS file (P-256)
 //! targets = ["acme-aws"]             # [targets.NAME] to provision every certificate into
@@ -17,9 +19,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Deserialize;
+
+use super::server::Limits;
+use super::tls::TlsConfig;
 
 /// `[serve]`: the interop receiver.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +65,33 @@ pub struct ServeConfig {
     /// `status` step by step).
     #[serde(default = "default_chunk")]
     pub chunk_size: usize,
+    /// TLS in the server itself (`[serve.tls]`); without it `allow_http = true` is required.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Serve plain HTTP (behind a TLS terminator on the same host or network, or in tests).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Seconds for the TLS handshake and each request head (also the keep-alive wait).
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// Seconds for a whole request body, from its head.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
+    /// Seconds for a handler's answer (above `sync_deadline_secs`).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Seconds a connection may move no byte while no request is being handled.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Open connections at once (more are answered 503 and closed).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Requests handled at once (more are answered 503 + Retry-After).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Background provisioning jobs running at once (more are answered 503 + Retry-After).
+    #[serde(default = "default_max_jobs")]
+    pub max_jobs: usize,
 }
 
 impl ServeConfig {
@@ -81,6 +114,9 @@ impl ServeConfig {
                 *k = base.join(&*k);
             }
         }
+        if let Some(tls) = &mut cfg.tls {
+            tls.resolve(base);
+        }
         Ok(cfg)
     }
 
@@ -100,6 +136,12 @@ impl ServeConfig {
         }
         if self.targets.is_empty() {
             anyhow::bail!("[serve] targets is empty: name the [targets.NAME] to provision into");
+        }
+        if self.tls.is_none() && !self.allow_http {
+            anyhow::bail!(
+                "[serve] has no [serve.tls] (cert, key): add one, or set `allow_http = true` when \
+                 a TLS terminator in front of this server does TLS (see docs/security.md)"
+            );
         }
         if self.chunk_size == 0 || self.max_certs == 0 {
             anyhow::bail!("[serve] chunk_size and max_certs must be at least 1");
@@ -121,8 +163,58 @@ impl Default for ServeConfig {
             max_certs: default_max_certs(),
             sync_deadline_secs: default_sync(),
             chunk_size: default_chunk(),
+            tls: None,
+            allow_http: false,
+            header_read_timeout_secs: default_header_timeout(),
+            body_timeout_secs: default_body_timeout(),
+            request_timeout_secs: default_request_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_in_flight: default_max_in_flight(),
+            max_jobs: default_max_jobs(),
         }
     }
+}
+
+impl ServeConfig {
+    /// The server bounds this table configures.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
+            request_timeout: Duration::from_secs(
+                self.request_timeout_secs.max(self.sync_deadline_secs + 5),
+            ),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            max_connections: self.max_connections.max(1),
+            max_in_flight: self.max_in_flight.max(1),
+            max_body_bytes: self.max_body_bytes,
+            max_jobs: self.max_jobs.max(1),
+            ..Limits::default()
+        }
+    }
+}
+
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_body_timeout() -> u64 {
+    30
+}
+fn default_request_timeout() -> u64 {
+    120
+}
+fn default_idle_timeout() -> u64 {
+    30
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_in_flight() -> usize {
+    64
+}
+fn default_max_jobs() -> usize {
+    8
 }
 
 fn default_listen() -> String {

@@ -16,6 +16,8 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod jobs;
+pub mod server;
+pub mod tls;
 
 use std::sync::Arc;
 

@@ -19,3 +19,4 @@ mod quota;
 mod serve;
 #[cfg(feature = "http")]
 mod webhook;
+mod workers;

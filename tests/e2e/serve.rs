@@ -49,6 +49,7 @@ async fn start_with(extra_serve: &str, targets: &str, more: &str) -> Served {
         &format!(
             r#"
 [serve]
+allow_http = true
 audience = "{AUD}"
 issuer_keys = ["issuer.jwks"]
 targets = {targets}
@@ -115,10 +116,14 @@ impl Served {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let mut v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        // Error answers carry a correlation id (random): checked here, then left out.
+        if let Some(o) = v.as_object_mut()
+            && let Some(id) = o.remove("correlation_id")
+        {
+            assert_eq!(id.as_str().map(str::len), Some(16), "{id}");
+        }
+        (status, v)
     }
 
     fn bearer(&self) -> Option<String> {
@@ -230,21 +235,33 @@ async fn jwt_matrix_against_the_running_receiver() {
         assert_eq!(code, 401, "{kind:?}");
         assert_eq!(
             res,
-            json!({"error": "Cannot verify and decode token"}),
+            json!({"error": "Cannot verify and decode token", "code": "unauthorized"}),
             "{kind:?}"
         );
     }
     let (code, res) = s.post(None, &body).await;
     assert_eq!(
         (code, res),
-        (401, json!({"error": "Missing Authorization Header"}))
+        (
+            401,
+            json!({"error": "Missing Authorization Header", "code": "unauthorized"})
+        )
     );
     let (code, res) = s.post(Some("Bearer a b".into()), &body).await;
-    assert_eq!((code, res), (401, json!({"error": "Token invalid"})));
+    assert_eq!(
+        (code, res),
+        (
+            401,
+            json!({"error": "Token invalid", "code": "unauthorized"})
+        )
+    );
     let (code, res) = s.post(Some("Bearer not-a-jwt".into()), &body).await;
     assert_eq!(
         (code, res),
-        (401, json!({"error": "Cannot verify and decode token"}))
+        (
+            401,
+            json!({"error": "Cannot verify and decode token", "code": "unauthorized"})
+        )
     );
     assert!(
         s.registry.devices().is_empty(),
@@ -279,7 +296,10 @@ async fn bad_requests_are_400_and_oversized_413() {
         .await;
     assert_eq!(
         (code, res),
-        (400, json!({"error": "\"certs[0].ref\" is required"}))
+        (
+            400,
+            json!({"error": "\"certs[0].ref\" is required", "code": "bad_request"})
+        )
     );
     let (code, res) = s
         .post(

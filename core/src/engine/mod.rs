@@ -105,6 +105,12 @@ pub trait Progress: Send + Sync {
     fn retrying(&self, devices: usize, error: &Error, delay: Duration) {
         let _ = (devices, error, delay);
     }
+
+    /// True once the run must start no further call (shutdown, lease lost): calls in flight
+    /// finish and are recorded, the rest stays pending for whoever runs the job next.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Progress that goes nowhere.
@@ -322,7 +328,7 @@ impl Engine {
             r?;
         }
         self.journal.flush().await?;
-        let aborted = run
+        let mut aborted = run
             .abort_reason
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -333,7 +339,11 @@ impl Engine {
             counts.add(d.state);
         }
         let mut finished = false;
-        if aborted.is_none() && counts.done + counts.failed == counts.total() {
+        let complete = counts.done + counts.failed == counts.total();
+        if aborted.is_none() && !complete && progress.cancelled() {
+            aborted = Some("stopped before the end (shutdown or lease lost)".to_owned());
+        }
+        if aborted.is_none() && complete {
             let ctx = run.ctx.clone();
             match self
                 .call_with_retry("finish", || self.connector.finish(&ctx))
@@ -483,11 +493,14 @@ impl Run<'_> {
 
     async fn batch(&self, mut items: Vec<Item>) -> Result<()> {
         let engine = self.engine;
+        if self.progress.cancelled() {
+            return Ok(());
+        }
         let units = u32::try_from(items.len()).unwrap_or(u32::MAX);
         engine.pacer.wait(TARGET_API, units).await;
         let mut round = 0u32;
         loop {
-            if self.abort.load(Ordering::Acquire) || items.is_empty() {
+            if self.abort.load(Ordering::Acquire) || self.progress.cancelled() || items.is_empty() {
                 return Ok(());
             }
             round += 1;

@@ -7,12 +7,23 @@
 //! the last are reconciled with the connector's `lookup` before anything is sent again, so no
 //! device is lost or registered twice.
 //!
-//! [`Journal`] is the trait (a PostgreSQL one can follow for multi-worker deployments);
-//! [`SqliteJournal`] the embedded default: one SQLite file in WAL mode, written by one thread that
-//! commits everything queued in one transaction (group commit), so the journal is not the
-//! bottleneck. Nothing secret is stored: certificates are public, batch IDs are kept only as
-//! their tag.
+//! [`Journal`] is the trait; [`SqliteJournal`] the embedded default: one SQLite file in WAL
+//! mode, written by one thread that commits everything queued in one transaction (group commit),
+//! so the journal is not the bottleneck. [`PostgresJournal`] is the same schema on PostgreSQL for
+//! several stations and workers sharing one state (`postgres://` URLs). Nothing secret is stored:
+//! certificates are public, batch IDs are kept only as their tag.
+//!
+//! # Leases
+//!
+//! A job has an owner: before running a job a process takes the lease `job:ID`, and before
+//! driving a target the lease `target:NAME` ([`job_lease`], [`target_lease`]), each with an
+//! expiry it renews while it works ([`crate::lease::Leaseholder`]). A lease that is free, expired
+//! or already the caller's is granted; one held by another live process is refused with its
+//! holder's name. Time is passed in ([`now_ms`] in production) so expiry is tested on injected
+//! clocks, on both stores.
 
+mod postgres;
+mod schema;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -25,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{DeviceId, DeviceIdentity};
 
+pub use postgres::{PostgresJournal, PostgresOptions};
 pub use sqlite::SqliteJournal;
 
 /// What a job does to its devices.
@@ -237,6 +249,56 @@ pub struct JobInfo {
     pub updated: String,
     /// Devices by state.
     pub counts: StateCounts,
+    /// Who holds the job's lease (`job:ID`), if anyone has taken it (it may have expired).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+}
+
+/// A claim on a named resource (`job:ID`, `target:NAME`) until `expires_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    /// `job:ID` or `target:NAME`.
+    pub name: String,
+    /// Who holds it: `worker:HOST:PID`, `cli:HOST:PID` ... (no secrets).
+    pub owner: String,
+    /// Milliseconds since the Unix epoch after which anyone may take it.
+    pub expires_ms: i64,
+}
+
+impl Lease {
+    /// Whether it is still held at `now_ms`.
+    pub fn live_at(&self, now_ms: i64) -> bool {
+        self.expires_ms > now_ms
+    }
+}
+
+/// The answer to [`Journal::acquire_lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseClaim {
+    /// The caller holds it now, until the lease's expiry.
+    Granted(Lease),
+    /// Another owner holds it, live.
+    Held(Lease),
+}
+
+/// The lease name of a job.
+pub fn job_lease(job_id: &str) -> String {
+    format!("job:{job_id}")
+}
+
+/// The lease name of a target: at most one process drives a target at a time, so the engine's
+/// per-API pacer holds the cloud's quota across processes. A service puts its account in the
+/// target name (`ACCOUNT/TARGET`).
+pub fn target_lease(target: &str) -> String {
+    format!("target:{target}")
+}
+
+/// Milliseconds since the Unix epoch on this host's clock (lease times).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// What happened to a device, as a stable word for reports.
@@ -407,15 +469,47 @@ pub trait Journal: Send + Sync + fmt::Debug {
 
     /// Waits until everything recorded so far is committed.
     async fn flush(&self) -> Result<()>;
+
+    /// Takes lease `name` for `owner` until `now_ms + ttl_ms` when it is free, expired at
+    /// `now_ms`, or already `owner`'s (then it is extended); else says who holds it.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<LeaseClaim>;
+
+    /// Extends a lease `owner` still holds (even expired, as long as nobody took it); false
+    /// when another owner has it now.
+    async fn renew_lease(&self, name: &str, owner: &str, ttl_ms: i64, now_ms: i64) -> Result<bool>;
+
+    /// Gives a lease back (nothing when `owner` does not hold it).
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<()>;
+
+    /// The lease `name`, live or expired, if it was ever taken and not released.
+    async fn lease(&self, name: &str) -> Result<Option<Lease>>;
+
+    /// Claims the oldest running job of one of `targets` whose job lease and target lease are
+    /// both free (or `owner`'s), taking both atomically; None when there is none.
+    async fn claim_job(
+        &self,
+        owner: &str,
+        targets: &[String],
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<JobInfo>>;
 }
 
-/// Opens a journal from a URL: `sqlite:PATH`, `sqlite://PATH` or a plain path.
+/// Opens a journal from a URL: `postgres://...` (or `postgresql://`), `sqlite:PATH`,
+/// `sqlite://PATH` or a plain path. A PostgreSQL journal connects lazily (the first call
+/// connects and migrates), so this needs a Tokio runtime but does no I/O.
 pub fn open(url: &str) -> Result<std::sync::Arc<dyn Journal>> {
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            "the PostgreSQL journal is not built yet; use sqlite:PATH",
-        ));
+        return Ok(std::sync::Arc::new(PostgresJournal::open(
+            url,
+            PostgresOptions::default(),
+        )?));
     }
     let path = url
         .strip_prefix("sqlite://")
@@ -426,3 +520,6 @@ pub fn open(url: &str) -> Result<std::sync::Arc<dyn Journal>> {
     }
     Ok(std::sync::Arc::new(SqliteJournal::open(path)?))
 }
+
+#[cfg(test)]
+mod tests;

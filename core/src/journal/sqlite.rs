@@ -15,8 +15,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    DeviceRecord, DeviceState, DeviceUpdate, JobInfo, JobSpec, JobState, Journal, OpenedJob,
-    Outcome, StateCounts,
+    DeviceRecord, DeviceState, DeviceUpdate, JobInfo, JobSpec, JobState, Journal, Lease,
+    LeaseClaim, OpenedJob, Outcome, StateCounts, job_lease, schema, target_lease,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{DeviceIdentity, Source, VendorAttributes};
@@ -180,6 +180,155 @@ impl Journal for SqliteJournal {
         // An Exec runs after every write queued before it is committed.
         self.exec(|_| Ok(())).await
     }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<LeaseClaim> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        let path = self.path.clone();
+        self.exec(move |c| {
+            acquire(c, &name, &owner, ttl_ms, now_ms).map_err(|e| db_error(&path, e))
+        })
+        .await
+    }
+
+    async fn renew_lease(&self, name: &str, owner: &str, ttl_ms: i64, now_ms: i64) -> Result<bool> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        let path = self.path.clone();
+        self.exec(move |c| {
+            c.execute(
+                schema::RENEW_LEASE,
+                rusqlite::named_params! {"$1": name, "$2": owner, "$3": now_ms + ttl_ms},
+            )
+            .map(|n| n == 1)
+            .map_err(|e| db_error(&path, e))
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<()> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        let path = self.path.clone();
+        self.exec(move |c| {
+            c.execute(
+                schema::RELEASE_LEASE,
+                rusqlite::named_params! {"$1": name, "$2": owner},
+            )
+            .map(|_| ())
+            .map_err(|e| db_error(&path, e))
+        })
+        .await
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>> {
+        let name = name.to_owned();
+        let path = self.path.clone();
+        self.exec(move |c| read_lease(c, &name).map_err(|e| db_error(&path, e)))
+            .await
+    }
+
+    async fn claim_job(
+        &self,
+        owner: &str,
+        targets: &[String],
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<JobInfo>> {
+        let owner = owner.to_owned();
+        let targets = targets.to_vec();
+        let path = self.path.clone();
+        let id = self
+            .exec(move |c| {
+                claim(c, &owner, &targets, ttl_ms, now_ms).map_err(|e| db_error(&path, e))
+            })
+            .await?;
+        match id {
+            Some(id) => self.job(&id).await,
+            None => Ok(None),
+        }
+    }
+}
+
+fn acquire(
+    c: &Connection,
+    name: &str,
+    owner: &str,
+    ttl_ms: i64,
+    now_ms: i64,
+) -> rusqlite::Result<LeaseClaim> {
+    c.execute(
+        schema::ACQUIRE_LEASE,
+        rusqlite::named_params! {"$1": name, "$2": owner, "$3": now_ms + ttl_ms, "$4": now_ms},
+    )?;
+    let lease = read_lease(c, name)?.unwrap_or(Lease {
+        name: name.to_owned(),
+        owner: String::new(),
+        expires_ms: 0,
+    });
+    Ok(if lease.owner == owner {
+        LeaseClaim::Granted(lease)
+    } else {
+        LeaseClaim::Held(lease)
+    })
+}
+
+fn read_lease(c: &Connection, name: &str) -> rusqlite::Result<Option<Lease>> {
+    c.query_row(
+        "SELECT owner, expires_ms FROM leases WHERE name = ?1",
+        params![name],
+        |r| {
+            Ok(Lease {
+                name: name.to_owned(),
+                owner: r.get(0)?,
+                expires_ms: r.get(1)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// In one write transaction: the oldest running job of `targets` whose job and target leases
+/// are free, both leases taken.
+fn claim(
+    c: &mut Connection,
+    owner: &str,
+    targets: &[String],
+    ttl_ms: i64,
+    now_ms: i64,
+) -> rusqlite::Result<Option<String>> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let candidates: Vec<(String, String)> = {
+        let mut st = tx.prepare(
+            "SELECT j.id, j.target FROM jobs j WHERE j.state = 'running'
+             AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.name = 'job:' || j.id
+                             AND l.owner <> ?1 AND l.expires_ms > ?2)
+             AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.name = 'target:' || j.target
+                             AND l.owner <> ?1 AND l.expires_ms > ?2)
+             ORDER BY j.created, j.id",
+        )?;
+        st.query_map(params![owner, now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    let Some((id, target)) = candidates
+        .into_iter()
+        .find(|(_, t)| targets.iter().any(|x| x == t))
+    else {
+        return Ok(None);
+    };
+    for name in [target_lease(&target), job_lease(&id)] {
+        if !matches!(
+            acquire(&tx, &name, owner, ttl_ms, now_ms)?,
+            LeaseClaim::Granted(_)
+        ) {
+            return Ok(None);
+        }
+    }
+    tx.commit()?;
+    Ok(Some(id))
 }
 
 struct NewDevice {
@@ -204,57 +353,42 @@ impl NewDevice {
     }
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    key TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    target TEXT NOT NULL,
-    params TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created TEXT NOT NULL,
-    updated TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key, state);
-CREATE TABLE IF NOT EXISTS devices (
-    job TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    outcome TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error_kind TEXT,
-    reason TEXT,
-    request_id TEXT,
-    remote_name TEXT,
-    resources TEXT,
-    source TEXT NOT NULL
-);
--- Rows are stored in rowid (= input) order, so the devices a run updates together share pages;
--- the key is looked up through this index, device id first (it differs in the first bytes).
-CREATE UNIQUE INDEX IF NOT EXISTS devices_key ON devices (device_id, job);
-CREATE INDEX IF NOT EXISTS devices_seq ON devices (job, seq);
--- Certificates are written once and read only by `resume`: kept apart so the rows the engine
--- updates stay small.
-CREATE TABLE IF NOT EXISTS certificates (
-    job TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    device_id TEXT NOT NULL,
-    source_json TEXT NOT NULL,
-    vendor_json TEXT NOT NULL,
-    batch_tag TEXT,
-    der BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS certificates_seq ON certificates (job, seq);
-";
-
 fn init(c: &Connection) -> rusqlite::Result<()> {
     c.busy_timeout(std::time::Duration::from_secs(10))?;
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "NORMAL")?;
     // 64 MiB of page cache: a 100,000-device job's rows stay in memory.
     c.pragma_update(None, "cache_size", -65536)?;
-    c.execute_batch(SCHEMA)
+    migrate(c)
+}
+
+/// Applies the migrations this file lacks, in one write transaction (several processes may open
+/// the same file at once).
+fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    let r = (|| {
+        c.execute_batch(schema::VERSIONS_TABLE)?;
+        let have: i64 = c.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?;
+        for m in schema::MIGRATIONS.iter().filter(|m| m.version > have) {
+            c.execute_batch(m.sqlite)?;
+            c.execute(
+                "INSERT INTO schema_migrations (version, name, applied) VALUES (?1, ?2, ?3)",
+                params![m.version, m.name, now()],
+            )?;
+        }
+        Ok(())
+    })();
+    match r {
+        Ok(()) => c.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Cmd>, path: PathBuf) {
@@ -361,7 +495,10 @@ fn open_job(
     spec: &JobSpec,
     devices: &[NewDevice],
 ) -> rusqlite::Result<Result<OpenedJob>> {
-    let existing: Option<String> = c
+    // One write transaction from the lookup to the insert: two processes opening the same
+    // command at once get one job.
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let existing: Option<String> = tx
         .query_row(
             "SELECT id FROM jobs WHERE key = ?1 AND operation = ?2 AND target = ?3
              AND state = 'running' ORDER BY created DESC LIMIT 1",
@@ -375,7 +512,6 @@ fn open_job(
     let id = format!("job-{:016x}", rand::random::<u64>());
     let stamp = now();
     let params_json = spec.params.to_string();
-    let tx = c.transaction()?;
     tx.execute(
         "INSERT INTO jobs (id, key, operation, target, params, state, created, updated)
          VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?6)",
@@ -443,8 +579,9 @@ fn load_jobs(c: &mut Connection, only: Option<&str>) -> rusqlite::Result<Result<
         }
     }
     let mut st = c.prepare(
-        "SELECT id, key, operation, target, params, state, created, updated FROM jobs
-         WHERE ?1 IS NULL OR id = ?1 ORDER BY created DESC, id",
+        "SELECT j.id, j.key, j.operation, j.target, j.params, j.state, j.created, j.updated,
+         l.owner, l.expires_ms FROM jobs j LEFT JOIN leases l ON l.name = 'job:' || j.id
+         WHERE ?1 IS NULL OR j.id = ?1 ORDER BY j.created DESC, j.id",
     )?;
     let rows = st.query_map(params![only], |r| {
         Ok((
@@ -456,11 +593,13 @@ fn load_jobs(c: &mut Connection, only: Option<&str>) -> rusqlite::Result<Result<
             r.get::<_, String>(5)?,
             r.get::<_, String>(6)?,
             r.get::<_, String>(7)?,
+            r.get::<_, Option<String>>(8)?,
+            r.get::<_, Option<i64>>(9)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, key, op, target, params_json, state, created, updated) = row?;
+        let (id, key, op, target, params_json, state, created, updated, owner, expires) = row?;
         let operation = match op.parse() {
             Ok(o) => o,
             Err(e) => return Ok(Err(e)),
@@ -472,6 +611,11 @@ fn load_jobs(c: &mut Connection, only: Option<&str>) -> rusqlite::Result<Result<
         };
         out.push(JobInfo {
             counts: counts.get(&id).copied().unwrap_or_default(),
+            lease: owner.map(|owner| Lease {
+                name: job_lease(&id),
+                owner,
+                expires_ms: expires.unwrap_or(0),
+            }),
             id,
             spec: JobSpec {
                 operation,

@@ -14,6 +14,7 @@ pub mod latency;
 pub mod quota;
 #[cfg(feature = "http")]
 pub mod receiver;
+pub mod workers;
 
 /// Arguments of `idbridge bench`.
 #[derive(Debug, clap::Args)]
@@ -28,6 +29,9 @@ enum Bench {
     Engine(engine::Args),
     /// Quota accuracy: achieved rate and throttled calls against the mock cloud at a quota.
     Quota(quota::Args),
+    /// Many `idbridge worker` processes on one real PostgreSQL: devices/s with 1, 2, 4 workers
+    /// (10 targets × 4,000 devices, unthrottled mock), and the takeover time of a killed worker.
+    Workers(workers::Args),
     /// Import + verification throughput and peak RSS on 100k/1M synthetic devices, beside
     /// `openssl speed`.
     Ingest(ingest::Args),
@@ -60,6 +64,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::Engine(a) => engine::run(a).await,
         Bench::Quota(a) => quota::run(a).await,
         Bench::Ingest(a) => ingest::run(a).await,
+        Bench::Workers(a) => workers::run(a).await,
         Bench::Latency(a) => latency::run(a).await,
         #[cfg(feature = "http")]
         Bench::Receiver(a) => receiver::run(a).await,

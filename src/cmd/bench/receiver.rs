@@ -90,11 +90,14 @@ async fn bench(args: &Args, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         chunk_size: 4000,
         ..Default::default()
     };
+    let limits = cfg.limits();
     let app = router(AppState::new(tokens, backend, cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/interop", listener.local_addr()?);
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ =
+            crate::serve::server::serve(listener, app, limits, None, std::future::pending::<()>())
+                .await;
     });
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))

@@ -38,6 +38,7 @@ pub(crate) async fn serve() -> Server {
         &format!(
             r#"
 [serve]
+allow_http = true
 audience = "{AUD}"
 issuer_keys = ["issuer.jwks"]
 targets = ["cloud"]
