@@ -9,6 +9,7 @@ mod engine_support;
 mod inspect;
 #[cfg(feature = "http")]
 mod interop;
+mod ops;
 mod provision;
 mod quota;
 #[cfg(feature = "http")]
