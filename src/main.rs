@@ -1,14 +1,15 @@
 //! `idbridge`: carry factory-provisioned secure-element identities into a product cloud.
+//!
+//! The binary is a thin front end: `cmd/*` translates arguments into calls of the library's
+//! application layer (`idbridge::app`) and its results into output.
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cmd;
-mod config;
 #[cfg(feature = "http")]
 mod serve;
-mod targets;
 
 /// Carry factory-provisioned secure-element identities (Infineon OPTIGA Trust M, Microchip
 /// ATECC608, Espressif) into a product cloud, verified against the vendors' pinned roots.
@@ -61,7 +62,7 @@ enum Command {
 
 /// The CLI definition with `--version` naming the connectors this build has.
 pub fn cli_command() -> clap::Command {
-    let connectors = targets::known_kinds().join(", ");
+    let connectors = idbridge::app::targets::known_kinds().join(", ");
     // Leaked once per process: clap wants a `'static` version string.
     let long: &'static str = Box::leak(
         format!("{}\nconnectors: {connectors}", env!("CARGO_PKG_VERSION")).into_boxed_str(),

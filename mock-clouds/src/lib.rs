@@ -14,6 +14,8 @@
 pub mod aws;
 pub mod azure;
 pub mod devices;
+pub mod fault_proxy;
+pub mod gcp_emulator;
 pub mod interop;
 pub mod registry;
 pub mod server;
@@ -21,6 +23,8 @@ pub mod tls;
 pub mod webhook;
 
 pub use devices::{TestDevice, TestPki};
+pub use fault_proxy::FaultProxy;
+pub use gcp_emulator::{Emulator, EmulatorKind};
 pub use registry::{Registry, RegistryConfig};
 pub use server::{Fault, FaultRule, FaultScript, RunningServer};
 pub use tls::{DeviceHello, TestCa};

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use idbridge_core::CallContext;
 use serde::Serialize;
 
-use crate::config::Config;
+use idbridge::app::Config;
 
 /// Arguments of `idbridge check`.
 #[derive(Debug, clap::Args)]
@@ -54,7 +54,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
     let target = config.target(&args.target)?;
     let mut items = vec![];
-    match crate::targets::validate(&target) {
+    match idbridge::app::targets::validate(&target) {
         Ok(()) => items.push(Item {
             group: "config",
             name: format!("[targets.{}] kind = {:?}", target.name, target.kind),
@@ -77,10 +77,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// The checks of one target, by kind: AWS runs its full preflight; every other kind its
 /// connector's health check (Azure: a registry read; mock and http kinds: the service answers).
-async fn target_checks(target: &crate::config::TargetConfig) -> Vec<Item> {
+async fn target_checks(target: &idbridge::app::TargetConfig) -> Vec<Item> {
     #[cfg(feature = "aws-iot")]
     if target.kind == "aws-iot" {
-        let cfg = match crate::targets::connector_config::<idbridge_aws_iot::AwsIotConfig>(target) {
+        let cfg = match idbridge::app::targets::connector_config::<idbridge_aws_iot::AwsIotConfig>(
+            target,
+        ) {
             Ok(c) => c,
             Err(e) => return vec![fail("config", "aws-iot", format!("{e:#}"))],
         };
@@ -99,7 +101,7 @@ async fn target_checks(target: &crate::config::TargetConfig) -> Vec<Item> {
             Err(e) => vec![fail("credentials", "AWS configuration", e.to_string())],
         };
     }
-    let connector = match crate::targets::build(target).await {
+    let connector = match idbridge::app::targets::build(target).await {
         Ok(c) => c,
         Err(e) => return vec![fail("target", &target.kind, format!("{e:#}"))],
     };

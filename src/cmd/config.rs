@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::Config;
+use idbridge::app::Config;
 
 /// `idbridge config ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -38,7 +38,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             for name in config.target_names() {
                 match config
                     .target(&name)
-                    .and_then(|t| crate::targets::validate(&t))
+                    .and_then(|t| idbridge::app::targets::validate(&t))
                 {
                     Ok(()) => println!("ok    [targets.{name}]"),
                     Err(e) => {

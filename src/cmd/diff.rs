@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use idbridge_core::engine::{DiffReport, DiffStatus};
 
 use super::input::InputArgs;
-use super::provision::{Inputs, Output, OutputArgs, Prepared, TargetArgs, read_inputs, write_json};
+use idbridge::app::Inputs;
+
+use super::provision::{Output, OutputArgs, TargetArgs, read_inputs, write_json};
 
 /// Arguments of `idbridge diff`.
 #[derive(Debug, clap::Args)]
@@ -25,9 +27,9 @@ pub struct Args {
 
 /// Runs the command.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let ctx = Prepared::open(&args.target).await?;
+    let ctx = args.target.open().await?;
     let inputs = read_inputs(&args.input, false).await?;
-    let report = ctx.engine.diff(&inputs.devices).await?;
+    let report = ctx.diff(&inputs.devices).await?;
     print(&report, &inputs, args.out.output, "missing")?;
     if let Some(path) = &args.out.report {
         write_json(

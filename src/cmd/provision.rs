@@ -1,5 +1,6 @@
 //! `idbridge provision` and `idbridge deprovision`, and what `diff`, `status` and `resume`
-//! share with them: target arguments, building the engine, progress and reports.
+//! share with them: target arguments, the progress bar and report printing. The work itself is
+//! the application layer's (`idbridge::app`).
 //!
 //! Exit codes: 0 every device done, 1 some device failed or was refused (invalid, unreadable),
 //! 2 unusable input or configuration.
@@ -7,20 +8,15 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use idbridge_core::DeviceIdentity;
-use idbridge_core::engine::{Engine, EngineOptions, JobReport, Progress};
-use idbridge_core::intake::{RejectKind, Verdict};
-use idbridge_core::journal::{self, DeviceState, DeviceUpdate, Journal, Operation};
-use serde::Serialize;
+use idbridge::app::{self, Config, EngineOverrides, Inputs, Refused, Summary, TargetRun};
+use idbridge_core::engine::{JobReport, Progress};
+use idbridge_core::journal::{DeviceState, DeviceUpdate, Operation};
 
 use super::input::InputArgs;
-use crate::config::{Config, DEFAULT_JOURNAL, TargetConfig};
-use crate::targets;
 
 /// Arguments of `idbridge provision`.
 #[derive(Debug, clap::Args)]
@@ -108,37 +104,12 @@ pub enum Output {
     Jsonl,
 }
 
-/// An input entry that was not sent: invalid, not provisionable, unreadable.
-#[derive(Debug, Clone, Serialize)]
-pub struct Refused {
-    /// The device, when the entry had a certificate.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_id: Option<String>,
-    /// `invalid`, `not_provisionable`, `unreadable`, `input_unusable`.
-    pub status: &'static str,
-    /// Why.
-    pub reason: String,
-    /// File and line or entry.
-    pub source: String,
-}
-
-/// The devices of the inputs: those to send, and those refused.
-#[derive(Debug, Default)]
-pub struct Inputs {
-    /// To send.
-    pub devices: Vec<DeviceIdentity>,
-    /// Refused entries (reported, never sent).
-    pub refused: Vec<Refused>,
-    /// Entries skipped on purpose (duplicates, key blocks).
-    pub skipped: u64,
-}
-
 /// Runs `provision`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.dry_run {
-        let ctx = Prepared::open(&args.target).await?;
+        let ctx = args.target.open().await?;
         let inputs = read_inputs(&args.input, false).await?;
-        let report = ctx.engine.diff(&inputs.devices).await?;
+        let report = ctx.diff(&inputs.devices).await?;
         super::diff::print(&report, &inputs, args.out.output, "would create")?;
         if let Some(path) = &args.out.report {
             write_json(
@@ -178,7 +149,7 @@ async fn execute(
     out: &OutputArgs,
     any_verdict: bool,
 ) -> anyhow::Result<ExitCode> {
-    let ctx = Prepared::open(target).await?;
+    let ctx = target.open().await?;
     let inputs = read_inputs(input, any_verdict).await?;
     if inputs.devices.is_empty() {
         eprintln!(
@@ -194,150 +165,44 @@ async fn execute(
         });
     }
     let progress = CliProgress::new(operation);
-    let report = ctx
-        .engine
-        .execute(
-            operation,
-            &ctx.target.name,
-            inputs.devices,
-            ctx.params(),
-            &progress,
-        )
-        .await?;
+    let report = ctx.run_job(operation, inputs.devices, &progress).await?;
     progress.done();
     print_report(Some(&report), &inputs.refused, out)?;
     Ok(exit_code(&report, &inputs.refused))
 }
 
-/// A target, its engine and journal, ready to run.
-pub struct Prepared {
-    /// The target's configuration.
-    pub target: TargetConfig,
-    /// The engine.
-    pub engine: Engine,
-    /// The journal URL.
-    pub journal_url: String,
-    /// The config file, if any.
-    pub config_path: Option<PathBuf>,
-}
-
-impl Prepared {
-    /// Loads the config, builds the connector and opens the journal.
-    pub async fn open(args: &TargetArgs) -> anyhow::Result<Self> {
-        let config = Config::load(args.config.as_deref())?;
-        let target = config.target(&args.target)?;
-        let journal_url = args
-            .journal
-            .clone()
-            .or_else(|| config.journal.clone())
-            .unwrap_or_else(|| DEFAULT_JOURNAL.to_owned());
-        let journal = journal::open(&journal_url)
-            .with_context(|| format!("cannot open the journal {journal_url}"))?;
-        Self::with_journal(args, config, target, journal, journal_url).await
+impl TargetArgs {
+    /// The engine settings these flags give on top of the target's table.
+    pub fn overrides(&self) -> EngineOverrides {
+        EngineOverrides {
+            concurrency: self.concurrency,
+            rate: self.rate,
+            batch_size: self.batch_size,
+            timeout: self.timeout,
+        }
     }
 
-    /// Builds the engine for `target` over an open journal.
-    pub async fn with_journal(
-        args: &TargetArgs,
-        config: Config,
-        target: TargetConfig,
-        journal: Arc<dyn Journal>,
-        journal_url: String,
-    ) -> anyhow::Result<Self> {
-        let connector = targets::build(&target).await?;
-        let e = &target.engine;
-        let mut opts = EngineOptions::default();
-        if let Some(c) = args.concurrency.or(e.concurrency) {
-            anyhow::ensure!(c > 0, "--concurrency must be at least 1");
-            opts.concurrency = c;
-        }
-        if let Some(r) = args.rate.or(e.rate) {
-            anyhow::ensure!(r.is_finite() && r > 0.0, "--rate must be a positive number");
-            opts.rate = Some(r);
-        }
-        if let Some(b) = args.batch_size.or(e.batch_size) {
-            anyhow::ensure!(b > 0, "--batch-size must be at least 1");
-            opts.batch_size = Some(b);
-        }
-        if let Some(t) = args.timeout.or(e.attempt_timeout_secs) {
-            anyhow::ensure!(
-                t.is_finite() && t > 0.0,
-                "--timeout must be a positive number"
-            );
-            opts.attempt_timeout = Duration::from_secs_f64(t);
-        }
-        if let Some(m) = e.max_attempts {
-            opts.retry.max_attempts = m.max(1);
-        }
-        let engine = Engine::new(connector, journal, opts);
-        Ok(Prepared {
-            target,
-            engine,
-            journal_url,
-            config_path: config.path,
-        })
-    }
-
-    /// What `resume` needs to rebuild this run (no secrets: names and paths only).
-    pub fn params(&self) -> serde_json::Value {
-        serde_json::json!({
-            "config": self.config_path.as_ref().map(|p| {
-                std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string()
-            }),
-            "target": self.target.name,
-            "journal": self.journal_url,
-        })
+    /// Loads the config, builds the target's connector and engine, and opens the journal.
+    pub async fn open(&self) -> anyhow::Result<TargetRun> {
+        let config = Config::load(self.config.as_deref())?;
+        TargetRun::open(
+            &config,
+            &self.target,
+            self.journal.as_deref(),
+            &self.overrides(),
+        )
+        .await
     }
 }
 
-/// Reads and verifies the inputs off the async workers. Valid devices (or, with
-/// `any_verdict`, every certificate) are returned to send; the rest are refused.
+/// Reads and verifies the inputs (see [`app::read_inputs`]).
 pub async fn read_inputs(input: &InputArgs, any_verdict: bool) -> anyhow::Result<Inputs> {
-    let input = input.clone();
-    tokio::task::spawn_blocking(move || {
-        let intake = input.open()?;
-        let mut inputs = Inputs::default();
-        for item in intake {
-            match item {
-                Ok(checked) => match checked.verdict {
-                    Verdict::Valid { .. } => inputs.devices.push(checked.identity),
-                    _ if any_verdict => inputs.devices.push(checked.identity),
-                    Verdict::Invalid { reason } => inputs.refused.push(Refused {
-                        device_id: Some(checked.identity.device_id.to_string()),
-                        status: "invalid",
-                        reason,
-                        source: checked.identity.source.to_string(),
-                    }),
-                    Verdict::NotProvisionable { reason } => inputs.refused.push(Refused {
-                        device_id: Some(checked.identity.device_id.to_string()),
-                        status: "not_provisionable",
-                        reason,
-                        source: checked.identity.source.to_string(),
-                    }),
-                    other => inputs.refused.push(Refused {
-                        device_id: Some(checked.identity.device_id.to_string()),
-                        status: "invalid",
-                        reason: format!("{other:?}"),
-                        source: checked.identity.source.to_string(),
-                    }),
-                },
-                Err(r) if r.kind == RejectKind::Skipped => inputs.skipped += 1,
-                Err(r) => inputs.refused.push(Refused {
-                    device_id: None,
-                    status: r.kind.as_str(),
-                    reason: r.reason.clone(),
-                    source: r.source.to_string(),
-                }),
-            }
-        }
-        Ok(inputs)
-    })
-    .await?
+    app::read_inputs(input.inputs.clone(), input.intake_options(), any_verdict).await
 }
 
 /// 0 all done, 1 otherwise.
 pub fn exit_code(report: &JobReport, refused: &[Refused]) -> ExitCode {
-    if report.all_done() && refused.is_empty() {
+    if Summary::all_done(report, refused) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -371,7 +236,7 @@ pub fn print_report(
                 serde_json::to_writer(&mut w, x)?;
                 writeln!(w)?;
             }
-            serde_json::to_writer(&mut w, &summary(report, refused))?;
+            serde_json::to_writer(&mut w, &Summary::of(report, refused))?;
             writeln!(w)?;
         }
         Output::Table => {
@@ -407,7 +272,7 @@ pub fn print_report(
                     x.reason
                 )?;
             }
-            let s = summary(report, refused);
+            let s = Summary::of(report, refused);
             match report {
                 Some(r) => writeln!(
                     w,
@@ -437,61 +302,10 @@ pub fn print_report(
     if let Some(path) = &out.report {
         write_json(
             path,
-            &serde_json::json!({"job": report, "refused": refused, "summary": summary(report, refused)}),
+            &serde_json::json!({"job": report, "refused": refused, "summary": Summary::of(report, refused)}),
         )?;
     }
     Ok(())
-}
-
-/// Counts by outcome.
-#[derive(Debug, Default, Serialize)]
-pub struct Summary {
-    /// The job, if one ran.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_id: Option<String>,
-    /// Devices of the job.
-    pub devices: u64,
-    /// Done.
-    pub done: u64,
-    /// Created.
-    pub created: u64,
-    /// Already present.
-    pub already_present: u64,
-    /// Deleted.
-    pub deleted: u64,
-    /// Not found when deprovisioning.
-    pub not_found: u64,
-    /// Failed.
-    pub failed: u64,
-    /// Not finished (the job stopped early).
-    pub unfinished: u64,
-    /// Refused input entries.
-    pub refused: u64,
-}
-
-fn summary(report: Option<&JobReport>, refused: &[Refused]) -> Summary {
-    use idbridge_core::journal::Outcome;
-    let mut s = Summary {
-        refused: refused.len() as u64,
-        ..Default::default()
-    };
-    if let Some(r) = report {
-        s.job_id = Some(r.job_id.clone());
-        s.devices = r.counts.total();
-        s.done = r.counts.done;
-        s.failed = r.counts.failed;
-        s.unfinished = r.counts.pending + r.counts.in_flight + r.counts.unknown;
-        for d in &r.devices {
-            match d.outcome {
-                Some(Outcome::Created) => s.created += 1,
-                Some(Outcome::AlreadyPresent) => s.already_present += 1,
-                Some(Outcome::Deleted) => s.deleted += 1,
-                Some(Outcome::NotFound) => s.not_found += 1,
-                _ => {}
-            }
-        }
-    }
-    s
 }
 
 /// Writes JSON to a file, naming it on error.

@@ -4,13 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use idbridge_core::journal::{self, JobState};
+use idbridge::app::{self, Config, EngineOverrides, TargetRun};
+use idbridge_core::journal::JobState;
 
-use super::provision::{
-    CliProgress, Output, OutputArgs, Prepared, TargetArgs, exit_code, print_report,
-};
-use crate::config::{Config, DEFAULT_JOURNAL};
+use super::provision::{CliProgress, Output, OutputArgs, exit_code, print_report};
 
 /// Arguments of `idbridge status`.
 #[derive(Debug, clap::Args)]
@@ -63,10 +60,7 @@ pub struct JournalArgs {
 
 impl JournalArgs {
     fn url(&self, config: &Config) -> String {
-        self.journal
-            .clone()
-            .or_else(|| config.journal.clone())
-            .unwrap_or_else(|| DEFAULT_JOURNAL.to_owned())
+        app::journal_url(self.journal.as_deref(), config)
     }
 }
 
@@ -74,7 +68,7 @@ impl JournalArgs {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.journal.config.as_deref())?;
     let url = args.journal.url(&config);
-    let journal = journal::open(&url).with_context(|| format!("cannot open the journal {url}"))?;
+    let journal = app::open_journal(&url)?;
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
     match &args.job {
@@ -189,7 +183,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 pub async fn run_resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.journal.config.as_deref())?;
     let url = args.journal.url(&config);
-    let journal = journal::open(&url).with_context(|| format!("cannot open the journal {url}"))?;
+    let journal = app::open_journal(&url)?;
     let Some(info) = journal.job(&args.job).await? else {
         anyhow::bail!("no job {} in the journal {url}", args.job);
     };
@@ -205,18 +199,14 @@ pub async fn run_resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
         None => config,
     };
     let target = config.target(&info.spec.target)?;
-    let targs = TargetArgs {
-        target: info.spec.target.clone(),
-        config: config_path,
-        journal: Some(url.clone()),
+    let overrides = EngineOverrides {
         concurrency: args.concurrency,
         rate: args.rate,
-        batch_size: None,
-        timeout: None,
+        ..EngineOverrides::default()
     };
-    let ctx = Prepared::with_journal(&targs, config, target, journal, url).await?;
+    let ctx = TargetRun::with_journal(&config, target, journal, url, &overrides).await?;
     let progress = CliProgress::new(info.spec.operation);
-    let report = ctx.engine.resume(&info.id, &progress).await?;
+    let report = ctx.resume_job(&info.id, &progress).await?;
     progress.done();
     print_report(Some(&report), &[], &args.out)?;
     Ok(exit_code(&report, &[]))

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use idbridge::app;
 use idbridge_core::engine::{Engine, NoProgress};
 use idbridge_core::journal::{DeviceRecord, DeviceState, Operation, Outcome as JournalOutcome};
-use idbridge_core::trust::{Verdict, Verifier};
+use idbridge_core::trust::Verifier;
 use idbridge_core::{DeviceId, DeviceIdentity, ErrorKind, Source};
 use idbridge_http::client::FingerprintStatus;
 
@@ -89,22 +90,24 @@ fn admit_all(verifier: &Verifier, items: &[Item]) -> Vec<Result<DeviceIdentity, 
                     line: None,
                     entry: None,
                 };
-                match verdict {
-                    Verdict::Valid { .. } => Ok(identity),
-                    Verdict::NotProvisionable { reason } => Err(Outcome::Error {
-                        message: format!("certificate not provisionable: {reason}"),
+                match idbridge::app::judge(identity, &verdict, false) {
+                    Ok(identity) => Ok(identity),
+                    Err(refused) if refused.status == "not_provisionable" => Err(Outcome::Error {
+                        message: format!("certificate not provisionable: {}", refused.reason),
                         code: "not_provisionable",
                     }),
-                    other => {
-                        let reason = other.reason().unwrap_or("refused").to_owned();
+                    Err(refused) => {
                         tracing::info!(
                             reference = %it.reference,
-                            device_id = %identity.device_id,
-                            %reason,
+                            device_id = refused.device_id.as_deref().unwrap_or(""),
+                            reason = %refused.reason,
                             "certificate refused by the trust store"
                         );
                         Err(Outcome::Error {
-                            message: format!("certificate does not chain to a trusted vendor root: {reason}"),
+                            message: format!(
+                                "certificate does not chain to a trusted vendor root: {}",
+                                refused.reason
+                            ),
                             code: "untrusted",
                         })
                     }
@@ -323,35 +326,23 @@ pub async fn build(
     use anyhow::Context as _;
 
     let verifier = Verifier::from_options(trust).context("trust store")?;
-    let config = crate::config::Config::load(Some(config_path))?;
-    let journal_url = journal_override
-        .or_else(|| config.journal.clone())
-        .unwrap_or_else(|| crate::config::DEFAULT_JOURNAL.to_owned());
-    let journal = idbridge_core::journal::open(&journal_url)
-        .with_context(|| format!("cannot open the journal {journal_url}"))?;
+    let config = app::Config::load(Some(config_path))?;
+    let journal_url = app::journal_url(journal_override.as_deref(), &config);
+    let journal = app::open_journal(&journal_url)?;
     let mut targets = Vec::new();
     for name in &cfg.targets {
         let target = config
             .target(name)
             .with_context(|| format!("[serve] targets: {name}"))?;
-        let args = crate::cmd::provision::TargetArgs {
-            target: name.clone(),
-            config: Some(config_path.to_path_buf()),
-            journal: Some(journal_url.clone()),
-            concurrency: None,
-            rate: None,
-            batch_size: None,
-            timeout: None,
-        };
-        let prepared = crate::cmd::provision::Prepared::with_journal(
-            &args,
-            config.clone(),
+        let run = app::TargetRun::with_journal(
+            &config,
             target,
             Arc::clone(&journal),
             journal_url.clone(),
+            &app::EngineOverrides::default(),
         )
         .await?;
-        targets.push((name.clone(), Arc::new(prepared.engine)));
+        targets.push((name.clone(), run.engine));
     }
     Ok(Arc::new(EngineBackend::new(
         Arc::new(verifier),

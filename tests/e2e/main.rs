@@ -6,6 +6,8 @@ mod aws;
 mod azure;
 mod crash;
 mod engine_support;
+#[cfg(all(feature = "gcp", feature = "http"))]
+mod gcp;
 mod inspect;
 #[cfg(feature = "http")]
 mod interop;

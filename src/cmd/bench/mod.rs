@@ -7,6 +7,8 @@ mod aws;
 #[cfg(feature = "azure")]
 pub mod azure;
 pub mod engine;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 pub mod ingest;
 pub mod quota;
 #[cfg(feature = "http")]
@@ -42,6 +44,10 @@ enum Bench {
     /// Azure IoT Hub / DPS connectors against the Azure mocks (quota floor, devices/s).
     #[cfg(feature = "azure")]
     Azure(azure::Args),
+    /// The Firestore allowlist connector into Google's Firestore emulator (started here):
+    /// devices/s through the engine.
+    #[cfg(feature = "gcp")]
+    Gcp(gcp::Args),
 }
 
 /// Runs a benchmark.
@@ -58,6 +64,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::AwsMock(a) => aws::run_mock(a).await,
         #[cfg(feature = "azure")]
         Bench::Azure(a) => azure::run(a).await,
+        #[cfg(feature = "gcp")]
+        Bench::Gcp(a) => gcp::run(a).await,
     }
 }
 

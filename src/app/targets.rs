@@ -9,7 +9,7 @@ use anyhow::Context;
 use idbridge_core::Connector;
 use serde::de::DeserializeOwned;
 
-use crate::config::TargetConfig;
+use super::config::TargetConfig;
 
 /// The kinds this build knows, for error messages.
 pub fn known_kinds() -> Vec<&'static str> {
@@ -23,6 +23,8 @@ pub fn known_kinds() -> Vec<&'static str> {
     kinds.push("azure-dps");
     #[cfg(feature = "http")]
     kinds.extend(["interop", "webhook"]);
+    #[cfg(feature = "gcp")]
+    kinds.extend(["gcp-firestore", "gcp-pubsub"]);
     kinds
 }
 
@@ -58,6 +60,16 @@ pub async fn build(target: &TargetConfig) -> anyhow::Result<Arc<dyn Connector>> 
         #[cfg(feature = "azure")]
         "azure-iot-hub" | "azure-dps" => idbridge_azure::connector(&connector_config(target)?)
             .with_context(|| format!("target {name}"))?,
+        #[cfg(feature = "gcp")]
+        "gcp-firestore" => Arc::new(
+            idbridge_gcp::FirestoreConnector::new(name, connector_config(target)?)
+                .with_context(|| format!("target {name}"))?,
+        ),
+        #[cfg(feature = "gcp")]
+        "gcp-pubsub" => Arc::new(
+            idbridge_gcp::PubSubConnector::new(name, connector_config(target)?)
+                .with_context(|| format!("target {name}"))?,
+        ),
         other => anyhow::bail!(
             "target {name}: unknown kind {other:?} (this build knows: {})",
             known_kinds().join(", ")
@@ -94,7 +106,7 @@ fn table_config<T: DeserializeOwned>(
         anyhow::anyhow!(
             "{file}[targets.{}]: {}",
             target.name,
-            crate::config::suggest(e.message())
+            super::config::suggest(e.message())
         )
     })
 }
@@ -120,6 +132,10 @@ pub fn validate(target: &TargetConfig) -> anyhow::Result<()> {
         "azure-iot-hub" | "azure-dps" => {
             drop(connector_config::<idbridge_azure::AzureConfig>(target)?)
         }
+        #[cfg(feature = "gcp")]
+        "gcp-firestore" => drop(connector_config::<idbridge_gcp::FirestoreConfig>(target)?),
+        #[cfg(feature = "gcp")]
+        "gcp-pubsub" => drop(connector_config::<idbridge_gcp::PubSubConfig>(target)?),
         other => anyhow::bail!(
             "target {name}: unknown kind {other:?} (this build knows: {})",
             known_kinds().join(", ")
