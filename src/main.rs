@@ -9,6 +9,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cmd;
 #[cfg(feature = "http")]
+mod console;
+#[cfg(feature = "http")]
 mod serve;
 
 /// Carry factory-provisioned secure-element identities (Infineon OPTIGA Trust M, Microchip

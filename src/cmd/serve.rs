@@ -48,12 +48,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     let targets = cfg.targets.join(", ");
-    let app = api::router(api::AppState::new(verifier, backend, cfg));
+    // The web console (/console) reads and changes data only through the service API router.
+    // Until the registration service is mounted here, that router is empty and no token signs in.
+    let service_api = axum::Router::new();
+    let console = crate::console::router(service_api, false)?;
+    let app = api::router(api::AppState::new(verifier, backend, cfg)).merge(console);
     super::mock_cloud::announce(&format!("http://{local}"))?;
     tracing::info!(%local, %targets, "idbridge serve: interop receiver up");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(super::mock_cloud::wait_for_shutdown())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(super::mock_cloud::wait_for_shutdown())
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
