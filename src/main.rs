@@ -40,6 +40,8 @@ enum Command {
     Resume(cmd::status::ResumeArgs),
     /// Run the Cloud ID-compatible interop receiver.
     Serve(cmd::serve::Args),
+    /// The registration service's operator commands (import, accounts, tokens, keygen).
+    Service(cmd::service::Args),
     /// Run a local mock cloud (speaking the real wire protocol) in the foreground.
     MockCloud(cmd::mock_cloud::Args),
     /// Measure throughput and memory.
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
             Command::Status(args) => cmd::status::run(args).await,
             Command::Resume(args) => cmd::status::run_resume(args).await,
             Command::Serve(args) => cmd::serve::run(args).await,
+            Command::Service(args) => cmd::service::run(args).await,
             Command::MockCloud(args) => cmd::mock_cloud::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
         }

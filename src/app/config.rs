@@ -107,6 +107,9 @@ struct File {
     /// `[serve]`, read by `idbridge serve` (src/serve/config.rs).
     #[serde(default, rename = "serve")]
     _serve: Option<toml::Table>,
+    /// `[service]`, read by `idbridge serve` and `idbridge service` (src/service/mod.rs).
+    #[serde(default, rename = "service")]
+    _service: Option<toml::Table>,
 }
 
 impl Config {

@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod mock_cloud;
 pub mod provision;
 pub mod serve;
+pub mod service;
 pub mod status;
 
 /// Logs go to stderr so stdout stays machine-readable.

@@ -25,35 +25,70 @@ pub struct Args {
     pub trust: super::input::TrustArgs,
 }
 
-/// Runs the command until Ctrl-C or SIGTERM.
+/// Runs the command until Ctrl-C or SIGTERM: the interop receiver when the config has
+/// `[serve]`, the registration service when it has `[service]`, both on one listener.
 #[cfg(feature = "http")]
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     use crate::serve::{ServeConfig, api, auth::TokenVerifier};
+    use idbridge::service::{Service, ServiceConfig, http, jobs};
 
-    let mut cfg = ServeConfig::from_file(&args.config)?;
-    if let Some(l) = &args.listen {
-        cfg.listen = l.clone();
+    let text = std::fs::read_to_string(&args.config)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.config.display()))?;
+    let has_serve = text
+        .parse::<toml::Table>()
+        .map(|t| t.contains_key("serve"))
+        .unwrap_or(true);
+    let service_cfg = ServiceConfig::from_file(&args.config)?;
+    anyhow::ensure!(
+        has_serve || service_cfg.is_some(),
+        "{} has neither a [serve] (interop receiver) nor a [service] (registration service) table",
+        args.config.display()
+    );
+    let mut app = axum::Router::new();
+    let mut listen = service_cfg.as_ref().map(|c| c.listen.clone());
+    let mut what = Vec::new();
+    if has_serve {
+        let mut cfg = ServeConfig::from_file(&args.config)?;
+        if let Some(l) = &args.listen {
+            cfg.listen = l.clone();
+        }
+        cfg.validate()?;
+        listen = Some(cfg.listen.clone());
+        let verifier = TokenVerifier::load(&cfg.issuer_keys, &cfg.audience, cfg.leeway_secs)?;
+        let backend = crate::serve::backend::build(
+            &args.config,
+            &cfg,
+            &args.trust.options(),
+            args.journal.clone(),
+        )
+        .await?;
+        what.push(format!("interop receiver -> {}", cfg.targets.join(", ")));
+        app = app.merge(api::router(api::AppState::new(verifier, backend, cfg)));
     }
-    let addr = cfg.validate()?;
-    let verifier = TokenVerifier::load(&cfg.issuer_keys, &cfg.audience, cfg.leeway_secs)?;
-    let backend = crate::serve::backend::build(
-        &args.config,
-        &cfg,
-        &args.trust.options(),
-        args.journal.clone(),
-    )
-    .await?;
+    if let Some(cfg) = service_cfg {
+        let config = idbridge::app::Config::load(Some(&args.config))?;
+        let journal = idbridge::app::journal_url(args.journal.as_deref(), &config);
+        let svc = Service::open(cfg, args.trust.options(), journal).await?;
+        let resumed = jobs::resume_unfinished(&svc).await?;
+        what.push(format!("registration service ({resumed} jobs resumed)"));
+        app = app.merge(http::router(svc));
+    }
+    let listen = args.listen.clone().or(listen).unwrap_or_default();
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("listen address {listen:?}: {e}"))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
-    let targets = cfg.targets.join(", ");
-    let app = api::router(api::AppState::new(verifier, backend, cfg));
     super::mock_cloud::announce(&format!("http://{local}"))?;
-    tracing::info!(%local, %targets, "idbridge serve: interop receiver up");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(super::mock_cloud::wait_for_shutdown())
-        .await?;
+    tracing::info!(%local, serving = %what.join("; "), "idbridge serve up");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(super::mock_cloud::wait_for_shutdown())
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
