@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 #[cfg(feature = "http")]
+mod console;
+#[cfg(feature = "http")]
 mod serve;
 
 /// Carry factory-provisioned secure-element identities (Infineon OPTIGA Trust M, Microchip

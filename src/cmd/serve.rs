@@ -71,7 +71,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let svc = Service::open(cfg, args.trust.options(), journal).await?;
         let resumed = jobs::resume_unfinished(&svc).await?;
         what.push(format!("registration service ({resumed} jobs resumed)"));
-        app = app.merge(http::router(svc));
+        // The web console (/console) reads and changes data only through the service API.
+        let api_router = http::router(svc);
+        app = app
+            .merge(api_router.clone())
+            .merge(crate::console::router(api_router, false)?);
+    }
+    if !what.iter().any(|w| w.starts_with("registration service")) {
+        // Without the service, the console has no API behind it and no token signs in.
+        app = app.merge(crate::console::router(axum::Router::new(), false)?);
     }
     let listen = args.listen.clone().or(listen).unwrap_or_default();
     let addr: std::net::SocketAddr = listen

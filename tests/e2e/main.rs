@@ -4,6 +4,8 @@
 mod aws;
 #[cfg(feature = "azure")]
 mod azure;
+#[cfg(feature = "http")]
+mod console;
 mod crash;
 mod engine_support;
 #[cfg(all(feature = "gcp", feature = "http"))]
