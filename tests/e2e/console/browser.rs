@@ -105,20 +105,25 @@ impl Browser {
 
     /// The visible text of the page.
     pub async fn text(&self) -> String {
-        self.client
-            .find(Locator::Css("body"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.try_text().await.unwrap()
     }
 
-    /// Waits (up to 60 s, polling) until the page text contains `needle`.
+    /// The visible text of the page, or the WebDriver error (a page that navigates between
+    /// finding `body` and reading it answers "stale element reference").
+    async fn try_text(&self) -> Result<String, fantoccini::error::CmdError> {
+        self.client.find(Locator::Css("body")).await?.text().await
+    }
+
+    /// Waits (up to 60 s, polling) until the page text contains `needle`. A page still loading
+    /// (no body yet, or a body replaced while it was read) is polled again, not an error.
     pub async fn wait_text(&self, needle: &str) -> String {
         let mut text = String::new();
         for _ in 0..240 {
-            text = self.text().await;
+            match self.try_text().await {
+                Ok(t) => text = t,
+                Err(e) if is_loading(&e) => {}
+                Err(e) => panic!("reading the page failed: {e}"),
+            }
             if text.contains(needle) {
                 return text;
             }
@@ -166,4 +171,9 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Whether a WebDriver error only means the page was (re)loading while it was read.
+fn is_loading(e: &fantoccini::error::CmdError) -> bool {
+    e.is_stale_element_reference() || e.is_no_such_element()
 }
