@@ -103,11 +103,6 @@ impl Browser {
         p
     }
 
-    /// The visible text of the page.
-    pub async fn text(&self) -> String {
-        self.try_text().await.unwrap()
-    }
-
     /// The visible text of the page, or the WebDriver error (a page that navigates between
     /// finding `body` and reading it answers "stale element reference").
     async fn try_text(&self) -> Result<String, fantoccini::error::CmdError> {
