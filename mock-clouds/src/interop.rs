@@ -511,8 +511,14 @@ fn status(s: &InteropState, req: &Value) -> Response {
 /// Which token the [`InteropSender`] mints: the receiver JWT matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
-    /// ES256, right key, right audience, valid for 900 s (CIRRENT's test tokens).
+    /// ES256, right key, issuer and audience, a fresh `jti`, valid for 300 s.
     Valid,
+    /// Like `Valid` but valid for a year (`exp - iat` = 365 days).
+    YearLong,
+    /// Like `Valid` without `iss` (CIRRENT's own test tokens carry only `aud`, `iat`, `exp`).
+    NoIssuer,
+    /// Like `Valid` without `jti`.
+    NoJti,
     /// Right key, another audience.
     WrongAudience,
     /// Right key and audience, `exp` an hour ago.
@@ -531,19 +537,29 @@ pub struct InteropSender {
     pkcs8_pem: String,
     other: EcdsaKeyPair,
     audience: String,
+    issuer: String,
 }
+
+/// The `iss` of an [`InteropSender`] made with [`InteropSender::new`].
+pub const DEFAULT_ISSUER: &str = "cirrent";
 
 impl std::fmt::Debug for InteropSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InteropSender")
             .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
             .finish_non_exhaustive()
     }
 }
 
 impl InteropSender {
-    /// A sender with a fresh key for tokens with `aud = audience`.
+    /// A sender with a fresh key for tokens with `aud = audience`, `iss` [`DEFAULT_ISSUER`].
     pub fn new(audience: &str) -> anyhow::Result<Self> {
+        Self::with_issuer(audience, DEFAULT_ISSUER)
+    }
+
+    /// A sender with a fresh key for tokens with `aud = audience` and `iss = issuer`.
+    pub fn with_issuer(audience: &str, issuer: &str) -> anyhow::Result<Self> {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
             .map_err(|_| anyhow::anyhow!("cannot generate a P-256 key"))?;
@@ -563,6 +579,7 @@ impl InteropSender {
             key,
             other,
             audience: audience.to_owned(),
+            issuer: issuer.to_owned(),
         })
     }
 
@@ -587,23 +604,45 @@ impl InteropSender {
         .to_string()
     }
 
+    /// The `iss` its tokens carry.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     /// A bearer token of `kind`.
     pub fn token(&self, kind: TokenKind) -> String {
         let now = now();
         let (aud, iat, exp) = match kind {
-            TokenKind::WrongAudience => ("999999999999".to_owned(), now, now + 900),
+            TokenKind::WrongAudience => (self.audience.clone(), now, now + 300),
             TokenKind::Expired => (self.audience.clone(), now - 4000, now - 3600),
-            _ => (self.audience.clone(), now, now + 900),
+            TokenKind::YearLong => (self.audience.clone(), now, now + 365 * 86_400),
+            _ => (self.audience.clone(), now, now + 300),
         };
-        let claims =
-            URL_SAFE_NO_PAD.encode(json!({"aud": aud, "iat": iat, "exp": exp}).to_string());
+        let aud = if kind == TokenKind::WrongAudience {
+            "999999999999".to_owned()
+        } else {
+            aud
+        };
+        let mut claims =
+            json!({"iss": self.issuer, "aud": aud, "iat": iat, "exp": exp, "jti": random_id()});
+        if let Some(o) = claims.as_object_mut() {
+            match kind {
+                TokenKind::NoIssuer => {
+                    o.remove("iss");
+                }
+                TokenKind::NoJti => {
+                    o.remove("jti");
+                }
+                _ => {}
+            }
+        }
         let alg = match kind {
             TokenKind::AlgNone => "none",
             TokenKind::Hs256WithPublicKey => "HS256",
             _ => "ES256",
         };
         let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg, "typ": "JWT"}).to_string());
-        let signed = format!("{header}.{claims}");
+        let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
         let sig: Vec<u8> = match kind {
             TokenKind::AlgNone => Vec::new(),
             TokenKind::Hs256WithPublicKey => {
@@ -620,6 +659,24 @@ impl InteropSender {
         };
         format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
     }
+
+    /// An ES256 token over exactly `claims`, signed with this sender's key.
+    pub fn sign_claims(&self, claims: &Value) -> String {
+        let header = URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "typ": "JWT"}).to_string());
+        let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let sig = sign(&self.key, signed.as_bytes());
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+}
+
+/// 16 random bytes, hex (a `jti`).
+fn random_id() -> String {
+    use aws_lc_rs::rand::SecureRandom as _;
+    let mut b = [0u8; 16];
+    // On RNG failure the id is all zeros: a replay cache then refuses the second token,
+    // which is what a broken sender deserves.
+    let _ = SystemRandom::new().fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn sign(key: &EcdsaKeyPair, msg: &[u8]) -> Vec<u8> {

@@ -11,12 +11,15 @@ pub mod serve;
 pub mod status;
 pub mod worker;
 
-/// Logs go to stderr so stdout stays machine-readable.
+/// Logs go to stderr so stdout stays machine-readable; colours only on a terminal (a log
+/// file or journald must not get escape sequences).
 pub fn init_tracing(filter: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

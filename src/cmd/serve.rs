@@ -43,7 +43,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(t) => Some(Arc::new(TlsReloader::new(t.clone())?)),
         None => None,
     };
-    let verifier = TokenVerifier::load(&cfg.issuer_keys, &cfg.audience, cfg.leeway_secs)?;
+    let verifier = TokenVerifier::load(&cfg.issuers, &cfg.audience, cfg.leeway_secs)?;
+    for (name, i) in &cfg.issuers {
+        let scopes: Vec<&str> = i.scopes.iter().map(|s| s.as_str()).collect();
+        tracing::info!(issuer = %name, scopes = ?scopes, max_token_lifetime_secs = i.max_token_lifetime_secs, require_jti = i.require_jti, "token issuer");
+        if !i.require_jti {
+            tracing::warn!(issuer = %name, "require_jti = false: this issuer's tokens can be replayed until they expire");
+        }
+    }
     let backend = crate::serve::backend::build(
         &args.config,
         &cfg,

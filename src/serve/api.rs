@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD;
 use idbridge_http::ItemResult;
 use serde_json::{Value, json};
 
-use super::auth::TokenVerifier;
+use super::auth::{Grant, Scope, TokenVerifier, msg};
 use super::jobs::Jobs;
 use super::server::{ApiError, CorrelationId, JobPermits, clean_text};
 use super::{Backend, Item, Outcome, ServeConfig};
@@ -72,20 +72,32 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
     match s.verifier.check(header) {
-        Ok(()) => next.run(req).await,
-        Err(msg) => {
+        Ok(grant) => {
+            let mut req = req;
+            req.extensions_mut().insert(grant);
+            next.run(req).await
+        }
+        Err(refusal) => {
             let id = req
                 .extensions()
                 .get::<CorrelationId>()
                 .map(|c| c.0.to_string())
                 .unwrap_or_default();
-            tracing::info!(correlation_id = %id, reason = msg, "refused token");
-            error(StatusCode::UNAUTHORIZED, msg)
+            tracing::info!(correlation_id = %id, reason = refusal.reason, "refused token");
+            error(StatusCode::UNAUTHORIZED, refusal.message)
         }
     }
 }
 
-async fn interop(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn interop(
+    State(s): State<AppState>,
+    grant: Option<Extension<Grant>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    // The authentication layer always sets it; without one nothing is allowed.
+    let Some(Extension(grant)) = grant else {
+        return error(StatusCode::UNAUTHORIZED, msg::CANNOT_VERIFY);
+    };
     let body = match body {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -121,9 +133,18 @@ async fn interop(State(s): State<AppState>, body: Result<Bytes, BytesRejection>)
             StatusCode::OK,
             &json!({"action": "info", "compatibilityVersion": 1, "extensions": ["status", "deprovision"]}),
         ),
-        Some(Some("provision")) => provision(&s, &req).await,
-        Some(Some("deprovision")) => deprovision(&s, &req).await,
-        Some(Some("status")) => status(&s, &req).await,
+        Some(Some("provision")) => match allowed(&grant, Scope::Provision) {
+            Ok(()) => provision(&s, &req).await,
+            Err(r) => *r,
+        },
+        Some(Some("deprovision")) => match allowed(&grant, Scope::Deprovision) {
+            Ok(()) => deprovision(&s, &req).await,
+            Err(r) => *r,
+        },
+        Some(Some("status")) => match allowed(&grant, Scope::Status) {
+            Ok(()) => status(&s, &req).await,
+            Err(r) => *r,
+        },
         Some(Some("message")) => json_response(
             StatusCode::OK,
             &json!({"message": "Not yet implemented.", "action": "message"}),
@@ -133,6 +154,21 @@ async fn interop(State(s): State<AppState>, body: Result<Bytes, BytesRejection>)
             "\"action\" must be one of [provision, info, status, message, deprovision]",
         ),
     }
+}
+
+/// `403 forbidden` unless the token's issuer has `scope`.
+fn allowed(grant: &Grant, scope: Scope) -> Result<(), Box<Response>> {
+    if grant.allows(scope) {
+        return Ok(());
+    }
+    tracing::info!(issuer = %grant.issuer, action = scope.as_str(), "action outside the issuer's scopes");
+    Err(Box::new(error(
+        StatusCode::FORBIDDEN,
+        &format!(
+            "this token's issuer may not {} (scopes are configured per issuer)",
+            scope.as_str()
+        ),
+    )))
 }
 
 /// A validated certificate entry: decoded DER, or the item error it gets.
@@ -448,7 +484,7 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::serve::auth::parse_keys;
+    use crate::serve::auth::{IssuerPolicy, parse_keys};
 
     /// Records what it was asked; answers Success, slowly when told.
     #[derive(Default)]
@@ -494,9 +530,15 @@ mod tests {
     }
 
     fn app(cfg: ServeConfig, delay_ms: u64) -> T {
+        app_with(cfg, delay_ms, IssuerPolicy::default())
+    }
+
+    fn app_with(cfg: ServeConfig, delay_ms: u64, policy: IssuerPolicy) -> T {
         let sender = InteropSender::new("123456789012").unwrap();
-        let verifier = TokenVerifier::new(
+        let verifier = TokenVerifier::single(
+            sender.issuer(),
             parse_keys(&sender.public_key_pem()).unwrap(),
+            policy,
             "123456789012",
             5,
         )
@@ -805,5 +847,57 @@ mod tests {
         )
         .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+
+    /// Each issuer may do only what its scopes say; deprovision is off by default.
+    #[tokio::test]
+    async fn scopes_per_issuer() {
+        let pki = TestPki::infineon_like().unwrap();
+        let d = pki.device(1).unwrap();
+        let certs = json!([{"ref": "a", "cert": cert_b64(&d.cert_pem)}]);
+        let dep = json!({"action": "deprovision", "certs": certs}).to_string();
+        let prov = json!({"action": "provision", "certs": certs}).to_string();
+        let st = json!({"action": "status", "fingerprints": []}).to_string();
+
+        let t = app(ServeConfig::default(), 0);
+        let (s, v) = call(&t, bearer(&t), dep.clone().into_bytes()).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        assert_eq!(v["code"], "forbidden");
+        assert!(v["error"].as_str().unwrap().contains("deprovision"), "{v}");
+        let (s, _) = call(&t, bearer(&t), prov.clone().into_bytes()).await;
+        assert_eq!(s, StatusCode::OK);
+
+        let status_only = app_with(
+            ServeConfig::default(),
+            0,
+            IssuerPolicy {
+                scopes: vec![Scope::Status],
+                ..Default::default()
+            },
+        );
+        let (s, _) = call(&status_only, bearer(&status_only), prov.into_bytes()).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, v) = call(&status_only, bearer(&status_only), st.into_bytes()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, _) = call(
+            &status_only,
+            bearer(&status_only),
+            br#"{"action":"info"}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "info needs no scope");
+        assert!(status_only.backend.seen.lock().unwrap().is_empty());
+
+        let all = app_with(
+            ServeConfig::default(),
+            0,
+            IssuerPolicy {
+                scopes: vec![Scope::Provision, Scope::Status, Scope::Deprovision],
+                ..Default::default()
+            },
+        );
+        let (s, v) = call(&all, bearer(&all), dep.into_bytes()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v[0]["status"], "NOT_FOUND");
     }
 }

@@ -8,15 +8,21 @@
 //! # TLS in the server ([serve.tls] cert/key, optional client_ca), or allow_http = true
 //! # behind a TLS terminator; bounds: docs/security.md
 //! audience = "123456789012"          # the JWT aud CIRRENT (or your sender) puts in tokens
-//! issuer_keys = ["interop-public.key"]   # PEM `PUBLIC KEY` blocks or a JWKS file (P-256)
 //! targets = ["acme-aws"]             # [targets.NAME] to provision every certificate into
 //! # endpoint = "xxxx-ats.iot.eu-central-1.amazonaws.com"  # answered with every SUCCESS
 //! # leeway_secs = 30, max_body_bytes = 26214400, max_certs = 10000,
 //! # sync_deadline_secs = 20, chunk_size = 500
+//!
+//! # One table per token issuer; NAME is the `iss` its tokens must carry.
+//! [serve.issuers.cirrent]
+//! keys = ["interop-public.key"]      # PEM `PUBLIC KEY` blocks or a JWKS file (P-256)
+//! # scopes = ["provision", "status"] # add "deprovision" to allow it (off by default)
+//! # max_token_lifetime_secs = 600, require_jti = true
 //! ```
 //!
 //! Run: `idbridge serve --config idbridge.toml [--trust vendor-ca.pem] [--journal URL]`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,6 +30,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Deserialize;
 
+use super::auth::{IssuerConfig, MAX_LEEWAY_SECS};
 use super::server::Limits;
 use super::tls::TlsConfig;
 
@@ -37,7 +44,12 @@ pub struct ServeConfig {
     /// The JWT `aud` this receiver accepts (the tenant id CIRRENT puts in tokens).
     #[serde(default)]
     pub audience: String,
-    /// Files with the issuers' public keys: PEM (`PUBLIC KEY` blocks) or JWKS JSON.
+    /// The token issuers (`[serve.issuers.NAME]`, NAME = the tokens' `iss`): keys, scopes,
+    /// lifetime.
+    #[serde(default)]
+    pub issuers: BTreeMap<String, IssuerConfig>,
+    /// Replaced by `[serve.issuers.NAME]` (tokens must name their issuer); refused with a
+    /// message saying so.
     #[serde(default)]
     pub issuer_keys: Vec<PathBuf>,
     /// Target names (`[targets.NAME]`) every certificate is provisioned into.
@@ -47,7 +59,7 @@ pub struct ServeConfig {
     /// address devices connect to, e.g. the AWS IoT data endpoint).
     #[serde(default)]
     pub endpoint: Option<String>,
-    /// Allowed clock skew for `exp`/`nbf`, seconds.
+    /// Allowed clock skew for `exp`/`nbf`/`iat`, seconds (at most 120).
     #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
     /// Largest request body, bytes (Infineon's receivers: 25 MB).
@@ -109,10 +121,8 @@ impl ServeConfig {
             .try_into()
             .with_context(|| format!("{}: [serve]", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for k in &mut cfg.issuer_keys {
-            if k.is_relative() {
-                *k = base.join(&*k);
-            }
+        for i in cfg.issuers.values_mut() {
+            i.resolve(base);
         }
         if let Some(tls) = &mut cfg.tls {
             tls.resolve(base);
@@ -129,10 +139,30 @@ impl ServeConfig {
         if self.audience.trim().is_empty() {
             anyhow::bail!("[serve] audience is empty: every token would be refused");
         }
-        if self.issuer_keys.is_empty() {
+        if !self.issuer_keys.is_empty() {
             anyhow::bail!(
-                "[serve] issuer_keys is empty: name the PEM or JWKS file(s) of the token issuer"
+                "[serve] issuer_keys was replaced by one table per issuer, named after the `iss` \
+                 its tokens carry: [serve.issuers.NAME] keys = [\"FILE\"] (see docs/security.md)"
             );
+        }
+        if self.issuers.is_empty() {
+            anyhow::bail!(
+                "[serve] has no [serve.issuers.NAME] (keys = PEM or JWKS files of the token issuer)"
+            );
+        }
+        if self.leeway_secs > MAX_LEEWAY_SECS {
+            anyhow::bail!(
+                "[serve] leeway_secs = {} is above {MAX_LEEWAY_SECS}: clock skew is seconds, not minutes",
+                self.leeway_secs
+            );
+        }
+        for (name, i) in &self.issuers {
+            if i.keys.is_empty() {
+                anyhow::bail!("[serve.issuers.{name}] keys is empty");
+            }
+            if i.max_token_lifetime_secs == 0 {
+                anyhow::bail!("[serve.issuers.{name}] max_token_lifetime_secs must be at least 1");
+            }
         }
         if self.targets.is_empty() {
             anyhow::bail!("[serve] targets is empty: name the [targets.NAME] to provision into");
@@ -155,6 +185,7 @@ impl Default for ServeConfig {
         ServeConfig {
             listen: default_listen(),
             audience: String::new(),
+            issuers: BTreeMap::new(),
             issuer_keys: Vec::new(),
             targets: Vec::new(),
             endpoint: None,

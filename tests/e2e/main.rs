@@ -10,6 +10,8 @@ mod crash;
 mod engine_support;
 #[cfg(all(feature = "gcp", feature = "http"))]
 mod gcp;
+#[cfg(feature = "http")]
+mod hostile;
 mod inspect;
 #[cfg(feature = "http")]
 mod interop;
@@ -17,6 +19,8 @@ mod provision;
 mod quota;
 #[cfg(feature = "http")]
 mod serve;
+#[cfg(feature = "http")]
+mod serve_support;
 #[cfg(feature = "http")]
 mod webhook;
 mod workers;

@@ -23,7 +23,7 @@ use idbridge_mock_clouds::interop::{InteropSender, TokenKind};
 
 use crate::serve::ServeConfig;
 use crate::serve::api::{AppState, router};
-use crate::serve::auth::{TokenVerifier, parse_keys};
+use crate::serve::auth::{IssuerPolicy, TokenVerifier, parse_keys};
 use crate::serve::backend::EngineBackend;
 
 /// Arguments of `idbridge bench receiver`.
@@ -83,7 +83,13 @@ async fn bench(args: &Args, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         None,
     ));
     let sender = InteropSender::new(AUDIENCE)?;
-    let tokens = TokenVerifier::new(parse_keys(&sender.public_key_pem())?, AUDIENCE, 30)?;
+    let tokens = TokenVerifier::single(
+        sender.issuer(),
+        parse_keys(&sender.public_key_pem())?,
+        IssuerPolicy::default(),
+        AUDIENCE,
+        30,
+    )?;
     let cfg = ServeConfig {
         audience: AUDIENCE.into(),
         sync_deadline_secs: 600,

@@ -40,8 +40,10 @@ pub(crate) async fn serve() -> Server {
 [serve]
 allow_http = true
 audience = "{AUD}"
-issuer_keys = ["issuer.jwks"]
 targets = ["cloud"]
+
+[serve.issuers.cirrent]
+keys = ["issuer.jwks"]
 
 [targets.cloud]
 kind = "mock"
