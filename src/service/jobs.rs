@@ -313,5 +313,6 @@ pub fn target_config(
         kind,
         table,
         engine,
+        file: None,
     })
 }
