@@ -224,6 +224,7 @@ impl Engine {
         devices: &[DeviceIdentity],
         params: serde_json::Value,
     ) -> Result<OpenedJob> {
+        self.connector.check_job(devices)?;
         let mut spec =
             JobSpec::for_devices(operation, target, devices.iter().map(|d| &d.device_id));
         spec.params = params;
@@ -239,6 +240,7 @@ impl Engine {
             )
         })?;
         let devices = self.journal.identities(job_id).await?;
+        self.connector.check_job(&devices)?;
         let opened = OpenedJob {
             id: info.id.clone(),
             resumed: true,
