@@ -215,6 +215,14 @@ pub trait Connector: Send + Sync + fmt::Debug {
     /// What this connector can do.
     fn info(&self) -> Capabilities;
 
+    /// Checks a whole job's devices before the job is opened or resumed, before any call: a
+    /// target whose names must be unique across the job (DPS registration ids) refuses the job
+    /// here rather than half-way. An error refuses the whole job; no call is made.
+    fn check_job(&self, devices: &[DeviceIdentity]) -> Result<()> {
+        let _ = devices;
+        Ok(())
+    }
+
     /// Registers devices so the cloud admits them.
     async fn register(
         &self,

@@ -214,3 +214,243 @@ pub(crate) async fn raw_exchange(addr: std::net::SocketAddr, raw: &[u8]) -> Stri
     let _ = tokio::time::timeout(std::time::Duration::from_secs(60), c.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// What a trickling client saw.
+struct Trickle {
+    /// The server closed the connection before the client had sent everything.
+    dropped: bool,
+    /// What the server wrote before closing (a 408 or nothing).
+    answer: String,
+}
+
+/// Sends `head` on a fresh connection, then `rest` one byte every 300 ms (a slowloris).
+async fn trickle(addr: std::net::SocketAddr, head: Vec<u8>, rest: Vec<u8>) -> Trickle {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(&head).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut sent = 0;
+    while sent < rest.len() {
+        tokio::select! {
+            r = c.read(&mut buf) => match r {
+                Ok(0) | Err(_) => {
+                    return Trickle { dropped: true, answer: String::from_utf8_lossy(&got).into_owned() };
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            },
+            () = tokio::time::sleep(std::time::Duration::from_millis(300)) => {
+                if c.write_all(&rest[sent..sent + 1]).await.is_err() {
+                    return Trickle { dropped: true, answer: String::from_utf8_lossy(&got).into_owned() };
+                }
+                sent += 1;
+            }
+        }
+    }
+    Trickle {
+        dropped: false,
+        answer: String::from_utf8_lossy(&got).into_owned(),
+    }
+}
+
+/// Slowloris clients (a head or a body one byte at a time) are dropped by the server's
+/// timeouts (2 s here) long before they finish (~90 s of trickling), while a normal client
+/// is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_heads_and_bodies_are_dropped_while_others_are_served() {
+    let s = start("header_read_timeout_secs = 2\nbody_timeout_secs = 2").await;
+    let addr = s.addr();
+    let (devices, _) = s.fx.devices("batch.pem", 1..2);
+    let slow_head = || {
+        trickle(
+            addr,
+            b"POST /interop HTTP/1.1\r\n".to_vec(),
+            b"X-Slow: "
+                .iter()
+                .chain([b'a'; 300].iter())
+                .copied()
+                .collect(),
+        )
+    };
+    let slow_body = || {
+        let head = format!(
+            "POST /interop HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: 300\r\n\r\n",
+            s.bearer().unwrap()
+        );
+        trickle(addr, head.into_bytes(), vec![b' '; 300])
+    };
+    let normal = async {
+        let (code, res) = s.post(s.bearer(), &json!({"action": "info"})).await;
+        assert_eq!(code, 200, "{res}");
+        let (code, res) = s
+            .post(
+                s.bearer(),
+                &json!({"action": "provision", "certs": [{"ref": "a", "cert": cert(&devices[0].cert_pem)}]}),
+            )
+            .await;
+        assert_eq!(code, 200, "{res}");
+        res
+    };
+    let (heads, bodies, res) = tokio::join!(
+        futures::future::join_all((0..4).map(|_| slow_head())),
+        futures::future::join_all((0..4).map(|_| slow_body())),
+        normal
+    );
+    for t in heads.iter().chain(bodies.iter()) {
+        assert!(t.dropped, "a slow client was kept: {}", t.answer);
+    }
+    assert!(
+        bodies.iter().all(|t| !t.answer.starts_with("HTTP/1.1 2")),
+        "a slow body was handled"
+    );
+    assert_eq!(res[0]["status"], "SUCCESS", "{res}");
+    assert_eq!(s.registry.devices().len(), 1);
+}
+
+/// Connections beyond `max_connections` are answered 503 with Retry-After and closed; the
+/// server serves again once they are gone. (300 connections: safe under a default
+/// `ulimit -n` of 1024 on a small CI box.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_flood_is_capped_with_503() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const MAX: usize = 20;
+    const FLOOD: usize = 300;
+    let s = start(&format!("max_connections = {MAX}")).await;
+    let addr = s.addr();
+    let mut conns = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        conns.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Refused connections get their 503 without sending anything; the others get nothing
+    // until they send a request, then a 200, and stay open (keep-alive).
+    let outcomes = futures::future::join_all(conns.into_iter().map(|mut c| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 512];
+        let first =
+            tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut chunk)).await;
+        match first {
+            Ok(Ok(n)) if n > 0 => {
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                (text.lines().next().unwrap_or_default().to_owned(), text, c)
+            }
+            Ok(_) => ("closed".to_owned(), String::new(), c),
+            Err(_) => {
+                c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let n = c.read(&mut chunk).await.unwrap_or(0);
+                let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
+                (text.lines().next().unwrap_or("closed").to_owned(), text, c)
+            }
+        }
+    }))
+    .await;
+    let ok = outcomes
+        .iter()
+        .filter(|o| o.0.starts_with("HTTP/1.1 200"))
+        .count();
+    let busy: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.0.starts_with("HTTP/1.1 503"))
+        .collect();
+    println!(
+        "{FLOOD} connections: {ok} served, {} refused with 503",
+        busy.len()
+    );
+    assert!(ok <= MAX, "{ok} connections served, cap {MAX}");
+    assert!(ok >= 1, "the first connections are served");
+    assert!(busy.len() >= FLOOD - MAX - 20, "{} refusals", busy.len());
+    for b in &busy {
+        assert!(b.1.to_ascii_lowercase().contains("retry-after:"), "{}", b.1);
+    }
+    drop(outcomes);
+    // Once the flood is gone the server serves again (retry: closes are noticed asynchronously).
+    let mut served = false;
+    for _ in 0..100 {
+        if let Ok(r) = s.http.get(format!("{}/", s.url)).send().await
+            && r.status().as_u16() == 200
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(served, "the server recovered");
+}
+
+/// A 100,000-fingerprint status request while a provisioning job runs is refused before any
+/// lookup (capped at max_certs), a 10,000-fingerprint one is answered, and the job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_status_requests_during_a_job() {
+    let s = start("sync_deadline_secs = 0\nchunk_size = 25").await;
+    let (devices, _) = s.fx.devices("batch.pem", 1..201);
+    let certs: Vec<_> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!({"ref": format!("r{i}"), "cert": cert(&d.cert_pem)}))
+        .collect();
+    let (code, res) = s
+        .post(s.bearer(), &json!({"action": "provision", "certs": certs}))
+        .await;
+    assert_eq!(code, 200, "{res}");
+    let job = res
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|r| r["job"].as_str())
+        .map(str::to_owned);
+    let fps: Vec<String> = (0..100_000u32)
+        .map(|i| format!("{:064x}", u128::from(i) * 0x9e37_79b9))
+        .collect();
+    let (code, res) = s
+        .post(
+            s.bearer(),
+            &json!({"action": "status", "fingerprints": fps}),
+        )
+        .await;
+    assert_eq!(code, 400, "{res}");
+    assert_eq!(res["code"], "bad_request");
+    let mut some: Vec<String> = fps[..9_999].to_vec();
+    some.push(device_id(&devices[0]));
+    let (code, res) = s
+        .post(
+            s.bearer(),
+            &json!({"action": "status", "fingerprints": some}),
+        )
+        .await;
+    assert_eq!(code, 200, "{res}");
+    assert_eq!(res["devices"].as_array().unwrap().len(), 10_000);
+    assert_eq!(res["devices"][0]["status"], "ABSENT");
+    // The job completes (hang guard only).
+    if let Some(job) = job {
+        let mut done = false;
+        for _ in 0..1500 {
+            let (_, st) = s
+                .post(s.bearer(), &json!({"action": "status", "job": job}))
+                .await;
+            if st["done"] == true {
+                assert!(
+                    st["results"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|r| r["status"] == "SUCCESS"),
+                    "{st}"
+                );
+                done = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert!(done, "the job finished");
+    }
+    assert_eq!(s.registry.devices().len(), 200);
+    let (_, res) = s
+        .post(
+            s.bearer(),
+            &json!({"action": "status", "fingerprints": [device_id(&devices[199])]}),
+        )
+        .await;
+    assert_eq!(res["devices"][0]["status"], "PRESENT", "{res}");
+}

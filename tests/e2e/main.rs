@@ -12,15 +12,20 @@ mod engine_support;
 mod gcp;
 #[cfg(feature = "http")]
 mod hostile;
+#[cfg(feature = "http")]
+mod hostile_tls;
 mod inspect;
 #[cfg(feature = "http")]
 mod interop;
+mod ops;
 mod provision;
 mod quota;
 #[cfg(feature = "http")]
 mod serve;
 #[cfg(feature = "http")]
 mod serve_support;
+#[cfg(feature = "http")]
+mod service;
 #[cfg(feature = "http")]
 mod webhook;
 mod workers;

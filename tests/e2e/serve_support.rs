@@ -32,6 +32,11 @@ pub(crate) struct Launch<'a> {
     pub issuer: &'a str,
     /// Serve plain HTTP (`allow_http = true`); otherwise the caller adds `[serve.tls]` in `more`.
     pub plain: bool,
+    /// Files written into the fixture directory before the start (`tls-ca.pem`, when
+    /// present, is the CA the test's HTTPS client trusts).
+    pub files: Vec<(&'a str, String)>,
+    /// Extra command-line arguments of `serve`.
+    pub args: Vec<&'a str>,
 }
 
 impl Default for Launch<'_> {
@@ -42,6 +47,8 @@ impl Default for Launch<'_> {
             more: "",
             issuer: r#"scopes = ["provision", "status", "deprovision"]"#,
             plain: true,
+            files: Vec::new(),
+            args: Vec::new(),
         }
     }
 }
@@ -92,6 +99,9 @@ pub(crate) async fn launch(l: Launch<'_>) -> Served {
     let ca = TestCa::new("e2e device endpoint CA").unwrap();
     let devices = registry.device_endpoint("127.0.0.1:0", &ca).await.unwrap();
     fx.write("issuer.jwks", &sender.jwks());
+    for (name, text) in &l.files {
+        fx.write(name, text);
+    }
     let config = fx.write(
         "idbridge.toml",
         &format!(
@@ -123,13 +133,11 @@ token = "{CLOUD_TOKEN}"
             url = cloud.url
         ),
     );
-    let (child, url) = spawn_serve(&fx, &config, &[]).await;
-    let http = match url.starts_with("https://") {
-        true => reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&fx_tls_ca(&fx)).unwrap())
-            .build()
-            .unwrap(),
-        false => reqwest::Client::new(),
+    let (child, url) = spawn_serve(&fx, &config, &l.args).await;
+    let http = if url.starts_with("https://") {
+        https_client(&fx, true)
+    } else {
+        reqwest::Client::new()
     };
     Served {
         fx,
@@ -144,9 +152,18 @@ token = "{CLOUD_TOKEN}"
     }
 }
 
-/// The PEM a TLS test left at `tls-ca.pem` in the fixture directory (the server's CA).
-fn fx_tls_ca(fx: &Fixture) -> Vec<u8> {
-    std::fs::read(fx.path("tls-ca.pem")).unwrap_or_default()
+/// An HTTPS client trusting only `tls-ca.pem` of the fixture directory, presenting
+/// `client-identity.pem` (certificate + PKCS#8 key) when `identity` and the file exists.
+pub(crate) fn https_client(fx: &Fixture, identity: bool) -> reqwest::Client {
+    let ca = std::fs::read(fx.path("tls-ca.pem")).unwrap();
+    let mut b = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .pool_max_idle_per_host(0);
+    if identity && let Ok(pem) = std::fs::read(fx.path("client-identity.pem")) {
+        b = b.identity(reqwest::Identity::from_pem(&pem).unwrap());
+    }
+    b.build().unwrap()
 }
 
 /// Spawns `idbridge serve --config CONFIG` (plus `extra` args) with stderr to `serve.log` in

@@ -69,6 +69,33 @@ async fn cli_delivers_signed_events_over_https_and_devices_are_admitted() {
     assert_eq!(code, 0, "{report}");
     assert!(h.mock.state.provisioned().is_empty());
     assert!(!admitted(h.mock.devices.addr, h.mock.ca.cert_pem(), &devices[0]).await);
+
+    // Provisioned again: a third state, a third event per device, which the de-duplicating
+    // receiver applies (the webhook-id carries the state version).
+    let (code, report) = provision(&h.fx, &h.config, "hook", &input, "provision").await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        h.mock.state.duplicates(),
+        0,
+        "no event taken for a duplicate"
+    );
+    for d in &devices {
+        let id = device_id(d);
+        let ids: Vec<_> = h
+            .mock
+            .state
+            .accepted()
+            .into_iter()
+            .filter(|e| e.body["data"]["deviceId"] == id.as_str())
+            .map(|e| (e.event_type, e.id))
+            .collect();
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        let mut distinct: Vec<_> = ids.iter().map(|(_, i)| i.clone()).collect();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "three distinct webhook-ids: {ids:?}");
+        assert!(admitted(h.mock.devices.addr, h.mock.ca.cert_pem(), d).await);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,12 +157,20 @@ async fn engine_faults_429_500_reset_end_in_the_exact_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_410_disables_the_target() {
     let h = setup(None).await;
-    let (devices, input) = h.fx.devices("batch.pem", 20..22);
-    h.mock.state.script(&device_id(&devices[0]), 410, 100);
-    h.mock.state.script(&device_id(&devices[1]), 410, 100);
+    let (devices, input) = h.fx.devices("batch.pem", 20..24);
+    // Only the first device meets 410: the others would be accepted if they were sent.
+    h.mock.state.script(&device_id(&devices[0]), 410, 1);
     let (code, report) = provision(&h.fx, &h.config, "hook", &input, "provision").await;
     assert_ne!(code, 0, "{report}");
-    assert!(h.mock.state.provisioned().is_empty());
+    let aborted = report["job"]["aborted"].as_str().unwrap_or_default();
+    assert!(
+        aborted.contains("target_disabled"),
+        "the job stopped: {report}"
+    );
+    assert!(
+        h.mock.state.provisioned().is_empty(),
+        "nothing sent after 410: {report}"
+    );
     let kinds: Vec<_> = report["job"]["devices"]
         .as_array()
         .unwrap()
@@ -143,6 +178,16 @@ async fn gone_410_disables_the_target() {
         .map(|d| d["error_kind"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert!(kinds.iter().any(|k| k == "target_disabled"), "{report}");
+    // Every device stays pending (resumable), none failed for good.
+    assert!(
+        states(&report).iter().all(|(_, s, _)| s == "pending"),
+        "{report}"
+    );
+    // The endpoint is back: the same command finishes the same job.
+    let (code, again) = provision(&h.fx, &h.config, "hook", &input, "provision").await;
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(again["job"]["job_id"], report["job"]["job_id"], "{again}");
+    assert_eq!(h.mock.state.provisioned().len(), devices.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 #![doc = include_str!("docs.md")]
 #![deny(missing_docs)]
 
+pub mod check;
 mod client;
 pub mod config;
 pub mod error;
@@ -26,6 +27,8 @@ pub struct AwsIot {
     client: IotClient,
     region: String,
     policy_ready: OnceCell<()>,
+    /// The credential chain, for `check` to resolve on its own.
+    credentials: Option<aws_sdk_iot::config::SharedCredentialsProvider>,
 }
 
 impl fmt::Debug for AwsIot {
@@ -124,6 +127,7 @@ impl AwsIot {
             cfg,
             region,
             policy_ready: OnceCell::new(),
+            credentials: sdk.credentials_provider(),
         })
     }
 

@@ -440,6 +440,25 @@ impl Client {
         self.delete_item("enrollments", id, operation).await
     }
 
+    /// `GET /registrations/{id}`: where DPS assigned the registered device; None on 404.
+    pub async fn dps_registration(
+        &self,
+        id: &str,
+        operation: &'static str,
+    ) -> Result<Option<Value>> {
+        self.get_item("registrations", id, operation).await
+    }
+
+    /// `DELETE /registrations/{id}` with `If-Match: "*"`; false when it was not there.
+    pub async fn dps_delete_registration(&self, id: &str, operation: &'static str) -> Result<bool> {
+        self.delete_item("registrations", id, operation).await
+    }
+
+    /// The service's host name (`myhub.azure-devices.net`, `localhost:PORT`).
+    pub fn host(&self) -> &str {
+        self.base.trim_start_matches("https://")
+    }
+
     /// `POST /enrollments/query` (`*`): a page of enrollments and the continuation.
     pub async fn dps_query(
         &self,

@@ -61,6 +61,7 @@ pub struct EntraConfig {
 
 /// One Azure target, as read from the target table of the configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AzureConfig {
     /// `azure-iot-hub` or `azure-dps` (checked by the connector constructors).
     #[serde(default)]
@@ -89,6 +90,12 @@ pub struct AzureConfig {
     /// DPS: the IoT Hub enrolled devices are assigned to.
     #[serde(default)]
     pub iot_hub_host_name: Option<String>,
+    /// DPS: the service connection strings of the IoT hubs linked to the DPS instance. An
+    /// unprovision deletes the enrollment *and* the device DPS registered in its assigned hub
+    /// (Azure's documented deprovisioning steps); a device assigned to a hub not listed here
+    /// cannot be unprovisioned and fails with a configuration error naming the hub.
+    #[serde(default)]
+    pub linked_hubs: Vec<Secret>,
     /// DPS: `hashed`, `geoLatency`, `static` or `custom`.
     #[serde(default)]
     pub allocation_policy: Option<String>,

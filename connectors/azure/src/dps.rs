@@ -31,6 +31,9 @@ pub const OPERATIONS_PER_MINUTE: f64 = 1000.0;
 #[derive(Debug)]
 pub struct DpsConnector {
     client: Client,
+    /// The linked hubs' registry clients, to delete the devices DPS registered there.
+    hubs: Vec<Client>,
+    hub_per_minute: f64,
     device_id: Option<DeviceIdTemplate>,
     iot_hub_host_name: Option<String>,
     allocation_policy: Option<String>,
@@ -134,8 +137,26 @@ impl DpsConnector {
             )
             .with_operation("config"));
         }
+        let hubs = cfg
+            .linked_hubs
+            .iter()
+            .map(|cs| {
+                let hub = AzureConfig {
+                    kind: Some("azure-iot-hub".into()),
+                    connection_string: Some(cs.clone()),
+                    ca_file: cfg.ca_file.clone(),
+                    timeout_secs: cfg.timeout_secs,
+                    sas_ttl_secs: cfg.sas_ttl_secs,
+                    ..Default::default()
+                };
+                Client::new(Service::IotHub, &hub)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(DpsConnector {
             client: Client::new(Service::Dps, cfg)?,
+            hubs,
+            // The linked hubs' smallest tier (S1, one unit) unless told otherwise.
+            hub_per_minute: crate::config::hub_ops_per_minute_per_unit("S1")?,
             device_id: cfg
                 .device_id
                 .as_deref()
@@ -267,12 +288,58 @@ impl DpsConnector {
                 );
             }
         };
-        ctx.acquire(OPERATIONS).await;
-        match self.client.dps_delete(&id, "deregister").await {
+        let r = self.unprovision(ctx, &id).await;
+        if r.is_ok() {
+            // The registration id is free again (a replaced part may take it).
+            self.seen().remove(&id);
+        }
+        match r {
             Ok(true) => DeregisterOutcome::Deleted,
             Ok(false) => DeregisterOutcome::NotFound,
-            Err(e) => DeregisterOutcome::Failed(e.with_context("device_id", &d.device_id)),
+            Err(e) => DeregisterOutcome::Failed(
+                e.with_context("device_id", &d.device_id)
+                    .with_context("registration_id", &id),
+            ),
         }
+    }
+
+    /// Azure's unprovision steps: disenroll (delete the individual enrollment), then delete
+    /// the device DPS registered in its assigned hub, then the registration state. The
+    /// registration state goes last so a retry after a failure in between still finds the hub
+    /// device. True when anything was removed.
+    async fn unprovision(&self, ctx: &CallContext, id: &str) -> Result<bool> {
+        ctx.acquire(OPERATIONS).await;
+        let registration = self.client.dps_registration(id, "deregister").await?;
+        ctx.acquire(OPERATIONS).await;
+        let mut removed = self.client.dps_delete(id, "deregister").await?;
+        let Some(reg) = registration else {
+            return Ok(removed);
+        };
+        let assigned = reg.get("assignedHub").and_then(Value::as_str);
+        let device = reg.get("deviceId").and_then(Value::as_str);
+        if let (Some(hub_host), Some(device)) = (assigned, device) {
+            let Some(hub) = self
+                .hubs
+                .iter()
+                .find(|h| h.host().eq_ignore_ascii_case(hub_host))
+            else {
+                return Err(Error::new(
+                    ErrorKind::ConfigInvalid,
+                    format!(
+                        "DPS registered this device in IoT hub {hub_host} as {device:?}; add that hub's connection string to linked_hubs so unprovisioning can delete the device there (the enrollment is deleted)"
+                    ),
+                )
+                .with_operation("deregister"));
+            };
+            ctx.acquire(crate::iot_hub::REGISTRY).await;
+            removed |= hub.hub_delete(device, "deregister").await?;
+        }
+        ctx.acquire(OPERATIONS).await;
+        removed |= self
+            .client
+            .dps_delete_registration(id, "deregister")
+            .await?;
+        Ok(removed)
     }
 }
 
@@ -282,16 +349,27 @@ impl Connector for DpsConnector {
         Capabilities {
             kind: "azure-dps",
             max_batch_size: self.batch(),
-            quotas: vec![Quota {
-                api: OPERATIONS.into(),
-                per_second: self.per_minute / 60.0,
-                burst: self.batch() as u32,
-            }],
+            quotas: vec![
+                Quota {
+                    api: OPERATIONS.into(),
+                    per_second: self.per_minute / 60.0,
+                    burst: self.batch() as u32,
+                },
+                // Deleting the devices DPS registered in the linked hubs.
+                Quota::new(crate::iot_hub::REGISTRY, self.hub_per_minute / 60.0),
+            ],
             supports_list: true,
             supports_deregister: true,
             idempotent_register: true,
             max_concurrency: MAX_CONCURRENCY,
         }
+    }
+
+    /// Every job, whatever its size: CNs valid and unique within the job, and not enrolled
+    /// for another certificate by this connector before.
+    fn check_job(&self, devices: &[DeviceIdentity]) -> Result<()> {
+        let snapshot = self.seen().clone();
+        check_with(devices, &snapshot)
     }
 
     async fn register(

@@ -6,7 +6,7 @@ mod common;
 use idbridge_azure::DpsConnector;
 use idbridge_azure::dps::check_batch;
 use idbridge_core::conformance;
-use idbridge_core::{CallContext, Connector, ErrorKind, RegisterOutcome};
+use idbridge_core::{CallContext, Connector, DeregisterOutcome, ErrorKind, RegisterOutcome};
 use idbridge_mock_clouds::azure::AzureMockConfig;
 use idbridge_mock_clouds::tls::{Connect, connect_device};
 use idbridge_mock_clouds::{Fault, FaultRule, TestPki};
@@ -49,7 +49,7 @@ async fn conformance_suite() {
     assert_eq!(e.cert_der, devs[0].0.cert_der);
     assert_eq!(
         e.iot_hub_host_name.as_deref(),
-        Some("myhub.azure-devices.net")
+        Some(env.mock.hub_host().as_str())
     );
     assert_eq!(
         e.initial_twin["tags"]["idbridge"]["fingerprint"],
@@ -187,4 +187,212 @@ async fn quota_and_faults() {
             .differences
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn unprovision_deletes_the_device_dps_registered_in_its_hub() {
+    let env = common::start(AzureMockConfig::default()).await;
+    let pki = TestPki::new("Test Root", "Test CA 306", "unused").unwrap();
+    let devs = common::unique_cn_devices(&pki, 1, 2);
+    let c = DpsConnector::new(&env.dps_config()).unwrap();
+    let ids: Vec<_> = devs.iter().map(|d| d.1.clone()).collect();
+    c.register(&ctx(), &ids).await.unwrap();
+    let connect = |addr, i: usize| {
+        let dev = &devs[i].0;
+        connect_device(
+            addr,
+            env.mock.ca_pem(),
+            &dev.cert_pem,
+            &dev.key_pem,
+            Some("localhost"),
+        )
+    };
+    let hub = env.mock.hub_device_addr();
+    let dps = env.mock.dps_device_addr();
+    let reg_id = ids[0].subject_cn.clone().unwrap();
+    assert!(
+        matches!(connect(hub, 0).await.unwrap(), Connect::Refused(_)),
+        "not registered yet"
+    );
+    // The device registers through DPS, which assigns it to the linked hub.
+    assert!(matches!(
+        connect(dps, 0).await.unwrap(),
+        Connect::Accepted(_)
+    ));
+    let reg = env.mock.dps().registration(&reg_id).unwrap();
+    assert_eq!(reg.assigned_hub, env.mock.hub_host());
+    assert_eq!(
+        connect(hub, 0).await.unwrap(),
+        Connect::Accepted(reg.device_id.clone()),
+        "it lives in the hub now"
+    );
+
+    let out = c.deregister(&ctx(), &ids[..1]).await.unwrap();
+    assert!(matches!(out[0], DeregisterOutcome::Deleted), "{out:?}");
+    assert!(
+        matches!(connect(hub, 0).await.unwrap(), Connect::Refused(_)),
+        "a deprovisioned device can no longer connect to the hub"
+    );
+    assert!(matches!(
+        connect(dps, 0).await.unwrap(),
+        Connect::Refused(_)
+    ));
+    assert!(env.mock.hub().device(&reg.device_id).is_none());
+    assert!(env.mock.dps().registration(&reg_id).is_none());
+    let again = c.deregister(&ctx(), &ids[..1]).await.unwrap();
+    assert!(matches!(again[0], DeregisterOutcome::NotFound), "{again:?}");
+
+    // Without the hub's connection string the hub device cannot be deleted: a configuration
+    // error naming the hub, never a silent success.
+    assert!(matches!(
+        connect(dps, 1).await.unwrap(),
+        Connect::Accepted(_)
+    ));
+    let mut cfg = env.dps_config();
+    cfg.linked_hubs.clear();
+    let blind = DpsConnector::new(&cfg).unwrap();
+    match &blind.deregister(&ctx(), &ids[1..]).await.unwrap()[0] {
+        DeregisterOutcome::Failed(e) => {
+            assert_eq!(e.kind(), ErrorKind::ConfigInvalid, "{e}");
+            assert!(e.to_string().contains(&env.mock.hub_host()), "{e}");
+            assert!(e.to_string().contains("linked_hubs"), "{e}");
+        }
+        o => panic!("{o:?}"),
+    }
+    assert!(matches!(
+        connect(hub, 1).await.unwrap(),
+        Connect::Accepted(_)
+    ));
+    // With it, the retry finishes the job (the registration state was kept for it).
+    let out = c.deregister(&ctx(), &ids[1..]).await.unwrap();
+    assert!(matches!(out[0], DeregisterOutcome::Deleted), "{out:?}");
+    assert!(matches!(
+        connect(hub, 1).await.unwrap(),
+        Connect::Refused(_)
+    ));
+}
+
+#[tokio::test]
+async fn the_stable_dps_api_versions_are_accepted() {
+    let env = common::start(AzureMockConfig::default()).await;
+    let pki = TestPki::new("Test Root", "Test CA 306", "unused").unwrap();
+    let devs = common::unique_cn_devices(&pki, 1, 3);
+    for (i, v) in ["2021-10-01", "2026-04-01", "2026-11-01"]
+        .iter()
+        .enumerate()
+    {
+        let mut cfg = env.dps_config();
+        cfg.api_version = Some((*v).into());
+        let c = DpsConnector::new(&cfg).unwrap();
+        let out = c
+            .register(&ctx(), std::slice::from_ref(&devs[i].1))
+            .await
+            .unwrap();
+        assert!(
+            matches!(out[0], RegisterOutcome::Created(_)),
+            "{v}: {out:?}"
+        );
+        assert!(c.lookup(&ctx(), &devs[i].1).await.unwrap().is_some(), "{v}");
+    }
+    let mut cfg = env.dps_config();
+    cfg.api_version = Some("2017-11-15".into());
+    let e = DpsConnector::new(&cfg)
+        .unwrap()
+        .health_check(&ctx())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+}
+
+#[tokio::test]
+async fn the_unique_cn_check_runs_on_every_job_before_any_call() {
+    use idbridge_core::engine::{Engine, EngineOptions, NoProgress};
+    use idbridge_core::journal::{Operation, SqliteJournal};
+    let env = common::start(AzureMockConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = std::sync::Arc::new(SqliteJournal::open(dir.path().join("j.sqlite")).unwrap());
+    let pki = TestPki::new("Test Root", "Test CA 300", "InfineonIoTNode").unwrap();
+    let ids: Vec<_> = common::same_cn_devices(&pki, 1, 3)
+        .into_iter()
+        .map(|d| d.1)
+        .collect();
+    let c = std::sync::Arc::new(DpsConnector::new(&env.dps_config()).unwrap());
+    // One device per call: the duplicate CN would only meet the first in a later call.
+    let opts = EngineOptions {
+        batch_size: Some(1),
+        concurrency: 1,
+        ..Default::default()
+    };
+    let engine = Engine::new(c.clone(), journal.clone(), opts.clone());
+    let e = engine
+        .execute(
+            Operation::Provision,
+            "dps",
+            ids[..2].to_vec(),
+            serde_json::Value::Null,
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("like"), "{e}");
+    assert_eq!(
+        env.mock.dps().stats().requests,
+        0,
+        "refused before any call"
+    );
+    assert_eq!(env.mock.dps().enrollment_count(), 0);
+
+    // A job of one device, then another job of one device whose CN is now enrolled for
+    // another certificate: refused before any call too.
+    let r = engine
+        .execute(
+            Operation::Provision,
+            "dps",
+            ids[..1].to_vec(),
+            serde_json::Value::Null,
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert!(r.all_done(), "{r:?}");
+    let requests = env.mock.dps().stats().requests;
+    let e = engine
+        .execute(
+            Operation::Provision,
+            "dps",
+            ids[1..2].to_vec(),
+            serde_json::Value::Null,
+            &NoProgress,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("already enrolled for certificate"),
+        "{e}"
+    );
+    assert_eq!(env.mock.dps().stats().requests, requests, "no call");
+    // Once the first is deprovisioned, its CN is free for the replacement part.
+    let r = engine
+        .execute(
+            Operation::Deprovision,
+            "dps",
+            ids[..1].to_vec(),
+            serde_json::Value::Null,
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert!(r.all_done(), "{r:?}");
+    let r = engine
+        .execute(
+            Operation::Provision,
+            "dps",
+            ids[1..2].to_vec(),
+            serde_json::Value::Null,
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+    assert!(r.all_done(), "{r:?}");
 }

@@ -10,7 +10,8 @@
 //!   extensions used only when the receiver announces them in its `info` answer.
 //! - [`WebhookConnector`] (target kind `webhook`): one Standard Webhooks v1 signed event per
 //!   device (`device.provisioned`, `device.deprovisioned`), whose `webhook-id` is derived from
-//!   target, operation and fingerprint so receivers can de-duplicate retries.
+//!   target, operation, fingerprint and the job (the state version) so receivers can
+//!   de-duplicate retries yet apply every state change.
 //!
 //! Both never retry or sleep: the engine does, around them. Configuration keys, environment
 //! variables and the mock receivers that cover them are in `docs.md`.
@@ -431,9 +432,15 @@ impl WebhookConnector {
         })
     }
 
-    /// The `webhook-id` of `operation` on `device`: stable across retries and re-runs.
-    pub fn message_id(&self, operation: &str, device: &DeviceIdentity) -> String {
-        webhook_id(&self.name, operation, device)
+    /// The `webhook-id` of `operation` on `device` in the job of `ctx`: stable across the
+    /// job's retries and resumptions, new for each job (each desired-state change).
+    pub fn message_id(
+        &self,
+        ctx: &CallContext,
+        operation: &str,
+        device: &DeviceIdentity,
+    ) -> String {
+        webhook_id(&self.name, operation, device, ctx.job_id.as_deref())
     }
 
     async fn deliver_all(
@@ -451,7 +458,7 @@ impl WebhookConnector {
                 continue;
             }
             let body = event_body(event_type, d);
-            let id = webhook_id(&self.name, operation, d);
+            let id = webhook_id(&self.name, operation, d, ctx.job_id.as_deref());
             ctx.acquire(WEBHOOK_API).await;
             let r = self
                 .client
@@ -570,14 +577,27 @@ impl Connector for WebhookConnector {
     }
 }
 
-/// `idb_` + 40 hex of SHA-256("idbridge-webhook-v1" ‖ target ‖ operation ‖ fingerprint).
-pub fn webhook_id(target: &str, operation: &str, device: &DeviceIdentity) -> String {
+/// `idb_` + 40 hex of SHA-256("idbridge-webhook-v1" ‖ target ‖ operation ‖ fingerprint ‖
+/// state version).
+///
+/// The state version is the journal job that set this desired state: every provision or
+/// deprovision job is a new version, so provision → deprovision → provision delivers three
+/// events a de-duplicating receiver all applies, while the retries and resumptions of one job
+/// repeat its id (shared/reference/webhooks-mqtt.md §2). Outside a job (`None`) the id has no
+/// version.
+pub fn webhook_id(
+    target: &str,
+    operation: &str,
+    device: &DeviceIdentity,
+    state_version: Option<&str>,
+) -> String {
     let mut ctx = digest::Context::new(&digest::SHA256);
     for part in [
         "idbridge-webhook-v1",
         target,
         operation,
         device.device_id.as_str(),
+        state_version.unwrap_or(""),
     ] {
         ctx.update(part.as_bytes());
         ctx.update(&[0]);

@@ -89,7 +89,7 @@ async fn provision_event_is_signed_admitted_and_deduplicated() {
         .collect();
     assert_eq!(events.len(), 1);
     let ev = &events[0];
-    assert_eq!(ev.id, c.message_id("webhook provision", &id));
+    assert_eq!(ev.id, c.message_id(&ctx, "webhook provision", &id));
     assert_eq!(ev.body["data"]["deviceId"], id.device_id.as_str());
     assert_eq!(ev.body["data"]["certificate"]["serial"], id.serial_hex);
     assert_eq!(ev.body["data"]["certificate"]["pem"], id.to_pem());

@@ -224,6 +224,7 @@ impl Engine {
         devices: &[DeviceIdentity],
         params: serde_json::Value,
     ) -> Result<OpenedJob> {
+        self.connector.check_job(devices)?;
         let mut spec =
             JobSpec::for_devices(operation, target, devices.iter().map(|d| &d.device_id));
         spec.params = params;
@@ -239,6 +240,7 @@ impl Engine {
             )
         })?;
         let devices = self.journal.identities(job_id).await?;
+        self.connector.check_job(&devices)?;
         let opened = OpenedJob {
             id: info.id.clone(),
             resumed: true,
@@ -569,6 +571,10 @@ impl Run<'_> {
                     }
                     finished.push(u);
                 }
+                RegisterOutcome::Failed(e) if is_fatal(&e) => {
+                    self.stop(&e);
+                    finished.push(left_pending(&item, &e));
+                }
                 RegisterOutcome::Failed(e) => {
                     if e.kind() == ErrorKind::OutcomeUnknown {
                         item.unknown = true;
@@ -605,6 +611,10 @@ impl Run<'_> {
                 DeregisterOutcome::Deleted => finished.push(done(&item, Outcome::Deleted, None)),
                 DeregisterOutcome::NotFound => {
                     finished.push(done(&item, Outcome::NotFound, None));
+                }
+                DeregisterOutcome::Failed(e) if is_fatal(&e) => {
+                    self.stop(&e);
+                    finished.push(left_pending(&item, &e));
                 }
                 DeregisterOutcome::Failed(e) if e.is_temporary() => {
                     item.error = Some(e);
@@ -796,7 +806,7 @@ impl Run<'_> {
         if updates.is_empty() {
             return Ok(());
         }
-        for u in &updates {
+        for u in updates.iter().filter(|u| u.state != DeviceState::Pending) {
             self.progress.finished(u);
         }
         self.engine.journal.record(self.job, updates, false).await
@@ -828,6 +838,20 @@ fn done(item: &Item, outcome: Outcome, remote: Option<RemoteDevice>) -> DeviceUp
         u.remote_name = Some(r.name);
         u.resources = r.resources;
     }
+    u
+}
+
+/// A device the target refused with a job-stopping error (credentials, permissions, target
+/// disabled): nothing was done to it, so it goes back to pending for whoever resumes the job.
+fn left_pending(item: &Item, e: &Error) -> DeviceUpdate {
+    let mut u = DeviceUpdate::state(
+        item.identity.device_id.clone(),
+        DeviceState::Pending,
+        item.attempts,
+    );
+    u.error_kind = Some(e.kind().as_str().to_owned());
+    u.reason = Some(e.to_string());
+    u.request_id = e.request_id().map(str::to_owned);
     u
 }
 

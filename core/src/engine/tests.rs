@@ -141,12 +141,24 @@ impl Connector for FakeCloud {
         _ctx: &CallContext,
         devices: &[DeviceIdentity],
     ) -> Result<Vec<DeregisterOutcome>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(devices.iter().map(|d| d.device_id.clone()).collect());
+        let mut faults = self.faults.lock().unwrap();
         let mut reg = self.registered.lock().unwrap();
         Ok(devices
             .iter()
-            .map(|d| match reg.remove(&d.device_id) {
-                Some(_) => DeregisterOutcome::Deleted,
-                None => DeregisterOutcome::NotFound,
+            .map(|d| {
+                if let Some(Fault::Device(kind, after)) =
+                    faults.get_mut(&d.device_id).and_then(VecDeque::pop_front)
+                {
+                    return DeregisterOutcome::Failed(error(kind, after));
+                }
+                match reg.remove(&d.device_id) {
+                    Some(_) => DeregisterOutcome::Deleted,
+                    None => DeregisterOutcome::NotFound,
+                }
             })
             .collect())
     }
@@ -489,6 +501,55 @@ async fn bad_credentials_stop_the_job_and_leave_devices_pending() {
         .unwrap();
     assert_eq!(r2.job_id, r.job_id);
     assert!(r2.resumed && r2.all_done());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_per_device_fatal_error_stops_the_job_and_leaves_the_rest_pending() {
+    for (kind, op) in [
+        (ErrorKind::TargetDisabled, Operation::Provision),
+        (ErrorKind::PermissionDenied, Operation::Provision),
+        (ErrorKind::Unauthenticated, Operation::Deprovision),
+    ] {
+        // Non-idempotent too: the write-ahead mark of the refused device is taken back.
+        for idempotent in [true, false] {
+            let cloud = FakeCloud::new(1, idempotent);
+            let devs = devices(4);
+            cloud.script(&devs[1], &[Fault::Device(kind, None)]);
+            let s = journal();
+            let mut o = opts();
+            o.concurrency = 1;
+            let e = engine(&cloud, &s, o);
+            let r = e
+                .execute(op, "t", devs.clone(), serde_json::Value::Null, &NoProgress)
+                .await
+                .unwrap();
+            assert!(!r.finished, "{kind:?}");
+            assert!(
+                r.aborted.as_deref().unwrap().contains(kind.as_str()),
+                "{kind:?}: {r:?}"
+            );
+            assert_eq!(
+                r.counts.failed, 0,
+                "{kind:?}: nothing failed for good: {r:?}"
+            );
+            assert_eq!(record(&r, &devs[0]).state, DeviceState::Done);
+            for d in &devs[1..] {
+                assert_eq!(record(&r, d).state, DeviceState::Pending, "{kind:?}");
+            }
+            assert_eq!(
+                cloud.calls.lock().unwrap().len(),
+                2,
+                "no call after the refusal"
+            );
+            // The target is back: the same command finishes the same job.
+            let r2 = e
+                .execute(op, "t", devs.clone(), serde_json::Value::Null, &NoProgress)
+                .await
+                .unwrap();
+            assert_eq!(r2.job_id, r.job_id);
+            assert!(r2.resumed && r2.all_done(), "{r2:?}");
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]

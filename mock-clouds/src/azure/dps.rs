@@ -1,7 +1,13 @@
 //! The Device Provisioning Service's service API for individual enrollments:
 //! `PUT/GET/DELETE /enrollments/{registrationId}`, bulk `POST /enrollments` (≤10),
-//! `POST /enrollments/query` with `x-ms-continuation`, with `api-version=2021-10-01`.
+//! `POST /enrollments/query` with `x-ms-continuation`, and the device registration states
+//! `GET/DELETE /registrations/{registrationId}`, with the stable api-versions.
 //! Paths match case-insensitively and `/enrollments/` may carry a trailing slash (Node).
+//!
+//! Assignment is modelled: a device that registers (connects to the DPS device endpoint with
+//! an enabled enrollment's certificate) is created in the linked IoT hub mock (selfSigned, its
+//! certificate's SHA-256 thumbprint) and gets a registration state naming that hub. Deleting
+//! the enrollment leaves both, as the real service does.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +30,38 @@ use super::common::{
 };
 use super::sas::Policy;
 
-/// api-versions the mock DPS accepts.
-pub const API_VERSIONS: &[&str] = &["2021-10-01"];
+/// api-versions the mock DPS accepts: the stable service API versions of
+/// `Azure/azure-rest-api-specs` (`2021-10-01`, the one every SDK sends; `2026-04-01` and
+/// `2026-11-01`, which add Azure Device Registry fields to enrollment groups).
+pub const API_VERSIONS: &[&str] = &["2021-10-01", "2026-04-01", "2026-11-01"];
+
+/// A device registration state: where DPS assigned a registered device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    /// Registration id, lower-cased.
+    pub registration_id: String,
+    /// The hub device id.
+    pub device_id: String,
+    /// The hub's host name.
+    pub assigned_hub: String,
+    created: String,
+    etag: String,
+}
+
+impl Registration {
+    fn to_json(&self) -> Value {
+        json!({
+            "registrationId": self.registration_id,
+            "createdDateTimeUtc": self.created,
+            "assignedHub": self.assigned_hub,
+            "deviceId": self.device_id,
+            "status": "assigned",
+            "substatus": "initialAssignment",
+            "lastUpdatedDateTimeUtc": self.created,
+            "etag": format!("\"{}\"", self.etag),
+        })
+    }
+}
 /// Most enrollments in one bulk call.
 pub const MAX_BULK: usize = 10;
 
@@ -154,6 +190,8 @@ pub fn valid_registration_id(id: &str) -> bool {
 pub struct Dps {
     gate: Gate,
     enrollments: Mutex<BTreeMap<String, Enrollment>>,
+    registrations: Mutex<BTreeMap<String, Registration>>,
+    linked_hub: Mutex<Option<(String, Arc<super::hub::Hub>)>>,
     version: AtomicU64,
 }
 
@@ -179,8 +217,22 @@ impl Dps {
                 clock,
             ),
             enrollments: Mutex::new(BTreeMap::new()),
+            registrations: Mutex::new(BTreeMap::new()),
+            linked_hub: Mutex::new(None),
             version: AtomicU64::new(0x633f_5070_0000),
         }
+    }
+
+    /// Links the hub registered devices are assigned to, by its host name.
+    pub(crate) fn link_hub(&self, host: String, hub: Arc<super::hub::Hub>) {
+        *lock(&self.linked_hub) = Some((host, hub));
+    }
+
+    /// The registration state of a registered device (any case).
+    pub fn registration(&self, id: &str) -> Option<Registration> {
+        lock(&self.registrations)
+            .get(&id.to_ascii_lowercase())
+            .cloned()
     }
 
     /// An enrollment by registration id (any case).
@@ -220,11 +272,16 @@ impl Dps {
             .and_then(|c| c.as_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        match lock(&self.enrollments).get(&cn) {
-            Some(e) if e.cert_der == der && e.provisioning_status == "enabled" => Ok(e
-                .device_id
-                .clone()
-                .unwrap_or_else(|| e.registration_id.clone())),
+        let enrollment = lock(&self.enrollments).get(&cn).cloned();
+        match enrollment {
+            Some(e) if e.cert_der == der && e.provisioning_status == "enabled" => {
+                let device_id = e
+                    .device_id
+                    .clone()
+                    .unwrap_or_else(|| e.registration_id.clone());
+                self.assign(&e, &device_id, der)?;
+                Ok(device_id)
+            }
             Some(e) if e.cert_der == der => {
                 Err(format!("enrollment {} is disabled", e.registration_id))
             }
@@ -232,6 +289,30 @@ impl Dps {
                 "no enrollment with registration id {cn:?} and this certificate"
             )),
         }
+    }
+
+    /// A device registers: DPS creates (or updates) it in the linked hub, authenticated by its
+    /// certificate's SHA-256 thumbprint, and records where it went.
+    fn assign(&self, e: &Enrollment, device_id: &str, der: &[u8]) -> Result<(), String> {
+        let Some((host, hub)) = lock(&self.linked_hub).clone() else {
+            return Err("no IoT hub is linked to this DPS instance".into());
+        };
+        if let Some(want) = &e.iot_hub_host_name
+            && !want.eq_ignore_ascii_case(&host)
+        {
+            return Err(format!("enrollment names hub {want}, which is not linked"));
+        }
+        let thumbprint = hex::encode_upper(digest::digest(&digest::SHA256, der));
+        hub.insert_self_signed(device_id, &thumbprint);
+        let reg = Registration {
+            registration_id: e.registration_id.clone(),
+            device_id: device_id.to_owned(),
+            assigned_hub: host,
+            created: common::rfc3339_now(),
+            etag: self.next_etag(),
+        };
+        lock(&self.registrations).insert(e.registration_id.clone(), reg);
+        Ok(())
     }
 
     fn next_etag(&self) -> String {
@@ -322,7 +403,13 @@ async fn handle(State(dps): State<Arc<Dps>>, req: Request<Body>) -> Response<Bod
         (&Method::DELETE, ["enrollments", id]) => {
             charged(&dps, 1, || delete(&dps, id, &parts.headers)).await
         }
-        (_, ["enrollments", ..]) => {
+        (&Method::GET, ["registrations", id]) => {
+            charged(&dps, 1, || get_registration(&dps, id)).await
+        }
+        (&Method::DELETE, ["registrations", id]) => {
+            charged(&dps, 1, || delete_registration(&dps, id)).await
+        }
+        (_, ["enrollments" | "registrations", ..]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, 405001, "Method not allowed")
         }
         _ => error(
@@ -511,6 +598,29 @@ fn delete(dps: &Dps, id: &str, headers: &HeaderMap) -> Response<Body> {
     }
     store.remove(id);
     empty(StatusCode::NO_CONTENT)
+}
+
+fn registration_not_found(id: &str) -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        404202,
+        &format!("Registration with registration id '{id}' not found."),
+    )
+}
+
+fn get_registration(dps: &Dps, id: &str) -> Response<Body> {
+    match lock(&dps.registrations).get(id) {
+        Some(r) => json_response(StatusCode::OK, &[], r.to_json()),
+        None => registration_not_found(id),
+    }
+}
+
+/// Deletes the registration state only: the hub device stays (as on the real service).
+fn delete_registration(dps: &Dps, id: &str) -> Response<Body> {
+    match lock(&dps.registrations).remove(id) {
+        Some(_) => empty(StatusCode::NO_CONTENT),
+        None => registration_not_found(id),
+    }
 }
 
 async fn bulk(dps: &Dps, body: &[u8]) -> Response<Body> {

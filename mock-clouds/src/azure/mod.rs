@@ -6,7 +6,8 @@
 //! error shapes and the DPS shape, quotas answered with 429 + `Retry-After`, and the shared
 //! fault script. Two mutual-TLS device endpoints admit a device whose certificate matches an
 //! enabled hub device (by thumbprint) or an enabled DPS enrollment (certificate and CN =
-//! registration ID).
+//! registration ID); a device admitted by DPS is assigned to the linked hub mock (created there
+//! and given a registration state), so it then connects to the hub as on Azure.
 
 mod common;
 pub mod dps;
@@ -200,6 +201,7 @@ impl AzureMock {
         .await?;
         let dps_server =
             server::serve(dps::router(Arc::clone(&dps)), &addrs.dps, Some(https)).await?;
+        dps.link_hub(host_of(&hub_server.url), Arc::clone(&hub));
         let h = Arc::clone(&hub);
         let hub_devices = tls::device_endpoint(
             &addrs.hub_devices,

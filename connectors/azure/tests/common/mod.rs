@@ -36,7 +36,8 @@ impl Env {
             kind: Some("azure-dps".into()),
             connection_string: Some(Secret::new(self.mock.dps_connection_string())),
             ca_file: Some(self.ca_file.path().to_owned()),
-            iot_hub_host_name: Some("myhub.azure-devices.net".into()),
+            iot_hub_host_name: Some(self.mock.hub_host()),
+            linked_hubs: vec![Secret::new(self.mock.hub_connection_string())],
             ..Default::default()
         }
     }
