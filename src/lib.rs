@@ -9,3 +9,5 @@
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod service;
+pub mod tls;

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cmd;
 #[cfg(feature = "http")]
@@ -21,6 +21,11 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `idbridge_core=debug`.
     #[arg(long, global = true, env = "IDBRIDGE_LOG", default_value = "warn")]
     log: String,
+
+    /// Log format on stderr: `text` for people, `json` (one object per event, with the job and
+    /// call spans) for log collectors.
+    #[arg(long, global = true, env = "IDBRIDGE_LOG_FORMAT", value_enum, default_value_t = cmd::LogFormat::Text)]
+    log_format: cmd::LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -44,15 +49,40 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Run jobs from a shared journal (PostgreSQL): claim, run, release; any number of workers.
     Worker(cmd::worker::Args),
+    /// The registration service's operator commands (import, accounts, tokens, keygen).
+    Service(cmd::service::Args),
     /// Run a local mock cloud (speaking the real wire protocol) in the foreground.
     MockCloud(cmd::mock_cloud::Args),
     /// Measure throughput and memory.
     Bench(cmd::bench::Args),
+    /// Check a target before a run: credentials, permissions, resources, quotas, endpoint.
+    Check(cmd::check::Args),
+    /// Inspect the configuration (`idbridge config show`).
+    #[command(subcommand)]
+    Config(cmd::config::Command),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::completions::Args),
+    /// Write the man pages (idbridge.1 and one per subcommand), generated from this CLI.
+    Man(cmd::man::Args),
+}
+
+/// The CLI definition with `--version` naming the connectors this build has.
+pub fn cli_command() -> clap::Command {
+    let connectors = idbridge::app::targets::known_kinds().join(", ");
+    // Leaked once per process: clap wants a `'static` version string.
+    let long: &'static str = Box::leak(
+        format!("{}\nconnectors: {connectors}", env!("CARGO_PKG_VERSION")).into_boxed_str(),
+    );
+    Cli::command().long_version(long)
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    cmd::init_tracing(&cli.log);
+    let matches = cli_command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    cmd::init_tracing(&cli.log, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -73,8 +103,13 @@ fn main() -> ExitCode {
             Command::Resume(args) => cmd::status::run_resume(args).await,
             Command::Serve(args) => cmd::serve::run(args).await,
             Command::Worker(args) => cmd::worker::run(args).await,
+            Command::Service(args) => cmd::service::run(args).await,
             Command::MockCloud(args) => cmd::mock_cloud::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
+            Command::Check(args) => cmd::check::run(args).await,
+            Command::Config(c) => cmd::config::run(c).await,
+            Command::Completions(args) => cmd::completions::run(args, cli_command()),
+            Command::Man(args) => cmd::man::run(args, cli_command()),
         }
     });
     match result {

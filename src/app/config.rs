@@ -19,9 +19,23 @@
 //! max_attempts = 8
 //! ```
 //!
-//! The file is `--config FILE`, else `$IDBRIDGE_CONFIG`, else `./idbridge.toml` when present.
+//! The file is `--config FILE`, else `$IDBRIDGE_CONFIG`, else `./idbridge.toml` when present,
+//! else the user's `$XDG_CONFIG_HOME/idbridge/idbridge.toml` (`~/.config/idbridge/idbridge.toml`).
 //! Without any, and for a target named `demo` that the file does not define, `demo` is the
 //! in-process mock cloud, so the first command works on a machine with nothing installed.
+//!
+//! Every table is strict: an unknown key is an error naming the file, the table and the nearest
+//! valid key. Relative paths (`journal = "sqlite:..."`, `ca_file`, `dir`, `signing_key`, the
+//! `[trust]` files) are relative to the directory of the config file, not to the current one.
+//!
+//! ```toml
+//! [trust]                              # optional; --trust / --crl flags add to it
+//! anchors = ["roots/"]                 # extra trust anchors: PEM/DER files or directories
+//! crls = ["crl/infineon.crl"]          # offline CRLs
+//! allow_test_roots = false             # the vendors' published test roots (never in production)
+//! validity_at = "now"                  # "now", "ignore" or an RFC 3339 time
+//! no_builtin_roots = false             # trust only `anchors`
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,9 +57,37 @@ pub struct Config {
     pub path: Option<PathBuf>,
     /// `journal = "..."`.
     pub journal: Option<String>,
+    /// `[trust]`, paths already relative to the config file.
+    pub trust: TrustSection,
     /// Every `[targets.NAME]`, uninterpolated (interpolation happens in [`Config::target`], so
     /// an unset variable of another target does not matter).
     targets: BTreeMap<String, toml::Table>,
+    /// `[serve]`, uninterpolated (read by `idbridge serve`).
+    serve: Option<toml::Table>,
+    /// `[service]`, uninterpolated (read by `idbridge serve` and `idbridge service`).
+    service: Option<toml::Table>,
+}
+
+/// `[trust]`: how certificates are judged, for every command that reads inputs. Command-line
+/// flags add anchors and CRLs and can only make it looser with `--allow-test-roots`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustSection {
+    /// Extra trust anchors: certificate files or directories of them.
+    #[serde(default)]
+    pub anchors: Vec<PathBuf>,
+    /// Offline CRLs (DER or PEM), each signed by a trusted CA.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// Accept chains to the vendors' published test roots. Never in production.
+    #[serde(default)]
+    pub allow_test_roots: bool,
+    /// When validity is judged: `now`, `ignore` or an RFC 3339 time.
+    #[serde(default)]
+    pub validity_at: Option<String>,
+    /// Trust only `anchors`, not the built-in vendor roots.
+    #[serde(default)]
+    pub no_builtin_roots: bool,
 }
 
 /// One target, ready to build. `Debug` shows the keys, never the values.
@@ -59,6 +101,8 @@ pub struct TargetConfig {
     pub table: toml::Table,
     /// The engine section.
     pub engine: EngineSection,
+    /// The config file it came from (for error messages), if any.
+    pub file: Option<PathBuf>,
 }
 
 /// `[targets.NAME.engine]`.
@@ -103,11 +147,29 @@ impl std::fmt::Debug for TargetConfig {
 struct File {
     journal: Option<String>,
     #[serde(default)]
+    trust: TrustSection,
+    #[serde(default)]
     targets: BTreeMap<String, toml::Table>,
     /// `[serve]`, read by `idbridge serve` (src/serve/config.rs).
-    #[serde(default, rename = "serve")]
-    _serve: Option<toml::Table>,
+    #[serde(default)]
+    serve: Option<toml::Table>,
+    /// `[service]`, read by `idbridge serve` and `idbridge service` (src/service/mod.rs).
+    #[serde(default)]
+    service: Option<toml::Table>,
 }
+
+/// Keys whose values are file paths, in any target table: made relative to the config file.
+const PATH_KEYS: &[&str] = &["ca_file", "dir", "signing_key", "key_file", "cert_file"];
+
+/// Key names whose values `config show` never prints.
+const SECRET_WORDS: &[&str] = &[
+    "secret",
+    "token",
+    "password",
+    "connection_string",
+    "sas",
+    "key",
+];
 
 impl Config {
     /// Loads `explicit`, else `$IDBRIDGE_CONFIG` (clap passes it as `explicit`), else
@@ -115,30 +177,123 @@ impl Config {
     pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
         let path = match explicit {
             Some(p) => p.to_path_buf(),
-            None => {
-                let p = PathBuf::from(DEFAULT_FILE);
-                if !p.exists() {
-                    return Ok(Config::default());
-                }
-                p
-            }
+            None => match Self::default_paths().into_iter().find(|p| p.is_file()) {
+                Some(p) => p,
+                None => return Ok(Config::default()),
+            },
         };
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read the config file {}", path.display()))?;
         Self::parse(&text, Some(path))
     }
 
-    /// Parses config text.
+    /// Where a config file is looked for when none is named, in order: `./idbridge.toml`,
+    /// then `$XDG_CONFIG_HOME/idbridge/idbridge.toml` (default `~/.config/...`).
+    pub fn default_paths() -> Vec<PathBuf> {
+        let mut v = vec![PathBuf::from(DEFAULT_FILE)];
+        let xdg = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+        if let Some(dir) = xdg {
+            v.push(dir.join("idbridge").join(DEFAULT_FILE));
+        }
+        v
+    }
+
+    /// Parses config text. Relative paths are resolved against `path`'s directory.
     pub fn parse(text: &str, path: Option<PathBuf>) -> anyhow::Result<Config> {
         let shown = path
             .as_ref()
             .map_or_else(|| "config".to_owned(), |p| p.display().to_string());
-        let file: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
+        let file: File = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{shown}: {}", suggest(&e.to_string())))?;
+        let base = path
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf);
+        let mut trust = file.trust;
+        if let Some(base) = &base {
+            for p in trust.anchors.iter_mut().chain(trust.crls.iter_mut()) {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        let journal = file
+            .journal
+            .map(|j| match (&base, j.strip_prefix("sqlite:")) {
+                (Some(base), Some(rest))
+                    if !rest.is_empty() && rest != ":memory:" && Path::new(rest).is_relative() =>
+                {
+                    format!("sqlite:{}", base.join(rest).display())
+                }
+                _ => j,
+            });
         Ok(Config {
             path,
-            journal: file.journal,
+            journal,
+            trust,
             targets: file.targets,
+            serve: file.serve,
+            service: file.service,
         })
+    }
+
+    /// The directory relative paths are resolved against (the config file's).
+    pub fn base_dir(&self) -> Option<&Path> {
+        self.path
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
+    /// The effective configuration as TOML, secrets redacted: every value whose key names a
+    /// secret, and every value that came from `${VAR}`, prints as `<redacted>` (a `${VAR}`
+    /// reference prints as itself, which is safe).
+    pub fn show(&self) -> anyhow::Result<String> {
+        let mut root = toml::Table::new();
+        let source = self.path.as_ref().map_or_else(
+            || "(none: built-in defaults)".to_owned(),
+            |p| p.display().to_string(),
+        );
+        root.insert(
+            "journal".into(),
+            toml::Value::String(
+                self.journal
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_JOURNAL.to_owned()),
+            ),
+        );
+        root.insert("trust".into(), toml::Value::try_from(&self.trust)?);
+        let mut targets = toml::Table::new();
+        for name in self.target_names() {
+            let mut t = match self.targets.get(&name) {
+                Some(t) => t.clone(),
+                None => {
+                    let mut t = toml::Table::new();
+                    t.insert("kind".into(), toml::Value::String("mock".into()));
+                    t
+                }
+            };
+            if let Some(base) = self.base_dir() {
+                resolve_paths(&mut t, base);
+            }
+            redact_table(&mut t);
+            targets.insert(name, toml::Value::Table(t));
+        }
+        root.insert("targets".into(), toml::Value::Table(targets));
+        for (name, table) in [("serve", &self.serve), ("service", &self.service)] {
+            if let Some(t) = table {
+                let mut t = t.clone();
+                redact_table(&mut t);
+                root.insert(name.into(), toml::Value::Table(t));
+            }
+        }
+        Ok(format!(
+            "# effective configuration, from {source}\n{}",
+            toml::to_string_pretty(&root)?
+        ))
     }
 
     /// The names of the configured targets (and `demo`).
@@ -179,10 +334,13 @@ impl Config {
         };
         let at = format!("{shown}: [targets.{name}]");
         interpolate_table(&mut table, env, &at)?;
+        if let Some(base) = self.base_dir() {
+            resolve_paths(&mut table, base);
+        }
         let engine = match table.remove("engine") {
             Some(toml::Value::Table(t)) => toml::Value::Table(t)
                 .try_into::<EngineSection>()
-                .map_err(|e| anyhow::anyhow!("{at}.engine: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("{at}.engine: {}", suggest(e.message())))?,
             Some(_) => bail!("{at}: engine must be a table"),
             None => EngineSection::default(),
         };
@@ -196,7 +354,70 @@ impl Config {
             kind,
             table,
             engine,
+            file: self.path.clone(),
         })
+    }
+}
+
+/// Makes the relative file paths of a target table relative to `base` (`env:VAR` and inline
+/// PEM values are left alone).
+fn resolve_paths(t: &mut toml::Table, base: &Path) {
+    for key in PATH_KEYS {
+        if let Some(toml::Value::String(v)) = t.get_mut(*key)
+            && !v.is_empty()
+            && !v.starts_with("env:")
+            && !v.starts_with("-----")
+            && !v.contains("${")
+            && Path::new(v.as_str()).is_relative()
+        {
+            *v = base.join(v.as_str()).display().to_string();
+        }
+    }
+}
+
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    SECRET_WORDS.iter().any(|w| k.contains(w)) && !k.ends_with("_name") && !k.ends_with("_file")
+}
+
+fn redact_table(t: &mut toml::Table) {
+    for (k, v) in t.iter_mut() {
+        match v {
+            toml::Value::Table(inner) => redact_table(inner),
+            toml::Value::String(s)
+                if s.trim_start().starts_with("${") && s.trim_end().ends_with('}') => {}
+            toml::Value::String(s) if is_secret_key(k) || s.contains("${") => {
+                *s = "<redacted>".to_owned();
+            }
+            _ if is_secret_key(k) => *v = toml::Value::String("<redacted>".to_owned()),
+            _ => {}
+        }
+    }
+}
+
+/// Adds "did you mean `x`?" to a serde "unknown field `y`, expected one of ..." message, naming
+/// the valid key nearest to the typo (Jaro-Winkler, as cargo and clap do).
+pub fn suggest(message: &str) -> String {
+    let Some(rest) = message.split("unknown field `").nth(1) else {
+        return message.to_owned();
+    };
+    let Some((unknown, tail)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let expected: Vec<&str> = tail
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|k| !k.is_empty())
+        .collect();
+    let best = expected
+        .iter()
+        .map(|k| (strsim::jaro_winkler(unknown, k), *k))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, k)) => format!("{}; did you mean `{k}`?", message.trim_end()),
+        None => message.to_owned(),
     }
 }
 

@@ -43,12 +43,12 @@ pub async fn build(target: &TargetConfig) -> anyhow::Result<Arc<dyn Connector>> 
         ),
         #[cfg(feature = "http")]
         "interop" => Arc::new(
-            idbridge_http::InteropConnector::new(name, connector_config(target)?)
+            idbridge_http::InteropConnector::new(name, connector_config_without_kind(target)?)
                 .with_context(|| format!("target {name}"))?,
         ),
         #[cfg(feature = "http")]
         "webhook" => Arc::new(
-            idbridge_http::WebhookConnector::new(name, connector_config(target)?)
+            idbridge_http::WebhookConnector::new(name, connector_config_without_kind(target)?)
                 .with_context(|| format!("target {name}"))?,
         ),
         #[cfg(feature = "aws-iot")]
@@ -80,8 +80,66 @@ pub async fn build(target: &TargetConfig) -> anyhow::Result<Arc<dyn Connector>> 
 
 /// Deserializes the target's table (with `kind`) into a connector's config type; an error names
 /// the target and the key.
+/// An unknown key is an error naming the nearest valid one.
 pub fn connector_config<T: DeserializeOwned>(target: &TargetConfig) -> anyhow::Result<T> {
-    toml::Value::Table(target.table.clone())
-        .try_into::<T>()
-        .map_err(|e| anyhow::anyhow!("[targets.{}]: {}", target.name, e.message()))
+    table_config(target, target.table.clone())
+}
+
+/// Like [`connector_config`], for connector configs that have no `kind` key.
+pub fn connector_config_without_kind<T: DeserializeOwned>(
+    target: &TargetConfig,
+) -> anyhow::Result<T> {
+    let mut table = target.table.clone();
+    table.remove("kind");
+    table_config(target, table)
+}
+
+fn table_config<T: DeserializeOwned>(
+    target: &TargetConfig,
+    table: toml::Table,
+) -> anyhow::Result<T> {
+    toml::Value::Table(table).try_into::<T>().map_err(|e| {
+        let file = target
+            .file
+            .as_ref()
+            .map_or_else(String::new, |p| format!("{}: ", p.display()));
+        anyhow::anyhow!(
+            "{file}[targets.{}]: {}",
+            target.name,
+            super::config::suggest(e.message())
+        )
+    })
+}
+
+/// Checks `target`'s keys as [`build`] would read them, without connecting: unknown keys (with
+/// the nearest valid one), wrong types, and the connector's own validation where it has one.
+pub fn validate(target: &TargetConfig) -> anyhow::Result<()> {
+    let name = &target.name;
+    match target.kind.as_str() {
+        "mock" => drop(connector_config::<idbridge_mock::MockConfig>(target)?),
+        "manifest" => drop(connector_config::<idbridge_manifest::ManifestConfig>(
+            target,
+        )?),
+        #[cfg(feature = "http")]
+        "interop" => drop(connector_config_without_kind::<idbridge_http::InteropConfig>(target)?),
+        #[cfg(feature = "http")]
+        "webhook" => drop(connector_config_without_kind::<idbridge_http::WebhookConfig>(target)?),
+        #[cfg(feature = "aws-iot")]
+        "aws-iot" => connector_config::<idbridge_aws_iot::AwsIotConfig>(target)?
+            .validate()
+            .with_context(|| format!("target {name}"))?,
+        #[cfg(feature = "azure")]
+        "azure-iot-hub" | "azure-dps" => {
+            drop(connector_config::<idbridge_azure::AzureConfig>(target)?)
+        }
+        #[cfg(feature = "gcp")]
+        "gcp-firestore" => drop(connector_config::<idbridge_gcp::FirestoreConfig>(target)?),
+        #[cfg(feature = "gcp")]
+        "gcp-pubsub" => drop(connector_config::<idbridge_gcp::PubSubConfig>(target)?),
+        other => anyhow::bail!(
+            "target {name}: unknown kind {other:?} (this build knows: {})",
+            known_kinds().join(", ")
+        ),
+    }
+    Ok(())
 }

@@ -2,21 +2,43 @@
 //! or configuration (exit 2).
 
 pub mod bench;
+pub mod check;
+
+pub mod completions;
+pub mod config;
 pub mod diff;
 pub mod input;
 pub mod inspect;
+pub mod man;
 pub mod mock_cloud;
 pub mod provision;
 pub mod serve;
+pub mod service;
 pub mod status;
 pub mod worker;
 
+/// How log events are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event, with the fields of the enclosing spans (job, call).
+    Json,
+}
+
 /// Logs go to stderr so stdout stays machine-readable.
-pub fn init_tracing(filter: &str) {
+pub fn init_tracing(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }

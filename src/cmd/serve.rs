@@ -26,58 +26,115 @@ pub struct Args {
     pub trust: super::input::TrustArgs,
 }
 
-/// Runs the command until Ctrl-C or SIGTERM.
+/// Runs the command until Ctrl-C or SIGTERM: the interop receiver when the config has
+/// `[serve]`, the registration service when it has `[service]`, both on one listener. The
+/// listener's address, TLS and limits come from `[serve]` when present, else from `[service]`.
 #[cfg(feature = "http")]
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     use std::sync::Arc;
 
     use crate::serve::tls::{TlsReloader, reload_on_sighup};
     use crate::serve::{ServeConfig, api, auth::TokenVerifier, server};
+    use idbridge::service::{Service, ServiceConfig, http, jobs};
 
-    let mut cfg = ServeConfig::from_file(&args.config)?;
-    if let Some(l) = &args.listen {
-        cfg.listen = l.clone();
+    let text = std::fs::read_to_string(&args.config)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.config.display()))?;
+    let has_serve = text
+        .parse::<toml::Table>()
+        .map(|t| t.contains_key("serve"))
+        .unwrap_or(true);
+    let service_cfg = ServiceConfig::from_file(&args.config)?;
+    anyhow::ensure!(
+        has_serve || service_cfg.is_some(),
+        "{} has neither a [serve] (interop receiver) nor a [service] (registration service) table",
+        args.config.display()
+    );
+    let mut app = axum::Router::new();
+    let mut what = Vec::new();
+    // The listener: [serve]'s when the receiver runs, else the service's own.
+    let mut server_cfg = match &service_cfg {
+        Some(s) => ServeConfig {
+            listen: s.listen.clone(),
+            tls: s.tls.clone(),
+            allow_http: s.allow_http,
+            max_body_bytes: s.max_body_bytes,
+            ..ServeConfig::default()
+        },
+        None => ServeConfig::default(),
+    };
+    if has_serve {
+        let mut cfg = ServeConfig::from_file(&args.config)?;
+        if let Some(l) = &args.listen {
+            cfg.listen = l.clone();
+        }
+        cfg.validate()?;
+        let verifier = TokenVerifier::load(&cfg.issuer_keys, &cfg.audience, cfg.leeway_secs)?;
+        let backend = crate::serve::backend::build(
+            &args.config,
+            &cfg,
+            &args.trust.options(),
+            args.journal.clone(),
+        )
+        .await?;
+        what.push(format!("interop receiver -> {}", cfg.targets.join(", ")));
+        server_cfg = cfg.clone();
+        app = app.merge(api::router(api::AppState::new(verifier, backend, cfg)));
     }
-    let addr = cfg.validate()?;
-    let tls = match &cfg.tls {
+    if let Some(l) = &args.listen {
+        server_cfg.listen = l.clone();
+    }
+    if let Some(cfg) = service_cfg {
+        let config = idbridge::app::Config::load(Some(&args.config))?;
+        let journal = idbridge::app::journal_url(args.journal.as_deref(), &config);
+        let svc = Service::open(cfg, args.trust.options(), journal).await?;
+        let resumed = jobs::resume_unfinished(&svc).await?;
+        what.push(format!("registration service ({resumed} jobs resumed)"));
+        // The web console (/console) reads and changes data only through the service API.
+        let api_router = http::router(svc);
+        let secure_cookies = server_cfg.tls.is_some();
+        app = app
+            .merge(api_router.clone())
+            .merge(crate::console::router(api_router, secure_cookies)?);
+    } else {
+        // Without the service, the console has no API behind it and no token signs in.
+        app = app.merge(crate::console::router(axum::Router::new(), false)?);
+    }
+    let addr: std::net::SocketAddr = server_cfg
+        .listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("listen address {:?}: {e}", server_cfg.listen))?;
+    if server_cfg.tls.is_none() && !server_cfg.allow_http {
+        anyhow::bail!(
+            "no TLS configured ([serve.tls] or [service.tls]: cert, key): add it, or set \
+             `allow_http = true` when a TLS terminator in front of this server does TLS \
+             (see docs/security.md)"
+        );
+    }
+    let tls = match &server_cfg.tls {
         Some(t) => Some(Arc::new(TlsReloader::new(t.clone())?)),
         None => None,
     };
-    let verifier = TokenVerifier::load(&cfg.issuer_keys, &cfg.audience, cfg.leeway_secs)?;
-    let backend = crate::serve::backend::build(
-        &args.config,
-        &cfg,
-        &args.trust.options(),
-        args.journal.clone(),
-    )
-    .await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
-    let targets = cfg.targets.join(", ");
-    // The web console (/console) reads and changes data only through the service API router.
-    // Until the registration service is mounted here, that router is empty and no token signs in.
-    let service_api = axum::Router::new();
-    let console = crate::console::router(service_api, false)?;
-    let limits = cfg.limits();
-    let app = api::router(api::AppState::new(verifier, backend, cfg)).merge(console);
     let scheme = if tls.is_some() { "https" } else { "http" };
     super::mock_cloud::announce(&format!("{scheme}://{local}"))?;
+    let serving = what.join("; ");
     match &tls {
         Some(t) => {
             reload_on_sighup(Arc::clone(t));
-            tracing::info!(%local, %targets, mutual_tls = t.mutual(), "idbridge serve: interop receiver up (TLS)");
+            tracing::info!(%local, %serving, mutual_tls = t.mutual(), "idbridge serve up (TLS)");
         }
         None => tracing::warn!(
-            %local, %targets,
-            "idbridge serve: interop receiver up over PLAIN HTTP (allow_http = true): TLS must be terminated in front"
+            %local, %serving,
+            "idbridge serve up over PLAIN HTTP (allow_http = true): TLS must be terminated in front"
         ),
     }
     server::serve(
         listener,
         app,
-        limits,
+        server_cfg.limits(),
         tls,
         super::mock_cloud::wait_for_shutdown(),
     )

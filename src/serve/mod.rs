@@ -17,7 +17,7 @@ pub mod backend;
 pub mod config;
 pub mod jobs;
 pub mod server;
-pub mod tls;
+pub use idbridge::tls;
 
 use std::sync::Arc;
 

@@ -13,6 +13,7 @@ mod gcp;
 mod inspect;
 #[cfg(feature = "http")]
 mod interop;
+mod ops;
 mod provision;
 mod quota;
 #[cfg(feature = "http")]

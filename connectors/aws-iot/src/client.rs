@@ -479,4 +479,219 @@ impl IotClient {
             .map_err(|e| from_sdk(OP, e))?;
         Ok(out.endpoint_address.unwrap_or_default())
     }
+
+    // ---- preflight probes (`idbridge check`) ------------------------------------------------
+
+    /// DescribeThingType: whether it exists.
+    pub async fn thing_type_exists(&self, ctx: &CallContext, name: &str) -> Result<bool> {
+        const OP: &str = "DescribeThingType";
+        ctx.acquire(OP).await;
+        let r = self
+            .sdk
+            .describe_thing_type()
+            .thing_type_name(name)
+            .send()
+            .await
+            .map_err(|e| from_sdk(OP, e));
+        not_found(r).map(|o| o.is_some())
+    }
+
+    /// DescribeThingGroup: whether it exists.
+    pub async fn thing_group_exists(&self, ctx: &CallContext, name: &str) -> Result<bool> {
+        const OP: &str = "DescribeThingGroup";
+        ctx.acquire(OP).await;
+        let r = self
+            .sdk
+            .describe_thing_group()
+            .thing_group_name(name)
+            .send()
+            .await
+            .map_err(|e| from_sdk(OP, e));
+        not_found(r).map(|o| o.is_some())
+    }
+
+    /// One harmless call of `action`: it names resources that do not exist (or sends a
+    /// certificate AWS cannot parse), so AWS answers only after authorizing the action, and
+    /// nothing changes. The answer as mapped: `NotFound`/`InvalidInput` mean "allowed",
+    /// `PermissionDenied` "denied", `Unauthenticated` "bad credentials".
+    pub async fn probe(&self, ctx: &CallContext, action: &str, p: &Probe<'_>) -> Result<()> {
+        const CERT: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+        const THING: &str = "idbridge-check-absent-thing";
+        let principal = format!("arn:aws:iot:{}:000000000000:cert/{CERT}", p.region);
+        let op: &'static str = match action {
+            "RegisterCertificateWithoutCA" => "RegisterCertificateWithoutCA",
+            "DescribeCertificate" => "DescribeCertificate",
+            "UpdateCertificate" => "UpdateCertificate",
+            "DeleteCertificate" => "DeleteCertificate",
+            "CreateThing" => "CreateThing",
+            "DescribeThing" => "DescribeThing",
+            "DeleteThing" => "DeleteThing",
+            "AttachThingPrincipal" => "AttachThingPrincipal",
+            "DetachThingPrincipal" => "DetachThingPrincipal",
+            "ListThingPrincipals" => "ListThingPrincipals",
+            "ListPrincipalThingsV2" => "ListPrincipalThingsV2",
+            "AttachPolicy" => "AttachPolicy",
+            "DetachPolicy" => "DetachPolicy",
+            "ListAttachedPolicies" => "ListAttachedPolicies",
+            "CreatePolicy" => "CreatePolicy",
+            "AddThingToThingGroup" => "AddThingToThingGroup",
+            "ListThingsInThingGroup" => "ListThingsInThingGroup",
+            "ListCertificates" => "ListCertificates",
+            other => {
+                return Err(idbridge_core::Error::new(
+                    ErrorKind::Unsupported,
+                    format!("no probe for {other}"),
+                ));
+            }
+        };
+        ctx.acquire(op).await;
+        let sdk = &self.sdk;
+        match op {
+            "RegisterCertificateWithoutCA" => sdk
+                .register_certificate_without_ca()
+                .certificate_pem("-----BEGIN CERTIFICATE-----\naWRicmlkZ2UtY2hlY2s=\n-----END CERTIFICATE-----\n")
+                .status(CertificateStatus::Inactive)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "DescribeCertificate" => sdk
+                .describe_certificate()
+                .certificate_id(CERT)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "UpdateCertificate" => sdk
+                .update_certificate()
+                .certificate_id(CERT)
+                .new_status(CertificateStatus::Inactive)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "DeleteCertificate" => sdk
+                .delete_certificate()
+                .certificate_id(CERT)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "CreateThing" => sdk
+                .create_thing()
+                .thing_name(THING)
+                .thing_type_name("idbridge-check-absent-type")
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "DescribeThing" => sdk
+                .describe_thing()
+                .thing_name(THING)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "DeleteThing" => sdk
+                .delete_thing()
+                .thing_name(THING)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "AttachThingPrincipal" => sdk
+                .attach_thing_principal()
+                .thing_name(THING)
+                .principal(&principal)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "DetachThingPrincipal" => sdk
+                .detach_thing_principal()
+                .thing_name(THING)
+                .principal(&principal)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "ListThingPrincipals" => sdk
+                .list_thing_principals()
+                .thing_name(THING)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "ListPrincipalThingsV2" => sdk
+                .list_principal_things_v2()
+                .principal(&principal)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "AttachPolicy" => sdk
+                .attach_policy()
+                .policy_name(p.policy)
+                .target(&principal)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "DetachPolicy" => sdk
+                .detach_policy()
+                .policy_name(p.policy)
+                .target(&principal)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "ListAttachedPolicies" => sdk
+                .list_attached_policies()
+                .target(&principal)
+                .page_size(1)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "CreatePolicy" => sdk
+                .create_policy()
+                .policy_name("idbridge-check-probe")
+                .policy_document("not a policy")
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "AddThingToThingGroup" => sdk
+                .add_thing_to_thing_group()
+                .thing_group_name(p.group.unwrap_or("idbridge-check-absent-group"))
+                .thing_name(THING)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            "ListThingsInThingGroup" => sdk
+                .list_things_in_thing_group()
+                .thing_group_name(p.group.unwrap_or("idbridge-check-absent-group"))
+                .max_results(1)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+            _ => sdk
+                .list_certificates()
+                .page_size(1)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk(op, e)),
+        }
+    }
+}
+
+/// What a [`IotClient::probe`] names.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Probe<'a> {
+    pub region: &'a str,
+    pub policy: &'a str,
+    pub group: Option<&'a str>,
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("docs.md")]
 #![deny(missing_docs)]
 
+pub mod check;
 mod client;
 pub mod config;
 pub mod error;
@@ -30,6 +31,8 @@ pub struct AwsIot {
     /// registry before the writes propagated (eventual consistency).
     provisioned:
         std::sync::Mutex<std::collections::HashMap<idbridge_core::DeviceId, std::time::Instant>>,
+    /// The credential chain, for `check` to resolve on its own.
+    credentials: Option<aws_sdk_iot::config::SharedCredentialsProvider>,
 }
 
 /// How long after provisioning a device a lookup that disagrees is taken for AWS IoT's
@@ -133,6 +136,7 @@ impl AwsIot {
             region,
             policy_ready: OnceCell::new(),
             provisioned: std::sync::Mutex::new(std::collections::HashMap::new()),
+            credentials: sdk.credentials_provider(),
         })
     }
 

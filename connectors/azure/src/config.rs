@@ -61,6 +61,7 @@ pub struct EntraConfig {
 
 /// One Azure target, as read from the target table of the configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AzureConfig {
     /// `azure-iot-hub` or `azure-dps` (checked by the connector constructors).
     #[serde(default)]

@@ -17,6 +17,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
 
 /// Configuration of a target of kind `interop`: a Cloud ID "interop" v1 receiver.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InteropConfig {
     /// The receiver's base URL; requests go to `{base_url}/interop`.
     pub base_url: String,
@@ -53,6 +54,7 @@ pub struct InteropConfig {
 /// Configuration of a target of kind `webhook`: Standard Webhooks v1 deliveries. `Debug` shows
 /// `secret` only when it is an `env:VAR` reference.
 #[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Where events are POSTed.
     pub url: String,

@@ -267,15 +267,7 @@ pub fn write_outputs(
             Format::Aws => {
                 let mut out = Vec::new();
                 for d in devices {
-                    let line = serde_json::json!({
-                        "ThingName": d.name,
-                        "CertificateId": d.device_id.as_str(),
-                        "CertificatePem": d.cert,
-                        "DeviceId": d.device_id.as_str(),
-                        "SerialNumber": d.serial_hex,
-                        "Batch": d.batch.clone().unwrap_or_default(),
-                    });
-                    push_line(&mut out, &line)?;
+                    push_line(&mut out, &aws_bulk_line(d))?;
                 }
                 write_atomically(&dir.join(AWS_BULK), &out)?;
                 let template = aws_template(&config.aws_policy_name);
@@ -285,20 +277,7 @@ pub fn write_outputs(
             Format::Azure => {
                 let mut out = Vec::new();
                 for d in devices {
-                    let tp = d.device_id.as_str().to_ascii_uppercase();
-                    let line = serde_json::json!({
-                        "id": d.name,
-                        "importMode": "create",
-                        "status": "enabled",
-                        "authentication": {
-                            "type": "selfSigned",
-                            "x509Thumbprint": {
-                                "primaryThumbprint": tp,
-                                "secondaryThumbprint": tp,
-                            }
-                        },
-                    });
-                    push_line(&mut out, &line)?;
+                    push_line(&mut out, &azure_import_line(d))?;
                 }
                 write_atomically(&dir.join(AZURE), &out)?;
             }
@@ -361,35 +340,78 @@ pub fn idbridge_manifest(devices: &[Staged]) -> Result<Vec<u8>> {
         }
         _ => None,
     };
-    let created = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let created = time::OffsetDateTime::now_utc();
     let mut out = Vec::new();
     push_line(
         &mut out,
-        &serde_json::json!({
-            "format": "idbridge-manifest",
-            "version": 1,
-            "batch": batch,
-            "created": created,
-            "devices": devices.len(),
-        }),
+        &idbridge_header(batch.as_deref(), devices.len() as u64, created),
     )?;
     for d in devices {
-        push_line(
-            &mut out,
-            &serde_json::json!({
-                "device_id": d.device_id.as_str(),
-                "cert": d.cert,
-                "vendor": d.vendor,
-                "source": d.source,
-            }),
-        )?;
+        push_line(&mut out, &idbridge_line(d))?;
     }
     Ok(out)
 }
 
-fn aws_template(policy: &str) -> serde_json::Value {
+/// The header line of idbridge's manifest (`created` fixed by the caller, so a manifest can be
+/// written again byte for byte, e.g. streamed by the registration service).
+pub fn idbridge_header(
+    batch: Option<&str>,
+    devices: u64,
+    created: time::OffsetDateTime,
+) -> serde_json::Value {
+    serde_json::json!({
+        "format": "idbridge-manifest",
+        "version": 1,
+        "batch": batch,
+        "created": created
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        "devices": devices,
+    })
+}
+
+/// One device line of idbridge's manifest.
+pub fn idbridge_line(d: &Staged) -> serde_json::Value {
+    serde_json::json!({
+        "device_id": d.device_id.as_str(),
+        "cert": d.cert,
+        "vendor": d.vendor,
+        "source": d.source,
+    })
+}
+
+/// One line of AWS IoT bulk registration's input (`StartThingRegistrationTask`), for the
+/// template [`aws_template`] describes.
+pub fn aws_bulk_line(d: &Staged) -> serde_json::Value {
+    serde_json::json!({
+        "ThingName": d.name,
+        "CertificateId": d.device_id.as_str(),
+        "CertificatePem": d.cert,
+        "DeviceId": d.device_id.as_str(),
+        "SerialNumber": d.serial_hex,
+        "Batch": d.batch.clone().unwrap_or_default(),
+    })
+}
+
+/// One line of Azure IoT Hub's import-devices file (self-signed X.509 thumbprints).
+pub fn azure_import_line(d: &Staged) -> serde_json::Value {
+    let tp = d.device_id.as_str().to_ascii_uppercase();
+    serde_json::json!({
+        "id": d.name,
+        "importMode": "create",
+        "status": "enabled",
+        "authentication": {
+            "type": "selfSigned",
+            "x509Thumbprint": {
+                "primaryThumbprint": tp,
+                "secondaryThumbprint": tp,
+            }
+        },
+    })
+}
+
+/// The AWS IoT provisioning template the bulk lines are for.
+pub fn aws_template(policy: &str) -> serde_json::Value {
     serde_json::json!({
         "Parameters": {
             "ThingName": {"Type": "String"},
@@ -425,7 +447,8 @@ fn aws_template(policy: &str) -> serde_json::Value {
     })
 }
 
-fn push_line(out: &mut Vec<u8>, v: &serde_json::Value) -> Result<()> {
+/// Appends one JSON line.
+pub fn push_line(out: &mut Vec<u8>, v: &serde_json::Value) -> Result<()> {
     serde_json::to_writer(&mut *out, v).map_err(encode_error)?;
     out.push(b'\n');
     Ok(())

@@ -227,6 +227,7 @@ pub(crate) async fn handle(
             r.list_attached_policies(&rest.join("/"), num("pageSize"), q("marker"))
         }
         ("CreateThingType", [_, n]) => r.create_thing_type(n),
+        ("DescribeThingType", [_, n]) => r.describe_thing_type(n),
         ("AddThingToThingGroup", _) => r.group_membership(true, &json),
         ("RemoveThingFromThingGroup", _) => r.group_membership(false, &json),
         ("CreateThingGroup", [_, n]) => r.create_thing_group(n),
@@ -285,6 +286,7 @@ pub(crate) fn operation(method: &str, seg: &[&str]) -> Option<&'static str> {
         ("POST", ["target-policies", _]) => "DetachPolicy",
         ("POST", ["attached-policies", _, ..]) => "ListAttachedPolicies",
         ("POST", ["thing-types", _]) => "CreateThingType",
+        ("GET", ["thing-types", _]) => "DescribeThingType",
         ("PUT", ["thing-groups", "addThingToThingGroup"]) => "AddThingToThingGroup",
         ("PUT", ["thing-groups", "removeThingFromThingGroup"]) => "RemoveThingFromThingGroup",
         ("POST", ["thing-groups", _]) => "CreateThingGroup",

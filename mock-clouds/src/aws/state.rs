@@ -542,6 +542,21 @@ impl Registry {
         Ok(json!({"thingTypeName": name, "thingTypeArn": arn, "thingTypeId": id}))
     }
 
+    /// DescribeThingType (`GET /thing-types/{thingTypeName}`).
+    pub(crate) fn describe_thing_type(&self, name: &str) -> Res {
+        let id = self
+            .thing_types
+            .get(name)
+            .ok_or_else(|| AwsError::not_found(format!("Thing type {name} cannot be found.")))?;
+        Ok(json!({
+            "thingTypeName": name,
+            "thingTypeArn": self.arn("thingtype", name),
+            "thingTypeId": id,
+            "thingTypeProperties": {},
+            "thingTypeMetadata": {"deprecated": false}
+        }))
+    }
+
     // ---- principals -------------------------------------------------------------------------
 
     pub(crate) fn attach_thing_principal(

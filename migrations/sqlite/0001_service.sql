@@ -1,0 +1,89 @@
+-- The registration service's store, version 1 (SQLite). Portable SQL: TEXT ids chosen by the
+-- service, BIGINT unix milliseconds, TEXT for certificates (PEM) and JSON, no AUTOINCREMENT, so
+-- migrations/postgres/ can be the same statements.
+
+CREATE TABLE accounts (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    mode         TEXT NOT NULL,
+    created_ms   BIGINT NOT NULL
+);
+
+CREATE TABLE tokens (
+    id           TEXT PRIMARY KEY,
+    account_id   TEXT REFERENCES accounts(id),
+    role         TEXT NOT NULL,
+    token_hash   TEXT NOT NULL UNIQUE,
+    created_ms   BIGINT NOT NULL
+);
+
+-- One imported reel (or file) of a batch. The batch ID and reel ID are claim secrets: only
+-- their keyed hash (HMAC-SHA-256 under the server key) is stored.
+CREATE TABLE batches (
+    id           TEXT PRIMARY KEY,
+    claim_hash   TEXT NOT NULL UNIQUE,
+    batch_tag    TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    devices      BIGINT NOT NULL,
+    invalid      BIGINT NOT NULL,
+    created_ms   BIGINT NOT NULL
+);
+
+CREATE TABLE devices (
+    batch_id     TEXT NOT NULL REFERENCES batches(id),
+    device_id    TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    reason       TEXT,
+    source       TEXT NOT NULL,
+    cert_pem     TEXT,
+    PRIMARY KEY (batch_id, device_id)
+);
+
+CREATE TABLE targets (
+    account_id   TEXT NOT NULL REFERENCES accounts(id),
+    name         TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    is_default   BIGINT NOT NULL,
+    secret_keys  TEXT NOT NULL,
+    sealed       TEXT NOT NULL,
+    updated_ms   BIGINT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+
+-- Bind-once: one binding per batch, whoever races.
+CREATE TABLE bindings (
+    id           TEXT PRIMARY KEY,
+    account_id   TEXT NOT NULL REFERENCES accounts(id),
+    batch_id     TEXT NOT NULL UNIQUE REFERENCES batches(id),
+    mode         TEXT NOT NULL,
+    target       TEXT,
+    created_ms   BIGINT NOT NULL
+);
+
+CREATE TABLE jobs (
+    id           TEXT PRIMARY KEY,
+    account_id   TEXT NOT NULL REFERENCES accounts(id),
+    binding_id   TEXT NOT NULL,
+    operation    TEXT NOT NULL,
+    target       TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    journal_job  TEXT,
+    error        TEXT,
+    created_ms   BIGINT NOT NULL,
+    updated_ms   BIGINT NOT NULL
+);
+CREATE INDEX jobs_state ON jobs (state);
+CREATE INDEX jobs_binding ON jobs (binding_id);
+
+CREATE TABLE audit (
+    id           TEXT PRIMARY KEY,
+    at_ms        BIGINT NOT NULL,
+    account_id   TEXT,
+    actor        TEXT NOT NULL,
+    client       TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    subject      TEXT,
+    outcome      TEXT NOT NULL,
+    detail       TEXT
+);
+CREATE INDEX audit_account ON audit (account_id, id);
