@@ -8,6 +8,7 @@ pub mod http;
 pub mod jobs;
 pub mod secrets;
 pub mod store;
+pub mod store_pg;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

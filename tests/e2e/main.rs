@@ -18,6 +18,7 @@ mod provision;
 mod quota;
 #[cfg(feature = "http")]
 mod serve;
+mod service_store;
 #[cfg(feature = "http")]
 mod webhook;
 mod workers;
