@@ -20,5 +20,7 @@ mod quota;
 mod serve;
 mod service_store;
 #[cfg(feature = "http")]
+mod service;
+#[cfg(feature = "http")]
 mod webhook;
 mod workers;
