@@ -18,9 +18,9 @@ mod provision;
 mod quota;
 #[cfg(feature = "http")]
 mod serve;
-mod service_store;
 #[cfg(feature = "http")]
 mod service;
+mod service_store;
 #[cfg(feature = "http")]
 mod webhook;
 mod workers;
