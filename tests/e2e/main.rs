@@ -19,5 +19,8 @@ mod quota;
 #[cfg(feature = "http")]
 mod serve;
 #[cfg(feature = "http")]
+mod service;
+mod service_store;
+#[cfg(feature = "http")]
 mod webhook;
 mod workers;
