@@ -26,6 +26,7 @@ mod serve;
 mod serve_support;
 #[cfg(feature = "http")]
 mod service;
+mod service_store;
 #[cfg(feature = "http")]
 mod webhook;
 mod workers;
