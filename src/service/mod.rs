@@ -6,8 +6,10 @@
 pub mod api;
 pub mod http;
 pub mod jobs;
+pub mod openapi;
 pub mod secrets;
 pub mod store;
+pub mod store_pg;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
