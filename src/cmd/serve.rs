@@ -87,8 +87,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let config = idbridge::app::Config::load(Some(&args.config))?;
         let journal = idbridge::app::journal_url(args.journal.as_deref(), &config);
         let svc = Service::open(cfg, args.trust.options(), journal).await?;
+        let preloaded = svc.preload().await?;
         let resumed = jobs::resume_unfinished(&svc).await?;
-        what.push(format!("registration service ({resumed} jobs resumed)"));
+        what.push(format!(
+            "registration service ({preloaded} batches preloaded, {resumed} jobs resumed)"
+        ));
         // The web console (/console) reads and changes data only through the service API.
         let api_router = http::router(svc);
         let secure_cookies = server_cfg.tls.is_some();
