@@ -454,7 +454,7 @@ impl Service {
                 device_id: d.device_id.to_string(),
                 status: "valid".into(),
                 reason: None,
-                source: d.source.to_string(),
+                source: redact_claim(&d.source.to_string(), &batch_id, &reel_id),
                 cert_pem: Some(d.to_pem()),
             });
         }
@@ -471,7 +471,7 @@ impl Service {
                 device_id,
                 status: r.status.to_owned(),
                 reason: Some(r.reason.clone()),
-                source: r.source.clone(),
+                source: redact_claim(&r.source, &batch_id, &reel_id),
                 cert_pem: None,
             });
         }
@@ -481,7 +481,7 @@ impl Service {
             batch_tag: idbridge_core::BatchRef::new(batch_id.trim())
                 .tag()
                 .to_owned(),
-            source: display_name.to_owned(),
+            source: redact_claim(display_name, &batch_id, &reel_id),
             devices: inputs.devices.len() as i64,
             invalid: inputs.refused.len() as i64,
             created_ms: now_ms(),
@@ -492,6 +492,26 @@ impl Service {
         );
         Ok(batch)
     }
+}
+
+/// `text` (a file name or path) with the claim secrets replaced: a Cloud ID bundle's name (and
+/// the names inside it) carry the reel ID and batch ID, which are never stored in clear.
+pub fn redact_claim(text: &str, batch_id: &str, reel_id: &str) -> String {
+    let mut out = text.to_owned();
+    for (secret, shown) in [(batch_id.trim(), "BATCHID"), (reel_id.trim(), "REELID")] {
+        if secret.is_empty() {
+            continue;
+        }
+        let needle = secret.to_ascii_lowercase();
+        let mut from = 0;
+        // ASCII lowercasing keeps byte offsets, so matches index `out` itself.
+        while let Some(at) = out.to_ascii_lowercase()[from..].find(&needle) {
+            let at = from + at;
+            out.replace_range(at..at + needle.len(), shown);
+            from = at + shown.len();
+        }
+    }
+    out
 }
 
 /// `(reel ID, batch ID)` from a Cloud ID bundle name `REELID_GUID_vX.Y.7z` (path allowed).
@@ -523,6 +543,20 @@ mod tests {
         );
         assert_eq!(claim_from_file_name("manifest-infineon.7z"), None);
         assert_eq!(claim_from_file_name("batch.pem"), None);
+    }
+
+    #[test]
+    fn claim_secrets_are_cut_from_file_names() {
+        assert_eq!(
+            redact_claim(
+                "/x/78211223032c7efa_b41425b9-b42b-47fd-95c2-f981b4c61561_v1.2.7z!a_E0E0.pem",
+                "b41425b9-b42b-47fd-95c2-f981b4c61561",
+                "78211223032C7EFA"
+            ),
+            "/x/REELID_BATCHID_v1.2.7z!a_E0E0.pem"
+        );
+        assert_eq!(redact_claim("devices.pem", "BATCH-1", ""), "devices.pem");
+        assert_eq!(redact_claim("batchid.pem", "batchid", "r"), "BATCHID.pem");
     }
 
     #[test]
