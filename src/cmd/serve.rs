@@ -92,15 +92,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let config = idbridge::app::Config::load(Some(&args.config))?;
         let journal = idbridge::app::journal_url(args.journal.as_deref(), &config);
         let svc = Service::open(cfg, args.trust.options(), journal).await?;
+        let preloaded = svc.preload().await?;
         if args.no_jobs {
             svc.jobs.disable();
-            what.push("registration service (HTTP only: --no-jobs)".to_owned());
+            what.push(format!(
+                "registration service ({preloaded} batches preloaded; HTTP only: --no-jobs)"
+            ));
         } else {
             let resumed = jobs::resume_unfinished(&svc).await?;
             // Jobs queued by --no-jobs processes, or left by processes that died, are taken
             // over as their leases allow (ADR 1201).
             tokio::spawn(jobs::run_queue(Arc::clone(&svc), jobs::queue_poll()));
-            what.push(format!("registration service ({resumed} jobs resumed)"));
+            what.push(format!(
+                "registration service ({preloaded} batches preloaded, {resumed} jobs resumed)"
+            ));
         }
         // The web console (/console) reads and changes data only through the service API.
         let api_router = http::router(svc);
