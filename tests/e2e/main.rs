@@ -26,6 +26,8 @@ mod serve;
 mod serve_support;
 #[cfg(feature = "http")]
 mod service;
+#[cfg(feature = "http")]
+mod service_scale;
 mod service_store;
 #[cfg(feature = "http")]
 mod webhook;
