@@ -70,10 +70,20 @@ pub async fn read_inputs(
     tokio::task::spawn_blocking(move || {
         let intake = Intake::open(&paths, &opts)?;
         let mut inputs = Inputs::default();
+        // One public key, one device (an ECDSA signature re-encoded s → n − s verifies too).
+        let mut keys = idbridge_core::trust::DuplicateKeys::new();
         for item in intake {
             match item {
                 Ok(checked) => match judge(checked.identity, &checked.verdict, any_verdict) {
-                    Ok(identity) => inputs.devices.push(identity),
+                    Ok(identity) => match keys.check(&identity) {
+                        None => inputs.devices.push(identity),
+                        Some(reason) => inputs.refused.push(Refused {
+                            device_id: Some(identity.device_id.to_string()),
+                            status: "duplicate_key",
+                            reason,
+                            source: identity.source.to_string(),
+                        }),
+                    },
                     Err(r) => inputs.refused.push(r),
                 },
                 Err(r) if r.kind == RejectKind::Skipped => inputs.skipped += 1,

@@ -73,6 +73,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             cfg.listen = l.clone();
         }
         cfg.validate()?;
+        if args.trust.allow_test_roots {
+            anyhow::ensure!(
+                cfg.insecure_test_roots,
+                "--allow-test-roots would accept certificates signed by vendor test roots, whose \
+                 private keys are public: `serve` refuses it unless [serve] has \
+                 `insecure_test_roots = true` (labs only)"
+            );
+            tracing::warn!(
+                "INSECURE: test roots accepted (--allow-test-roots with insecure_test_roots = true): \
+                 anyone can mint certificates this receiver provisions; never use in production"
+            );
+        }
         let verifier = TokenVerifier::load(&cfg.issuers, &cfg.audience, cfg.leeway_secs)?;
         for (name, i) in &cfg.issuers {
             let scopes: Vec<&str> = i.scopes.iter().map(|s| s.as_str()).collect();

@@ -71,6 +71,7 @@ impl EngineBackend {
 }
 
 fn admit_all(verifier: &Verifier, items: &[Item]) -> Vec<Result<DeviceIdentity, Outcome>> {
+    let mut keys = idbridge_core::trust::DuplicateKeys::new();
     items
             .iter()
             .map(|it| {
@@ -91,7 +92,16 @@ fn admit_all(verifier: &Verifier, items: &[Item]) -> Vec<Result<DeviceIdentity, 
                     entry: None,
                 };
                 match idbridge::app::judge(identity, &verdict, false) {
-                    Ok(identity) => Ok(identity),
+                    Ok(identity) => match keys.check(&identity) {
+                        None => Ok(identity),
+                        Some(why) => {
+                            tracing::warn!(reference = %it.reference, device_id = %identity.device_id, reason = %why, "duplicate public key");
+                            Err(Outcome::Error {
+                                message: format!("certificate refused: {why}"),
+                                code: "duplicate_key",
+                            })
+                        }
+                    },
                     Err(refused) if refused.status == "not_provisionable" => Err(Outcome::Error {
                         message: format!("certificate not provisionable: {}", refused.reason),
                         code: "not_provisionable",

@@ -83,6 +83,10 @@ pub struct ServeConfig {
     /// Serve plain HTTP (behind a TLS terminator on the same host or network, or in tests).
     #[serde(default)]
     pub allow_http: bool,
+    /// Allow `--allow-test-roots` (chains to vendor test roots, whose private keys are
+    /// public): for labs only, logged loudly at start.
+    #[serde(default)]
+    pub insecure_test_roots: bool,
     /// Seconds for the TLS handshake and each request head (also the keep-alive wait).
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout_secs: u64,
@@ -196,6 +200,7 @@ impl Default for ServeConfig {
             chunk_size: default_chunk(),
             tls: None,
             allow_http: false,
+            insecure_test_roots: false,
             header_read_timeout_secs: default_header_timeout(),
             body_timeout_secs: default_body_timeout(),
             request_timeout_secs: default_request_timeout(),

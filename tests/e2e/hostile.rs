@@ -454,3 +454,34 @@ async fn huge_status_requests_during_a_job() {
         .await;
     assert_eq!(res["devices"][0]["status"], "PRESENT", "{res}");
 }
+
+/// `serve` refuses `--allow-test-roots` (their private keys are public) unless the config
+/// says `insecure_test_roots = true`, and then says so loudly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_test_roots_unless_the_config_insists() {
+    let s = start("").await;
+    let config = s.fx.path("idbridge.toml");
+    let mut args = vec![
+        "serve".to_owned(),
+        "--config".into(),
+        config.display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--allow-test-roots".into(),
+    ];
+    args.extend(s.fx.trust_args());
+    let out = super::interop::idbridge(&args).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("insecure_test_roots = true"), "{err}");
+
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[serve]\n", "[serve]\ninsecure_test_roots = true\n");
+    let insecure = s.fx.write("insecure.toml", &text);
+    let (_child, url) =
+        super::serve_support::spawn_serve(&s.fx, &insecure, &["--allow-test-roots"]).await;
+    assert!(url.starts_with("http://"));
+    let log = std::fs::read_to_string(super::serve_support::log_path(&s.fx)).unwrap();
+    assert!(log.contains("INSECURE: test roots accepted"), "{log}");
+}

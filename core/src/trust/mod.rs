@@ -13,6 +13,7 @@
 mod builtin;
 mod crl;
 mod jws;
+mod keys;
 pub(crate) mod sig;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{DeviceIdentity, Source};
 
 pub use jws::ManifestEntry;
+pub use keys::DuplicateKeys;
 
 use self::builtin::Role;
 use self::sig::PublicKey;
@@ -152,6 +154,11 @@ pub(crate) struct CaCert {
     anchor: bool,
     test: bool,
     is_ca: bool,
+    /// keyUsage present without keyCertSign (a CA that may not sign certificates).
+    no_cert_sign: bool,
+    /// basicConstraints pathLenConstraint.
+    path_len: Option<u32>,
+    serial_raw: Vec<u8>,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     ski: Option<Vec<u8>>,
@@ -184,8 +191,21 @@ impl CaCert {
                 }
                 _ => None,
             });
+        let no_cert_sign = cert
+            .key_usage()
+            .ok()
+            .flatten()
+            .is_some_and(|ku| !ku.value.key_cert_sign());
+        let path_len = cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .and_then(|bc| bc.value.path_len_constraint);
         Ok(CaCert {
             der: Arc::from(der),
+            no_cert_sign,
+            path_len,
+            serial_raw: tbs.raw_serial().to_vec(),
             fingerprint: sha256(der),
             name: display_name(&cert),
             subject_raw: tbs.subject.as_raw().to_vec(),
@@ -402,13 +422,19 @@ impl TrustStore {
 struct AnchorInfo {
     name: String,
     test: bool,
+    /// How many intermediates may still be below the CA this was resolved for (pathLen).
+    budget: Option<u32>,
+    /// The earliest notAfter above the device (which CA), checked at every verification.
+    first_expiry: Option<(OffsetDateTime, String)>,
+    /// The latest notBefore above the device (which CA).
+    last_start: Option<(OffsetDateTime, String)>,
 }
 
 /// Judges certificates against a [`TrustStore`]. `Sync`: share one across threads.
 pub struct Verifier {
     store: TrustStore,
     allow_test_roots: bool,
-    at: Option<OffsetDateTime>,
+    validity: ValidityPolicy,
     crls: crl::Revocations,
     chains: RwLock<HashMap<[u8; 32], std::result::Result<AnchorInfo, String>>>,
     extras: RwLock<HashMap<[u8; 32], Arc<CaCert>>>,
@@ -419,7 +445,7 @@ impl fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("store", &self.store)
             .field("allow_test_roots", &self.allow_test_roots)
-            .field("at", &self.at)
+            .field("validity", &self.validity)
             .finish()
     }
 }
@@ -433,15 +459,10 @@ impl Verifier {
     /// A verifier over `store` with `opts` (its `anchors` are ignored here: add them to the
     /// store; its `crls` are loaded and their signatures checked against the store).
     pub fn new(store: TrustStore, opts: &TrustOptions) -> Result<Self> {
-        let at = match opts.validity {
-            ValidityPolicy::Now => Some(OffsetDateTime::now_utc()),
-            ValidityPolicy::At(t) => Some(t),
-            ValidityPolicy::Ignore => None,
-        };
         let mut verifier = Verifier {
             store,
             allow_test_roots: opts.allow_test_roots,
-            at,
+            validity: opts.validity,
             crls: crl::Revocations::default(),
             chains: RwLock::new(HashMap::new()),
             extras: RwLock::new(HashMap::new()),
@@ -449,6 +470,20 @@ impl Verifier {
         for path in &opts.crls {
             let revocations = crl::load(path, &verifier.store)?;
             verifier.crls.extend(revocations);
+        }
+        // Anchors outside their validity are reported (they still anchor: the chain's own
+        // validity is checked at every verification).
+        if let Some(at) = verifier.at() {
+            for ca in verifier.store.cas.iter().filter(|c| c.anchor) {
+                if at > ca.not_after || at < ca.not_before {
+                    tracing::warn!(
+                        anchor = %ca.name,
+                        not_before = %date(ca.not_before),
+                        not_after = %date(ca.not_after),
+                        "trust anchor outside its validity period"
+                    );
+                }
+            }
         }
         Ok(verifier)
     }
@@ -469,6 +504,28 @@ impl Verifier {
     /// The store.
     pub fn store(&self) -> &TrustStore {
         &self.store
+    }
+
+    /// The time validity is judged at, evaluated now (at every verification).
+    fn at(&self) -> Option<OffsetDateTime> {
+        match self.validity {
+            ValidityPolicy::Now => Some(OffsetDateTime::now_utc()),
+            ValidityPolicy::At(t) => Some(t),
+            ValidityPolicy::Ignore => None,
+        }
+    }
+
+    /// Anchors outside their validity at the verification time: `(name, notBefore, notAfter)`.
+    pub fn anchors_outside_validity(&self) -> Vec<(String, String, String)> {
+        let Some(at) = self.at() else {
+            return Vec::new();
+        };
+        self.store
+            .cas
+            .iter()
+            .filter(|c| c.anchor && (at > c.not_after || at < c.not_before))
+            .map(|c| (c.name.clone(), date(c.not_before), date(c.not_after)))
+            .collect()
     }
 
     /// Parses and judges one DER certificate from memory (the HTTP receiver's entry point).
@@ -515,6 +572,7 @@ impl Verifier {
         };
         let mut reasons: Vec<String> = Vec::new();
         let mut anchor_name = None;
+        let at = self.at();
         let chained = self.chain_of(&cert, chain);
         if issued_by_first
             && let Some(first) = chain.first()
@@ -524,6 +582,18 @@ impl Verifier {
                 Err(why) => format!("x5c[0] is not signed by x5c[1] ({why})"),
                 Ok(_) => "x5c[0] is not signed by x5c[1]".to_owned(),
             });
+        }
+        if let (Some(at), Ok((info, _))) = (at, &chained) {
+            if let Some((t, name)) = &info.first_expiry
+                && at > *t
+            {
+                reasons.push(format!("intermediate {name:?} expired on {}", date(*t)));
+            }
+            if let Some((t, name)) = &info.last_start
+                && at < *t
+            {
+                reasons.push(format!("intermediate {name:?} not valid before {}", date(*t)));
+            }
         }
         match chained {
             Ok((anchor, _)) if anchor.test && !self.allow_test_roots => reasons.push(format!(
@@ -542,7 +612,7 @@ impl Verifier {
         if cert.is_ca() {
             reasons.push("is a CA certificate (basicConstraints CA:TRUE), not a device".to_owned());
         }
-        if let Some(at) = self.at {
+        if let Some(at) = at {
             let nb = cert.tbs_certificate.validity.not_before.to_datetime();
             let na = cert.tbs_certificate.validity.not_after.to_datetime();
             if at > na {
@@ -614,7 +684,7 @@ impl Verifier {
                 cert.tbs_certificate.as_ref(),
                 &cert.signature_value.data,
             ) {
-                Ok(()) => return self.resolve(ca, &extras, 0).map(|a| (a, ca.fingerprint)),
+                Ok(()) => return self.resolve(ca, &extras, 0, 0).map(|a| (a, ca.fingerprint)),
                 Err(e) => failure = Some(format!("{e} with the key of {:?}", ca.name)),
             }
         }
@@ -634,64 +704,73 @@ impl Verifier {
         }
     }
 
-    /// Resolves a CA certificate to its anchor, once per CA.
+    /// Resolves a CA certificate to its anchor, once per CA; `depth` intermediates are below
+    /// it on this path, `level` counts the recursion.
     fn resolve(
         &self,
         ca: &Arc<CaCert>,
         extras: &[Arc<CaCert>],
         depth: usize,
+        level: usize,
     ) -> std::result::Result<AnchorInfo, String> {
-        if ca.anchor {
-            return Ok(AnchorInfo {
+        if level >= MAX_CHAIN_DEPTH {
+            return Err(format!("chain through {:?} is too long", ca.name));
+        }
+        let info = if ca.anchor {
+            Ok(AnchorInfo {
                 name: ca.name.clone(),
                 test: ca.test,
-            });
-        }
-        if let Some(hit) = self
+                budget: ca.path_len,
+                first_expiry: None,
+                last_start: None,
+            })
+        } else if let Some(hit) = self
             .chains
             .read()
             .ok()
             .and_then(|m| m.get(&ca.fingerprint).cloned())
         {
-            return hit;
+            hit
+        } else {
+            // Cached without the depth it was reached at: pathLen is checked below against
+            // the budget, validity at every verification.
+            let result = self.resolve_uncached(ca, extras, level);
+            if let Ok(mut m) = self.chains.write() {
+                m.insert(ca.fingerprint, result.clone());
+            }
+            result
+        }?;
+        if let Some(b) = info.budget
+            && depth as u64 > u64::from(b)
+        {
+            return Err(format!(
+                "{:?} allows {b} intermediate(s) below it (pathLenConstraint), the chain has {depth}",
+                ca.name
+            ));
         }
-        let result = self.resolve_uncached(ca, extras, depth);
-        if let Ok(mut m) = self.chains.write() {
-            m.insert(ca.fingerprint, result.clone());
-        }
-        result
+        Ok(info)
     }
 
     fn resolve_uncached(
         &self,
         ca: &Arc<CaCert>,
         extras: &[Arc<CaCert>],
-        depth: usize,
+        level: usize,
     ) -> std::result::Result<AnchorInfo, String> {
-        if depth >= MAX_CHAIN_DEPTH {
-            return Err(format!("chain through {:?} is too long", ca.name));
-        }
         if !ca.is_ca {
             return Err(format!(
                 "intermediate {:?} is not a CA certificate",
                 ca.name
             ));
         }
-        if let Some(at) = self.at {
-            if at > ca.not_after {
-                return Err(format!(
-                    "intermediate {:?} expired on {}",
-                    ca.name,
-                    date(ca.not_after)
-                ));
-            }
-            if at < ca.not_before {
-                return Err(format!(
-                    "intermediate {:?} not valid before {}",
-                    ca.name,
-                    date(ca.not_before)
-                ));
-            }
+        if ca.no_cert_sign {
+            return Err(format!(
+                "intermediate {:?} may not sign certificates (keyUsage without keyCertSign)",
+                ca.name
+            ));
+        }
+        if let Some(why) = self.crls.revoked(&ca.issuer_raw, &ca.serial_raw) {
+            return Err(format!("intermediate {:?} {why}", ca.name));
         }
         let (_, parsed) = X509Certificate::from_der(&ca.der)
             .map_err(|e| format!("intermediate {:?} unparseable: {e}", ca.name))?;
@@ -707,7 +786,25 @@ impl Verifier {
                 parsed.tbs_certificate.as_ref(),
                 &parsed.signature_value.data,
             ) {
-                Ok(()) => return self.resolve(issuer, extras, depth + 1),
+                Ok(()) => {
+                    // `ca` is one intermediate below `issuer` (self-issued ones do not count).
+                    let below = usize::from(ca.subject_raw != ca.issuer_raw);
+                    let up = self.resolve(issuer, extras, below, level + 1)?;
+                    let budget = match (up.budget.map(|b| b.saturating_sub(below as u32)), ca.path_len) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    let earlier = |x: Option<(OffsetDateTime, String)>, y: (OffsetDateTime, String), first: bool| match x {
+                        Some(x) if (x.0 < y.0) == first => Some(x),
+                        _ => Some(y),
+                    };
+                    return Ok(AnchorInfo {
+                        budget,
+                        first_expiry: earlier(up.first_expiry.clone(), (ca.not_after, ca.name.clone()), true),
+                        last_start: earlier(up.last_start.clone(), (ca.not_before, ca.name.clone()), false),
+                        ..up
+                    });
+                }
                 Err(e) => {
                     failure = Some(format!(
                         "intermediate {:?}: {e} with the key of {:?}",

@@ -50,7 +50,7 @@ fn every_builtin_intermediate_chains_to_a_builtin_root() {
     let v = Verifier::new(TrustStore::builtin(), &TrustOptions::default()).unwrap();
     for ca in v.store.cas.iter().filter(|c| !c.anchor) {
         let anchor = v
-            .resolve(ca, &[], 0)
+            .resolve(ca, &[], 0, 0)
             .unwrap_or_else(|e| panic!("{}: {e}", ca.name));
         assert!(!anchor.test, "{}", ca.name);
     }
@@ -104,4 +104,340 @@ fn validity_is_judged_at_the_policy_time() {
             .contains("not valid before 2019-06-18"),
         "{early}"
     );
+}
+
+mod chain_rules {
+    //! Intermediates: keyCertSign, pathLen, validity at verification time; ECDSA malleability.
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+
+    use super::*;
+    use crate::identity::{DeviceIdentity, Source};
+
+    struct Ca {
+        der: Vec<u8>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn ca_params(
+        name: &str,
+        path_len: Option<u8>,
+        usages: Vec<KeyUsagePurpose>,
+    ) -> CertificateParams {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(match path_len {
+            Some(n) => BasicConstraints::Constrained(n),
+            None => BasicConstraints::Unconstrained,
+        });
+        p.key_usages = usages;
+        p
+    }
+
+    fn root(name: &str, path_len: Option<u8>) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let p = ca_params(name, path_len, vec![KeyUsagePurpose::KeyCertSign]);
+        let der = p.self_signed(&key).unwrap().der().to_vec();
+        Ca {
+            der,
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    fn sub(parent: &Ca, p: CertificateParams) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let der = p.signed_by(&key, &parent.issuer).unwrap().der().to_vec();
+        Ca {
+            der,
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    fn device(parent: &Ca, serial: u64) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, format!("device {serial}"));
+        p.serial_number = Some(serial.into());
+        p.signed_by(&key, &parent.issuer).unwrap().der().to_vec()
+    }
+
+    fn verdict(anchors: &[&Ca], intermediates: &[&Ca], device: &[u8]) -> Verdict {
+        let mut store = TrustStore::empty();
+        for a in anchors {
+            store.add_anchor_der(&a.der).unwrap();
+        }
+        for i in intermediates {
+            store.add_intermediate_der(&i.der).unwrap();
+        }
+        let v = Verifier::new(store, &TrustOptions::default()).unwrap();
+        let id = DeviceIdentity::from_der(
+            device.to_vec(),
+            Source {
+                file: "test".into(),
+                line: None,
+                entry: None,
+            },
+        )
+        .unwrap();
+        v.verify_identity(&id, &[])
+    }
+
+    #[test]
+    fn a_ca_without_key_cert_sign_signs_nothing() {
+        let r = root("root A", None);
+        let good = sub(
+            &r,
+            ca_params("int good", None, vec![KeyUsagePurpose::KeyCertSign]),
+        );
+        let bad = sub(
+            &r,
+            ca_params("int bad", None, vec![KeyUsagePurpose::DigitalSignature]),
+        );
+        assert!(verdict(&[&r], &[&good], &device(&good, 1)).is_valid());
+        let v = verdict(&[&r], &[&bad], &device(&bad, 2));
+        assert!(
+            v.reason().unwrap_or_default().contains("keyCertSign"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn path_len_is_honoured() {
+        let r0 = root("root pathlen 0", Some(0));
+        let i0 = sub(
+            &r0,
+            ca_params("int under pathlen 0", None, vec![KeyUsagePurpose::KeyCertSign]),
+        );
+        let v = verdict(&[&r0], &[&i0], &device(&i0, 1));
+        assert!(
+            v.reason().unwrap_or_default().contains("pathLenConstraint"),
+            "{v}"
+        );
+        // A device directly under the root is fine.
+        assert!(verdict(&[&r0], &[], &device(&r0, 2)).is_valid());
+
+        let r1 = root("root pathlen 1", Some(1));
+        let a = sub(
+            &r1,
+            ca_params("int a", Some(0), vec![KeyUsagePurpose::KeyCertSign]),
+        );
+        assert!(verdict(&[&r1], &[&a], &device(&a, 3)).is_valid());
+        // a has pathLen 0: nothing may be below it but devices.
+        let b = sub(
+            &a,
+            ca_params("int b", None, vec![KeyUsagePurpose::KeyCertSign]),
+        );
+        let v = verdict(&[&r1], &[&a, &b], &device(&b, 4));
+        assert!(
+            v.reason().unwrap_or_default().contains("pathLenConstraint"),
+            "{v}"
+        );
+        // Same chain, device verified first through `a` (cached), then through `b`.
+        let mut store = TrustStore::empty();
+        store.add_anchor_der(&r1.der).unwrap();
+        store.add_intermediate_der(&a.der).unwrap();
+        store.add_intermediate_der(&b.der).unwrap();
+        let v = Verifier::new(store, &TrustOptions::default()).unwrap();
+        let id = |der: Vec<u8>| {
+            DeviceIdentity::from_der(
+                der,
+                Source {
+                    file: "t".into(),
+                    line: None,
+                    entry: None,
+                },
+            )
+            .unwrap()
+        };
+        assert!(v.verify_identity(&id(device(&a, 5)), &[]).is_valid());
+        assert!(!v.verify_identity(&id(device(&b, 6)), &[]).is_valid());
+    }
+
+    #[test]
+    fn an_expired_intermediate_invalidates_its_devices() {
+        let r = root("root E", None);
+        let mut p = ca_params("int expired", None, vec![KeyUsagePurpose::KeyCertSign]);
+        p.not_before = rcgen::date_time_ymd(2015, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        let expired = sub(&r, p);
+        let v = verdict(&[&r], &[&expired], &device(&expired, 1));
+        assert!(
+            v.reason()
+                .unwrap_or_default()
+                .contains("intermediate \"int expired\" expired on 2020-01-01"),
+            "{v}"
+        );
+        // Judged at a time inside its validity, the same chain is valid (the cached chain is
+        // not tied to the time of the first verification).
+        let mut store = TrustStore::empty();
+        store.add_anchor_der(&r.der).unwrap();
+        store.add_intermediate_der(&expired.der).unwrap();
+        let at = |y| TrustOptions {
+            validity: ValidityPolicy::At(
+                OffsetDateTime::new_utc(
+                    ::time::Date::from_calendar_date(y, ::time::Month::June, 1).unwrap(),
+                    ::time::Time::MIDNIGHT,
+                ),
+            ),
+            ..Default::default()
+        };
+        let dev = DeviceIdentity::from_der(
+            device(&expired, 2),
+            Source {
+                file: "t".into(),
+                line: None,
+                entry: None,
+            },
+        )
+        .unwrap();
+        let past = Verifier::new(store.clone(), &at(2018)).unwrap();
+        assert!(past.verify_identity(&dev, &[]).is_valid());
+        let later = Verifier::new(store, &at(2021)).unwrap();
+        assert!(!later.verify_identity(&dev, &[]).is_valid());
+    }
+
+    #[test]
+    fn anchors_outside_their_validity_are_reported() {
+        let key = KeyPair::generate().unwrap();
+        let mut p = ca_params("old root", None, vec![KeyUsagePurpose::KeyCertSign]);
+        p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2010, 1, 1);
+        let der = p.self_signed(&key).unwrap().der().to_vec();
+        let mut store = TrustStore::empty();
+        store.add_anchor_der(&der).unwrap();
+        store.add_anchor_der(&root("fresh root", None).der).unwrap();
+        let v = Verifier::new(store, &TrustOptions::default()).unwrap();
+        let out = v.anchors_outside_validity();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, "old root");
+    }
+}
+
+mod malleability {
+    use super::*;
+    use crate::identity::{DeviceIdentity, Source};
+
+    /// P-256 group order.
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+
+    fn der_len(n: usize) -> Vec<u8> {
+        match n {
+            0..=127 => vec![n as u8],
+            128..=255 => vec![0x81, n as u8],
+            _ => vec![0x82, (n >> 8) as u8, n as u8],
+        }
+    }
+
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend(der_len(body.len()));
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn int(mut b: &[u8]) -> Vec<u8> {
+        while b.len() > 1 && b[0] == 0 {
+            b = &b[1..];
+        }
+        let mut body = Vec::new();
+        if b[0] & 0x80 != 0 {
+            body.push(0);
+        }
+        body.extend_from_slice(b);
+        tlv(0x02, &body)
+    }
+
+    /// The certificate with its ECDSA signature's `s` replaced by `n − s`.
+    pub(super) fn malleate(der: &[u8]) -> Vec<u8> {
+        let (_, cert) = X509Certificate::from_der(der).unwrap();
+        let tbs = cert.tbs_certificate.as_ref();
+        let sig = &cert.signature_value.data;
+        let (_, seq) = x509_parser::der_parser::parse_der(sig).unwrap();
+        let parts = seq.as_sequence().unwrap();
+        let r = parts[0].as_slice().unwrap();
+        let s = parts[1].as_slice().unwrap();
+        let mut s32 = [0u8; 32];
+        let s_trim: Vec<u8> = s.iter().skip_while(|b| **b == 0).copied().collect();
+        s32[32 - s_trim.len()..].copy_from_slice(&s_trim);
+        let mut out = [0u8; 32];
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = N[i] as i16 - s32[i] as i16 - borrow;
+            borrow = i16::from(d < 0);
+            out[i] = (d + if d < 0 { 256 } else { 0 }) as u8;
+        }
+        let new_sig = tlv(0x30, &[int(r), int(&out)].concat());
+        let mut bits = vec![0u8];
+        bits.extend(new_sig);
+        // The AlgorithmIdentifier sits between the TBS and the signature BIT STRING.
+        let tbs_end = der.windows(tbs.len()).position(|w| w == tbs).unwrap() + tbs.len();
+        let (rest, _) = x509_parser::x509::AlgorithmIdentifier::from_der(&der[tbs_end..]).unwrap();
+        let alg = &der[tbs_end..der.len() - rest.len()];
+        tlv(0x30, &[tbs, alg, &tlv(0x03, &bits)].concat())
+    }
+
+    #[test]
+    fn a_malleated_certificate_verifies_but_never_becomes_a_second_device() {
+        let pki = idbridge_mock_clouds_free_pki();
+        let (anchor, ca, device) = pki;
+        let twin = malleate(&device);
+        assert_ne!(sha256(&twin), sha256(&device), "another SHA-256");
+        let mut store = TrustStore::empty();
+        store.add_anchor_der(&anchor).unwrap();
+        store.add_intermediate_der(&ca).unwrap();
+        let v = Verifier::new(store, &TrustOptions::default()).unwrap();
+        let id = |der: Vec<u8>| {
+            DeviceIdentity::from_der(
+                der,
+                Source {
+                    file: "t".into(),
+                    line: None,
+                    entry: None,
+                },
+            )
+            .unwrap()
+        };
+        let (a, b) = (id(device.clone()), id(twin));
+        assert!(v.verify_identity(&a, &[]).is_valid());
+        assert!(
+            v.verify_identity(&b, &[]).is_valid(),
+            "the re-encoded signature still verifies"
+        );
+        assert_ne!(a.device_id, b.device_id);
+        let mut keys = DuplicateKeys::new();
+        assert_eq!(keys.check(&a), None);
+        assert_eq!(keys.check(&a), None, "the same certificate twice is no duplicate key");
+        let why = keys.check(&b).expect("the twin is reported");
+        assert!(why.contains(&a.device_id.to_string()), "{why}");
+    }
+
+    /// Root → CA → device, P-256, generated with rcgen.
+    fn idbridge_mock_clouds_free_pki() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_params = |name: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p
+        };
+        let rk = KeyPair::generate().unwrap();
+        let rp = ca_params("malleability root");
+        let root = rp.self_signed(&rk).unwrap().der().to_vec();
+        let ri = Issuer::new(rp, rk);
+        let ck = KeyPair::generate().unwrap();
+        let cp = ca_params("malleability CA");
+        let ca = cp.signed_by(&ck, &ri).unwrap().der().to_vec();
+        let ci = Issuer::new(cp, ck);
+        let dk = KeyPair::generate().unwrap();
+        let mut dp = CertificateParams::new(Vec::<String>::new()).unwrap();
+        dp.distinguished_name.push(DnType::CommonName, "device");
+        let device = dp.signed_by(&dk, &ci).unwrap().der().to_vec();
+        (root, ca, device)
+    }
 }
