@@ -592,7 +592,10 @@ impl Verifier {
             if let Some((t, name)) = &info.last_start
                 && at < *t
             {
-                reasons.push(format!("intermediate {name:?} not valid before {}", date(*t)));
+                reasons.push(format!(
+                    "intermediate {name:?} not valid before {}",
+                    date(*t)
+                ));
             }
         }
         match chained {
@@ -790,18 +793,31 @@ impl Verifier {
                     // `ca` is one intermediate below `issuer` (self-issued ones do not count).
                     let below = usize::from(ca.subject_raw != ca.issuer_raw);
                     let up = self.resolve(issuer, extras, below, level + 1)?;
-                    let budget = match (up.budget.map(|b| b.saturating_sub(below as u32)), ca.path_len) {
+                    let budget = match (
+                        up.budget.map(|b| b.saturating_sub(below as u32)),
+                        ca.path_len,
+                    ) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     };
-                    let earlier = |x: Option<(OffsetDateTime, String)>, y: (OffsetDateTime, String), first: bool| match x {
+                    let earlier = |x: Option<(OffsetDateTime, String)>,
+                                   y: (OffsetDateTime, String),
+                                   first: bool| match x {
                         Some(x) if (x.0 < y.0) == first => Some(x),
                         _ => Some(y),
                     };
                     return Ok(AnchorInfo {
                         budget,
-                        first_expiry: earlier(up.first_expiry.clone(), (ca.not_after, ca.name.clone()), true),
-                        last_start: earlier(up.last_start.clone(), (ca.not_before, ca.name.clone()), false),
+                        first_expiry: earlier(
+                            up.first_expiry.clone(),
+                            (ca.not_after, ca.name.clone()),
+                            true,
+                        ),
+                        last_start: earlier(
+                            up.last_start.clone(),
+                            (ca.not_before, ca.name.clone()),
+                            false,
+                        ),
                         ..up
                     });
                 }

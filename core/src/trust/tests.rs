@@ -208,7 +208,11 @@ mod chain_rules {
         let r0 = root("root pathlen 0", Some(0));
         let i0 = sub(
             &r0,
-            ca_params("int under pathlen 0", None, vec![KeyUsagePurpose::KeyCertSign]),
+            ca_params(
+                "int under pathlen 0",
+                None,
+                vec![KeyUsagePurpose::KeyCertSign],
+            ),
         );
         let v = verdict(&[&r0], &[&i0], &device(&i0, 1));
         assert!(
@@ -275,12 +279,10 @@ mod chain_rules {
         store.add_anchor_der(&r.der).unwrap();
         store.add_intermediate_der(&expired.der).unwrap();
         let at = |y| TrustOptions {
-            validity: ValidityPolicy::At(
-                OffsetDateTime::new_utc(
-                    ::time::Date::from_calendar_date(y, ::time::Month::June, 1).unwrap(),
-                    ::time::Time::MIDNIGHT,
-                ),
-            ),
+            validity: ValidityPolicy::At(OffsetDateTime::new_utc(
+                ::time::Date::from_calendar_date(y, ::time::Month::June, 1).unwrap(),
+                ::time::Time::MIDNIGHT,
+            )),
             ..Default::default()
         };
         let dev = DeviceIdentity::from_der(
@@ -412,7 +414,11 @@ mod malleability {
         assert_ne!(a.device_id, b.device_id);
         let mut keys = DuplicateKeys::new();
         assert_eq!(keys.check(&a), None);
-        assert_eq!(keys.check(&a), None, "the same certificate twice is no duplicate key");
+        assert_eq!(
+            keys.check(&a),
+            None,
+            "the same certificate twice is no duplicate key"
+        );
         let why = keys.check(&b).expect("the twin is reported");
         assert!(why.contains(&a.device_id.to_string()), "{why}");
     }
