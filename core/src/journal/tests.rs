@@ -418,7 +418,11 @@ async fn sqlite_write_ahead_is_synced_and_a_failed_deferred_write_surfaces_at_fl
     let devs: Vec<_> = (0..2).map(cert).collect();
     let id = j.open_job(&spec("t", &devs), &devs).await.unwrap().id;
     let update = |n: usize, state, attempts| {
-        vec![DeviceUpdate::state(devs[n].device_id.clone(), state, attempts)]
+        vec![DeviceUpdate::state(
+            devs[n].device_id.clone(),
+            state,
+            attempts,
+        )]
     };
     j.record(&id, update(0, DeviceState::Pending, 0), false)
         .await
