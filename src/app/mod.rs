@@ -24,6 +24,8 @@
 pub mod config;
 pub mod inputs;
 pub mod job;
+pub mod metrics;
+pub mod observe;
 pub mod report;
 pub mod targets;
 
