@@ -20,5 +20,7 @@ mod quota;
 #[cfg(feature = "http")]
 mod serve;
 #[cfg(feature = "http")]
+mod service;
+#[cfg(feature = "http")]
 mod webhook;
 mod workers;
