@@ -2,9 +2,10 @@
 //! for the console and for clients. Field names are stable.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Every error answer: `{"code": "...", "message": "..."}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable machine-readable code (`not_found`, `unauthorized`, `forbidden`, `bad_request`,
     /// `already_bound`, `too_many_attempts`, `conflict`, `internal`...).
@@ -14,7 +15,7 @@ pub struct ErrorBody {
 }
 
 /// `POST /api/v1/admin/accounts`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     /// Unique name.
@@ -25,7 +26,7 @@ pub struct CreateAccount {
 }
 
 /// `POST /api/v1/admin/tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// The account's name (absent for an operator token).
@@ -36,7 +37,7 @@ pub struct CreateToken {
 }
 
 /// A created token: shown once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenCreated {
     /// Token id (for the audit log).
     pub id: String,
@@ -47,7 +48,7 @@ pub struct TokenCreated {
 }
 
 /// Binding modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The account downloads a manifest.
@@ -70,7 +71,7 @@ impl Mode {
 }
 
 /// `POST /api/v1/bindings`: `batch_id` + `reel_id`, or `qr`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindRequest {
     /// The Product Batch ID.
@@ -91,7 +92,7 @@ pub struct BindRequest {
 }
 
 /// A binding as answered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BindingView {
     /// Its id.
     pub id: String,
@@ -111,7 +112,7 @@ pub struct BindingView {
 }
 
 /// `POST /api/v1/bindings/{id}/provision|deprovision` body (optional).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerRequest {
     /// The target (default: the binding's, else the account's default).
@@ -120,7 +121,7 @@ pub struct TriggerRequest {
 }
 
 /// Counts of a job's devices.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct JobCounts {
     /// Devices.
     pub total: u64,
@@ -133,7 +134,7 @@ pub struct JobCounts {
 }
 
 /// A job as answered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     /// Its id.
     pub id: String,
@@ -157,7 +158,7 @@ pub struct JobView {
 }
 
 /// One device of a job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobDevice {
     /// SHA-256 of the DER.
     pub device_id: String,
@@ -175,7 +176,7 @@ pub struct JobDevice {
 }
 
 /// `GET /api/v1/jobs/{id}/devices` page.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobDevices {
     /// This page.
     pub devices: Vec<JobDevice>,
@@ -185,7 +186,7 @@ pub struct JobDevices {
 }
 
 /// A target as answered: its table with secret values redacted.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TargetView {
     /// Its name.
     pub name: String,

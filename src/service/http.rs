@@ -105,6 +105,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/admin/accounts", post(create_account))
         .route("/api/v1/admin/tokens", post(create_token))
         .route("/api/v1/admin/batches/{id}/{file}", get(batch_qr))
@@ -212,6 +213,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
 }
 
 // ---- health and metrics ----
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi::json(),
+    )
+        .into_response()
+}
 
 async fn readyz(State(svc): Svc) -> Response {
     match svc.store.ping().await {

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod http;
 pub mod jobs;
+pub mod openapi;
 pub mod secrets;
 pub mod store;
 

@@ -8,7 +8,7 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 /// An account (a product company).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Account {
     /// Its id.
     pub id: String,
@@ -36,7 +36,7 @@ pub struct TokenRecord {
 }
 
 /// One imported reel or file of a batch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BatchRecord {
     /// Its id.
     pub id: String,
@@ -147,7 +147,7 @@ pub struct JobRecord {
 }
 
 /// One audit entry: who, what, when, from where. Never a secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Time-ordered id.
     pub id: String,

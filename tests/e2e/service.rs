@@ -845,7 +845,10 @@ async fn a_service_killed_mid_job_finishes_it_on_start_and_nothing_twice() {
     }
     let landed = s.registry.stats().devices;
     // Each call takes 1.5 s: the next wave is far off when the service dies.
-    assert!(landed > 0 && landed < 40, "not mid-job: {landed} of 40 landed");
+    assert!(
+        landed > 0 && landed < 40,
+        "not mid-job: {landed} of 40 landed"
+    );
     s.kill_and_restart().await;
     let r = http
         .delete(format!("{}/_mock/latency", s.cloud.url))
