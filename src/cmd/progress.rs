@@ -182,8 +182,22 @@ pub fn interrupt_requested() -> bool {
 pub fn catch_interrupt() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        tokio::spawn(async {
-            if tokio::signal::ctrl_c().await.is_err() {
+        // The handler is installed here, before the job starts, not when the task first runs.
+        #[cfg(unix)]
+        let mut sigint =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%e, "cannot catch Ctrl-C; it will kill the run");
+                    return;
+                }
+            };
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            let mut next = async || sigint.recv().await.is_some();
+            #[cfg(not(unix))]
+            let mut next = async || tokio::signal::ctrl_c().await.is_ok();
+            if !next().await {
                 return;
             }
             INTERRUPTED.store(true, Ordering::Release);
@@ -191,7 +205,7 @@ pub fn catch_interrupt() {
                 "idbridge: stopping: no new calls; waiting for the calls in flight (Ctrl-C again \
                  to quit now)"
             );
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if next().await {
                 std::process::exit(130);
             }
         });

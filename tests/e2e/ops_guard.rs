@@ -321,3 +321,91 @@ fn the_config_trust_table_judges_inputs_of_inspect_diff_and_provision() {
         text(&o)
     );
 }
+
+/// POSTs a JSON body to a mock cloud's control route (no client dependency).
+fn post_json(url: &str, body: &str) {
+    use std::io::Read;
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 2"), "POST {url}: {resp}");
+}
+
+#[test]
+fn ctrl_c_stops_a_provision_cleanly_and_resume_finishes_it_with_nothing_twice() {
+    use std::io::{BufRead, BufReader};
+    const N: u64 = 60;
+    let cloud = MockCloud::start(&[]);
+    // Every call takes 300 ms: two at a time, the job needs about 9 s.
+    post_json(
+        &format!("{}/_mock/latency", cloud.url),
+        r#"{"fixed_ms":300,"jitter_ms":0,"seed":1}"#,
+    );
+    let b = batch(N);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    write_config(w, &lab_config(&cloud.url));
+    let mut child = super::engine_support::idbridge()
+        .current_dir(w)
+        .args(["provision", b.pem.to_str().unwrap(), "--trust"])
+        .arg(&b.root)
+        .args(["--target", "lab", "--concurrency", "2", "--batch-size", "1"])
+        .env_remove("IDBRIDGE_CONFIG")
+        .env_remove("IDBRIDGE_JOURNAL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    // Wait for the job to start (the first JSON progress line on a non-terminal).
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no start: {seen}");
+        seen.push_str(&line);
+        if line.contains("\"event\":\"started\"") {
+            break;
+        }
+    }
+    let job: serde_json::Value =
+        serde_json::from_str(seen.lines().last().unwrap()).unwrap();
+    let job = job["job"].as_str().unwrap().to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    seen.push_str(&rest);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "stderr: {seen}");
+    assert!(seen.contains("stopping: no new calls"), "{seen}");
+    assert!(seen.contains(&format!("idbridge resume {job}")), "{seen}");
+    let registered = cloud.stats()["devices"].as_u64().unwrap();
+    assert!(registered < N, "stopped early: {registered} of {N}");
+
+    // The journal holds the rest; resume finishes it, each device registered once.
+    post_json(
+        &format!("{}/_mock/latency", cloud.url),
+        r#"{"fixed_ms":0,"jitter_ms":0,"seed":1}"#,
+    );
+    let o = run(w, &["resume", &job]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let stats = cloud.stats();
+    assert_eq!(stats["devices"], N, "{stats}");
+    assert_eq!(stats["creates"], N, "nothing created twice: {stats}");
+    let o = run(w, &["status", &job, "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["job"]["counts"]["done"], N);
+}
