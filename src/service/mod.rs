@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod secrets;
 pub mod store;
+pub mod store_pg;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

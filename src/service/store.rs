@@ -245,12 +245,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> anyhow::Result<Vec<AuditEntry>>;
 }
 
-/// Opens the store at `url` (`sqlite:PATH`).
+/// Opens the store at `url`: `sqlite:PATH`, or `postgres://USER@HOST:PORT/DB`
+/// ([`PgStore`](super::store_pg::PgStore)).
 pub async fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     if let Some(path) = url.strip_prefix("sqlite:") {
         return Ok(std::sync::Arc::new(SqliteStore::open(path).await?));
     }
-    anyhow::bail!("unsupported store {url:?}: use sqlite:PATH")
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = super::store_pg::PgStore::open(url, Default::default()).await?;
+        return Ok(std::sync::Arc::new(store));
+    }
+    anyhow::bail!("unsupported store: use sqlite:PATH or postgres://USER@HOST:PORT/DATABASE")
 }
 
 /// The SQLite store.

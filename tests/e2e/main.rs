@@ -21,6 +21,7 @@ mod quota;
 mod serve;
 #[cfg(feature = "http")]
 mod service;
+mod service_store;
 #[cfg(feature = "http")]
 mod webhook;
 mod workers;
