@@ -344,3 +344,21 @@ impl Progress for Counted<'_> {
         self.inner.cancelled()
     }
 }
+
+/// A progress callback from a closure, for embedders: `f` is called with every device update
+/// as devices finish (done or failed).
+///
+/// ```
+/// use idbridge::app::ProgressFn;
+/// let progress = ProgressFn(|u: &idbridge_core::journal::DeviceUpdate| {
+///     eprintln!("{} {}", u.device_id.short(), u.state);
+/// });
+/// # let _ = progress;
+/// ```
+pub struct ProgressFn<F>(pub F);
+
+impl<F: Fn(&DeviceUpdate) + Send + Sync> Progress for ProgressFn<F> {
+    fn finished(&self, update: &DeviceUpdate) {
+        (self.0)(update);
+    }
+}

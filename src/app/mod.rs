@@ -31,5 +31,5 @@ pub mod targets;
 
 pub use config::{Config, DEFAULT_JOURNAL, DEMO, EngineSection, TargetConfig};
 pub use inputs::{Inputs, Refused, judge, read_inputs};
-pub use job::{EngineOverrides, TargetRun, journal_url, open_journal};
+pub use job::{EngineOverrides, ProgressFn, TargetRun, journal_url, open_journal};
 pub use report::Summary;

@@ -93,22 +93,13 @@ impl TrustArgs {
     /// CRLs of both, test roots or anchors-only when either says so, `--validity-at` over
     /// `validity_at`.
     pub fn options_with(&self, config: &TrustSection) -> anyhow::Result<TrustOptions> {
-        let mut o = self.options();
-        o.anchors = config
-            .anchors
-            .iter()
-            .chain(&self.anchors)
-            .cloned()
-            .collect();
-        o.crls = config.crls.iter().chain(&self.crl).cloned().collect();
-        o.allow_test_roots |= config.allow_test_roots;
-        o.no_builtin |= config.no_builtin_roots;
-        if self.validity_at.is_none()
-            && let Some(v) = &config.validity_at
-        {
-            o.validity = v
-                .parse()
-                .map_err(|e| anyhow::anyhow!("[trust] validity_at = {v:?}: {e}"))?;
+        let mut o = config.options()?;
+        o.anchors.extend(self.anchors.iter().cloned());
+        o.crls.extend(self.crl.iter().cloned());
+        o.allow_test_roots |= self.allow_test_roots;
+        o.no_builtin |= self.no_builtin_roots;
+        if let Some(v) = self.validity_at {
+            o.validity = v;
         }
         Ok(o)
     }

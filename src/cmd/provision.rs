@@ -116,6 +116,11 @@ pub struct OutputArgs {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
+    /// Serve Prometheus metrics of this run (connector calls by API and result, devices by
+    /// outcome) at http://ADDR/metrics while it runs, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// Output on stdout: a table, CSV, one JSON document, or JSON Lines.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -222,6 +227,7 @@ async fn execute(
         return Ok(ExitCode::SUCCESS);
     }
     super::progress::catch_interrupt();
+    out.serve_metrics().await?;
     let progress = CliProgress::new(operation);
     let report = ctx
         .run_job(operation, inputs.devices.clone(), &progress)
@@ -351,6 +357,38 @@ fn print_removal_plan(
         write_json(path, &doc)?;
     }
     Ok(())
+}
+
+impl OutputArgs {
+    /// Starts the `--metrics-listen` endpoint, if asked for; it lives as long as the process.
+    pub async fn serve_metrics(&self) -> anyhow::Result<()> {
+        let Some(addr) = self.metrics_listen else {
+            return Ok(());
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen {addr}: cannot listen"))?;
+        let bound = listener.local_addr()?;
+        eprintln!("idbridge: metrics at http://{bound}/metrics");
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    app::metrics::global().render(),
+                )
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::warn!(%e, "the metrics endpoint stopped");
+            }
+        });
+        Ok(())
+    }
 }
 
 impl TargetArgs {

@@ -247,6 +247,7 @@ pub async fn run_resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
     };
     let ctx = TargetRun::with_journal(&config, target, journal, url, &overrides).await?;
     super::progress::catch_interrupt();
+    args.out.serve_metrics().await?;
     let progress = CliProgress::new(info.spec.operation);
     let report = ctx.resume_job(&info.id, &progress).await?;
     progress.done();

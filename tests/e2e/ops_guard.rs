@@ -359,6 +359,7 @@ fn ctrl_c_stops_a_provision_cleanly_and_resume_finishes_it_with_nothing_twice() 
         .args(["provision", b.pem.to_str().unwrap(), "--trust"])
         .arg(&b.root)
         .args(["--target", "lab", "--concurrency", "2", "--batch-size", "1"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .env_remove("IDBRIDGE_CONFIG")
         .env_remove("IDBRIDGE_JOURNAL")
         .stdout(Stdio::piped())
@@ -376,10 +377,23 @@ fn ctrl_c_stops_a_provision_cleanly_and_resume_finishes_it_with_nothing_twice() 
             break;
         }
     }
-    let job: serde_json::Value =
-        serde_json::from_str(seen.lines().last().unwrap()).unwrap();
+    let job: serde_json::Value = serde_json::from_str(seen.lines().last().unwrap()).unwrap();
     let job = job["job"].as_str().unwrap().to_owned();
     std::thread::sleep(std::time::Duration::from_millis(700));
+    // The run's Prometheus metrics, while it runs.
+    let addr = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("idbridge: metrics at http://"))
+        .expect("metrics address announced")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    let metrics = http_get_text(&addr, "/metrics");
+    assert!(
+        metrics.contains(
+            "idbridge_connector_calls_total{target=\"lab\",api=\"register\",result=\"ok\"}"
+        ),
+        "{metrics}"
+    );
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -408,4 +422,61 @@ fn ctrl_c_stops_a_provision_cleanly_and_resume_finishes_it_with_nothing_twice() 
     let o = run(w, &["status", &job, "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["job"]["counts"]["done"], N);
+}
+
+/// GET `path` from `addr` and return the body (no client dependency).
+fn http_get_text(addr: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "GET {path}: {resp}");
+    resp
+}
+
+#[test]
+fn json_logs_carry_the_job_and_call_spans() {
+    let cloud = MockCloud::start(&[]);
+    let b = batch(2);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    write_config(w, &lab_config(&cloud.url));
+    let o = run(
+        w,
+        &[
+            "provision",
+            b.pem.to_str().unwrap(),
+            "--trust",
+            b.root.to_str().unwrap(),
+            "--target",
+            "lab",
+            "--log-format",
+            "json",
+            "--log",
+            "idbridge=debug",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let call = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "call ok" && v["span"]["api"] == "register")
+        .unwrap_or_else(|| panic!("no call event: {err}"));
+    let spans = call["spans"].as_array().unwrap();
+    let job = spans.iter().find(|s| s["name"] == "job").expect("job span");
+    assert!(
+        job["job_id"].as_str().unwrap().starts_with("job-"),
+        "{call}"
+    );
+    assert_eq!(job["target_name"], "lab");
+    assert_eq!(job["operation"], "provision");
+    assert_eq!(call["span"]["target_name"], "lab");
+    assert!(call["span"]["devices"].as_u64().unwrap() >= 1, "{call}");
+    assert!(!err.contains("t0ken"), "no secret in the logs");
 }
