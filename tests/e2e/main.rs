@@ -22,6 +22,8 @@ mod quota;
 mod serve;
 #[cfg(feature = "http")]
 mod service;
+#[cfg(feature = "http")]
+mod service_scale;
 mod service_store;
 #[cfg(feature = "http")]
 mod webhook;

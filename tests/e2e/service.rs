@@ -947,3 +947,122 @@ async fn automatic_mode_into_the_mock_aws_iot_admits_bound_devices_only() {
     let r = aws.registry();
     assert_eq!((r.certificate_count(), r.thing_count()), (3, 3));
 }
+
+/// The README's three commands, on a copy of examples/service.toml: start, account + token,
+/// bind the preloaded example batch in automatic mode and follow it to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_service_commands_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for f in ["service.toml", "batch.pem"] {
+        std::fs::copy(root.join(f), dir.path().join(f)).unwrap();
+    }
+    let config = dir.path().join("service.toml").display().to_string();
+    let mut child = tokio::process::Command::new(bin())
+        .args(["serve", "--config", &config, "--listen", "127.0.0.1:0"])
+        .env_remove("IDBRIDGE_CONFIG")
+        .env_remove("IDBRIDGE_JOURNAL")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("serve printed its address")
+        .unwrap()
+        .expect("serve exited before listening");
+    let run = |args: Vec<String>| async move {
+        tokio::process::Command::new(bin())
+            .args(&args)
+            .env_remove("IDBRIDGE_CONFIG")
+            .env_remove("IDBRIDGE_URL")
+            .env_remove("IDBRIDGE_TOKEN")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap()
+    };
+    let out = run([
+        "service",
+        "--config",
+        &config,
+        "account",
+        "create",
+        "acme",
+        "--mode",
+        "automatic",
+        "--token",
+        "admin",
+    ]
+    .map(str::to_owned)
+    .to_vec())
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(token.len() > 20, "{token}");
+    let out = run([
+        "service",
+        "bind",
+        "--url",
+        &url,
+        "--token",
+        &token,
+        "--batch-id",
+        "DEMO-BATCH-0001",
+        "--reel-id",
+        "DEMO-REEL-01",
+    ]
+    .map(str::to_owned)
+    .to_vec())
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("bound 10 devices"), "{text}");
+    assert!(text.contains("finished, 10/10 done, 0 failed"), "{text}");
+    // A wrong reel is refused with the generic answer and a non-zero exit.
+    let out = run([
+        "service",
+        "bind",
+        "--url",
+        &url,
+        "--token",
+        &token,
+        "--batch-id",
+        "DEMO-BATCH-0001",
+        "--reel-id",
+        "WRONG",
+    ]
+    .map(str::to_owned)
+    .to_vec())
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server key was created with owner-only permissions.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("service.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "service.key is readable by others: {mode:o}"
+        );
+    }
+}

@@ -70,7 +70,9 @@ def main():
     check(res.is_successful, "bulk create: is_successful")
     res2 = rm.bulk_create_or_update_devices([item(b, tb)])
     check(not res2.is_successful, "bulk re-create: not successful")
-    check(res2.errors[0].error_code == "DeviceAlreadyExists", "bulk re-create: error code %r" % res2.errors[0].error_code)
+    # The service sends the numeric code (409001); the SDK's model types it as a string.
+    check(str(res2.errors[0].error_code) == "409001", "bulk re-create: error code %r" % res2.errors[0].error_code)
+    check("DeviceAlreadyExists" in (res2.errors[0].error_status or ""), "bulk re-create: error status %r" % res2.errors[0].error_status)
     check(res2.errors[0].device_id == b, "bulk re-create: device id")
 
     # get_device, then a conditional update with its etag (If-Match: "<etag>").

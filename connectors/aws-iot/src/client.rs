@@ -246,7 +246,8 @@ impl IotClient {
         }
     }
 
-    /// DetachPolicy.
+    /// DetachPolicy; a policy that is not attached (404 ResourceNotFound, e.g. detached by an
+    /// earlier attempt whose answer was lost) counts as detached.
     pub async fn detach_policy(
         &self,
         ctx: &CallContext,
@@ -255,14 +256,15 @@ impl IotClient {
     ) -> Result<()> {
         const OP: &str = "DetachPolicy";
         ctx.acquire(OP).await;
-        self.sdk
+        let r = self
+            .sdk
             .detach_policy()
             .policy_name(policy)
             .target(cert_arn)
             .send()
             .await
-            .map_err(|e| from_sdk(OP, e))?;
-        Ok(())
+            .map_err(|e| from_sdk(OP, e));
+        not_found(r).map(|_| ())
     }
 
     /// ListPrincipalThingsV2, all pages: the things a certificate is attached to.

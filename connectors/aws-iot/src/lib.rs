@@ -27,9 +27,17 @@ pub struct AwsIot {
     client: IotClient,
     region: String,
     policy_ready: OnceCell<()>,
+    /// When this connector last provisioned each device: a lookup soon after may see AWS IoT's
+    /// registry before the writes propagated (eventual consistency).
+    provisioned:
+        std::sync::Mutex<std::collections::HashMap<idbridge_core::DeviceId, std::time::Instant>>,
     /// The credential chain, for `check` to resolve on its own.
     credentials: Option<aws_sdk_iot::config::SharedCredentialsProvider>,
 }
+
+/// How long after provisioning a device a lookup that disagrees is taken for AWS IoT's
+/// eventual consistency (reported temporary, so the engine retries it) rather than a difference.
+pub const CONSISTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl fmt::Debug for AwsIot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -127,6 +135,7 @@ impl AwsIot {
             cfg,
             region,
             policy_ready: OnceCell::new(),
+            provisioned: std::sync::Mutex::new(std::collections::HashMap::new()),
             credentials: sdk.credentials_provider(),
         })
     }
@@ -237,16 +246,37 @@ impl AwsIot {
             .await
         {
             Ok(()) => {}
-            Err(e)
-                if e.kind() == ErrorKind::InvalidInput
-                    && e.message().contains("already attached") =>
-            {
+            // AWS refuses an exclusive attach with InvalidRequestException whatever its wording:
+            // ask which things hold the certificate rather than read the message.
+            Err(e) if e.kind() == ErrorKind::InvalidInput => {
+                let others: Vec<String> = self
+                    .client
+                    .list_principal_things(ctx, &cert.arn)
+                    .await?
+                    .into_iter()
+                    .filter(|t| *t != thing)
+                    .collect();
+                if others.is_empty() {
+                    return Err(e);
+                }
+                let mut reason = format!(
+                    "the certificate is attached to another thing: {}",
+                    others.join(", ")
+                );
+                // The thing this call created is nobody's: remove it (only if it is this
+                // device's and holds no certificate), and the certificate if this call
+                // registered it.
+                if let Err(e) = self.delete_orphan_thing(ctx, &thing, d).await {
+                    reason.push_str(&format!(
+                        " (and thing {thing}, created for it, could not be removed: {e})"
+                    ));
+                } else {
+                    remote.resources.remove("thing_arn");
+                }
+                self.rollback(ctx, created, id, &mut reason).await;
                 return Ok(RegisterOutcome::Conflict {
                     remote: Some(remote),
-                    reason: format!(
-                        "the certificate is attached to another thing: {}",
-                        e.message()
-                    ),
+                    reason,
                 });
             }
             Err(e) => return Err(e),
@@ -276,6 +306,10 @@ impl AwsIot {
             self.client.update_certificate(ctx, id, "ACTIVE").await?;
         }
         remote.status = Some("ACTIVE".into());
+        self.provisioned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(d.device_id.clone(), std::time::Instant::now());
         Ok(if created {
             RegisterOutcome::Created(remote)
         } else {
@@ -329,7 +363,32 @@ impl AwsIot {
         // DeleteConflict while a detach propagates: temporary, the engine retries.
         self.client.delete_certificate(ctx, id).await?;
         self.delete_own_thing(ctx, &thing, d).await?;
+        self.provisioned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&d.device_id);
         Ok(DeregisterOutcome::Deleted)
+    }
+
+    fn recently_provisioned(&self, d: &DeviceIdentity) -> bool {
+        self.provisioned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&d.device_id)
+            .is_some_and(|t| t.elapsed() < CONSISTENCY_WINDOW)
+    }
+
+    /// Deletes `thing` if it is this device's and no certificate is attached to it.
+    async fn delete_orphan_thing(
+        &self,
+        ctx: &CallContext,
+        thing: &str,
+        d: &DeviceIdentity,
+    ) -> Result<bool> {
+        match self.client.list_thing_principals(ctx, thing).await? {
+            Some(p) if p.is_empty() => self.delete_own_thing(ctx, thing, d).await,
+            _ => Ok(false),
+        }
     }
 
     /// Deletes `thing` if it is this device's (its fingerprint attribute matches).
@@ -384,6 +443,20 @@ impl AwsIot {
             remote
                 .differences
                 .push(format!("policy {} is not attached", self.cfg.policy_name));
+        }
+        if !remote.differences.is_empty() && self.recently_provisioned(d) {
+            // Read-after-write on AWS IoT is eventually consistent: a lookup right after
+            // provisioning may not see the attachments yet. Temporary, so the engine looks
+            // again before it reports a difference.
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "AWS IoT does not show this device as provisioned yet ({}); provisioned moments ago, eventual consistency",
+                    remote.differences.join("; ")
+                ),
+            )
+            .with_operation("lookup")
+            .set_temporary(true));
         }
         Ok(Some(remote))
     }

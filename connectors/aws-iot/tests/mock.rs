@@ -587,3 +587,165 @@ async fn lost_activation_and_lost_delete_end_in_exact_state() {
     let r = f.mock.registry();
     assert_eq!((r.certificate_count(), r.thing_count()), (0, 0));
 }
+
+#[tokio::test]
+async fn exclusive_attach_conflict_is_found_by_code_and_leaves_no_thing() {
+    let f = fixture().await;
+    let c = connector(&f.mock).await;
+    let dev = f.pki.device(80).unwrap();
+    let id = identity(&dev);
+    // The certificate is already bound, exclusively, to a thing of somebody else's.
+    let sdk = aws_sdk_iot::Client::new(&sdk_config(&f.mock, TEST_SECRET_ACCESS_KEY).await);
+    let arn = sdk
+        .register_certificate_without_ca()
+        .certificate_pem(&dev.cert_pem)
+        .status(aws_sdk_iot::types::CertificateStatus::Active)
+        .send()
+        .await
+        .unwrap()
+        .certificate_arn
+        .unwrap();
+    sdk.create_thing()
+        .thing_name("other-thing")
+        .send()
+        .await
+        .unwrap();
+    sdk.attach_thing_principal()
+        .thing_name("other-thing")
+        .principal(&arn)
+        .thing_principal_type(aws_sdk_iot::types::ThingPrincipalType::ExclusiveThing)
+        .send()
+        .await
+        .unwrap();
+    // AWS's wording is not ours to rely on: the refusal comes with another message.
+    f.mock.faults().push(
+        FaultRule::once(Fault::Status {
+            status: 400,
+            headers: vec![("x-amzn-ErrorType".into(), "InvalidRequestException".into())],
+            body:
+                r#"{"message":"The principal is bound to a thing with the EXCLUSIVE_THING type."}"#
+                    .into(),
+        })
+        .on_method("PUT")
+        .on_path("/principals"),
+    );
+    let out = one(c.register(&ctx(), std::slice::from_ref(&id)).await.unwrap());
+    let RegisterOutcome::Conflict { reason, .. } = &out else {
+        panic!("{out:?}")
+    };
+    assert!(reason.contains("other-thing"), "{reason}");
+    let r = f.mock.registry();
+    assert_eq!(
+        r.thing_count(),
+        1,
+        "the thing created for it is removed, the other one kept"
+    );
+    assert_eq!(
+        r.certificate_things(id.device_id.as_str()),
+        vec!["other-thing".to_owned()]
+    );
+    assert!(r.things_without_principal().is_empty());
+}
+
+#[tokio::test]
+async fn detach_policy_of_an_unattached_policy_is_success_in_deregister() {
+    let f = fixture().await;
+    let c = connector(&f.mock).await;
+    let dev = f.pki.device(81).unwrap();
+    let id = identity(&dev);
+    one(c.register(&ctx(), std::slice::from_ref(&id)).await.unwrap());
+    // Someone (or an earlier attempt whose answer was lost) detached the policy between our
+    // list and our detach: the list still shows it, DetachPolicy answers 404.
+    let sdk = aws_sdk_iot::Client::new(&sdk_config(&f.mock, TEST_SECRET_ACCESS_KEY).await);
+    let arn = sdk
+        .describe_certificate()
+        .certificate_id(id.device_id.as_str())
+        .send()
+        .await
+        .unwrap()
+        .certificate_description
+        .unwrap()
+        .certificate_arn
+        .unwrap();
+    sdk.detach_policy()
+        .policy_name("idbridge-device")
+        .target(&arn)
+        .send()
+        .await
+        .unwrap();
+    f.mock.faults().push(
+        FaultRule::once(Fault::Status {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: r#"{"policies":[{"policyName":"idbridge-device","policyArn":"arn:aws:iot:us-east-1:123456789012:policy/idbridge-device"}]}"#.into(),
+        })
+        .on_method("POST")
+        .on_path("/attached-policies/"),
+    );
+    let out = c
+        .deregister(&ctx(), std::slice::from_ref(&id))
+        .await
+        .unwrap();
+    assert!(matches!(out[0], DeregisterOutcome::Deleted), "{out:?}");
+    let r = f.mock.registry();
+    assert_eq!((r.certificate_count(), r.thing_count()), (0, 0));
+}
+
+#[tokio::test]
+async fn a_lookup_right_after_provisioning_waits_for_eventual_consistency() {
+    use idbridge_core::engine::{DiffStatus, Engine, EngineOptions, RetryPolicy};
+    use idbridge_core::journal::SqliteJournal;
+    let f = fixture().await;
+    let c = Arc::new(connector(&f.mock).await);
+    let id = identity(&f.pki.device(82).unwrap());
+    one(c.register(&ctx(), std::slice::from_ref(&id)).await.unwrap());
+    // AWS IoT's registry has not caught up: the thing shows no principal yet, twice.
+    let stale = || {
+        FaultRule::once(Fault::Status {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: r#"{"principals":[]}"#.into(),
+        })
+        .on_method("GET")
+        .on_path("/principals")
+    };
+    f.mock.faults().push(stale());
+    let e = c.lookup(&ctx(), &id).await.unwrap_err();
+    assert!(e.is_temporary(), "{e}");
+    assert!(e.to_string().contains("eventual consistency"), "{e}");
+    // Through the engine (diff after provisioning): looked up again, identical.
+    f.mock.faults().push(stale());
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(SqliteJournal::open(dir.path().join("j.sqlite")).unwrap());
+    let opts = EngineOptions {
+        retry: RetryPolicy {
+            base: std::time::Duration::from_millis(1),
+            cap: std::time::Duration::from_millis(5),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let engine = Engine::new(c.clone(), journal, opts);
+    let report = engine.diff(std::slice::from_ref(&id)).await.unwrap();
+    assert_eq!(
+        report.entries[0].status,
+        DiffStatus::Identical,
+        "{report:?}"
+    );
+    assert_eq!(
+        f.mock.faults().take("GET", "/principals"),
+        None,
+        "the stale answer was met"
+    );
+    // A device this connector did not just provision reports its difference at once.
+    let other = identity(&f.pki.device(83).unwrap());
+    let fresh = connector(&f.mock).await;
+    one(fresh
+        .register(&ctx(), std::slice::from_ref(&other))
+        .await
+        .unwrap());
+    let later = connector(&f.mock).await;
+    f.mock.faults().push(stale());
+    let r = later.lookup(&ctx(), &other).await.unwrap().unwrap();
+    assert!(!r.differences.is_empty(), "{r:?}");
+}

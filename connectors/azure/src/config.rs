@@ -363,13 +363,14 @@ impl DeviceIdTemplate {
     }
 }
 
-/// IoT Hub device ids: ≤128 ASCII letters, digits and `- . + % _ # * ? ! ( ) , : = @ $ '`.
+/// IoT Hub device ids as documented: case-sensitive, ≤128 ASCII 7-bit letters, digits and
+/// `- : . + % _ # * ? ! ( ) , = @ ; $ '`.
 pub fn valid_hub_device_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.+%_#*?!(),:=@$'".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"-:.+%_#*?!(),=@;$'".contains(&b))
 }
 
 /// Registry operations per minute per unit of an IoT Hub tier.
@@ -456,6 +457,11 @@ mod tests {
         assert!(valid_hub_device_id("1F0000000000000007"));
         assert!(valid_hub_device_id("-5C13"));
         assert!(!valid_hub_device_id("Infineon IoT Node"));
+        // The documented set includes `;` (and `#`, `+`); `/`, `&` and non-ASCII are out.
+        assert!(valid_hub_device_id("line-7;station:3#a+b"));
+        for bad in ["a/b", "a&b", "a b", "é", &"x".repeat(129)] {
+            assert!(!valid_hub_device_id(bad), "{bad}");
+        }
         assert_eq!(hub_ops_per_minute_per_unit("s3").unwrap(), 5000.0);
         assert!(hub_ops_per_minute_per_unit("S9").is_err());
     }

@@ -354,16 +354,18 @@ async fn hub_bulk_limits_and_per_device_results() {
         .map(|e| {
             (
                 e["deviceId"].as_str().unwrap().to_owned(),
-                e["errorCode"].as_str().unwrap().to_owned(),
+                e["errorCode"].as_u64().unwrap(),
             )
         })
         .collect();
-    assert_eq!(
-        codes,
-        vec![
-            ("b1".into(), "DeviceAlreadyExists".into()),
-            ("b3".into(), "DeviceNotFound".into())
-        ]
+    // Integer codes, as the service sends them (the name is in errorStatus).
+    assert_eq!(codes, vec![("b1".into(), 409001), ("b3".into(), 404001)]);
+    assert!(
+        body["errors"][0]["errorStatus"]
+            .as_str()
+            .unwrap()
+            .contains("DeviceAlreadyExists"),
+        "{body}"
     );
     assert!(env.mock.hub().device("b2").is_none(), "b2 deleted");
 }

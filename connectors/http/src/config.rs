@@ -11,9 +11,24 @@ use std::path::PathBuf;
 use idbridge_core::{Error, ErrorKind, Result};
 use serde::Deserialize;
 
-/// Most bytes of JSON one interop request may carry. Infineon's receivers refuse bodies above
-/// 25 MB (Express JSON parser limit `25mb`); we stay well below.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
+/// Most bytes of JSON one interop request may carry by default. Infineon's AWS receiver runs
+/// behind API Gateway in a Lambda function, whose synchronous invocation payload is capped at
+/// 6 MB (request and response, the proxy event's envelope included; API Gateway may
+/// base64-encode the body, ×4/3); the Express parser's 25 MB limit never comes into play.
+/// 4 MiB stays below 6 MB in every case.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Certificates per interop request by default. API Gateway cuts a request off at 29 s
+/// (integration timeout) whatever the Lambda's own 300 s, and Infineon's receiver makes four
+/// sequential AWS IoT calls per certificate (RegisterCertificateWithoutCA at 10/s by default,
+/// CreateThing, AttachPolicy, AttachThingPrincipal): 50 certificates take about 5–15 s.
+pub const DEFAULT_BATCH_SIZE: usize = 50;
+
+/// The Lambda payload limit the defaults must fit (bytes).
+pub const LAMBDA_PAYLOAD_LIMIT: usize = 6_000_000;
+
+/// API Gateway's integration timeout (seconds) the defaults must fit.
+pub const API_GATEWAY_TIMEOUT_SECS: u64 = 29;
 
 /// Configuration of a target of kind `interop`: a Cloud ID "interop" v1 receiver.
 #[derive(Debug, Clone, Deserialize)]
@@ -201,13 +216,14 @@ fn default_issuer() -> String {
     "idbridge".to_owned()
 }
 fn default_batch_size() -> usize {
-    100
+    DEFAULT_BATCH_SIZE
 }
 fn default_max_body() -> usize {
     DEFAULT_MAX_BODY_BYTES
 }
 fn default_timeout() -> u64 {
-    30
+    // API Gateway answers 504 at 29 s: waiting longer only hides that answer.
+    API_GATEWAY_TIMEOUT_SECS + 1
 }
 fn default_rate() -> f64 {
     5.0
@@ -225,6 +241,27 @@ fn default_token_ttl() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interop_defaults_fit_infineons_aws_receiver() {
+        let cfg: InteropConfig = serde_json::from_value(serde_json::json!({
+            "base_url": "https://abc.execute-api.eu-central-1.amazonaws.com/Prod",
+            "audience": "123456789012",
+            "signing_key": "key.pem",
+        }))
+        .unwrap();
+        // Lambda: 6 MB including a base64-encoded body and the proxy event around it.
+        let envelope = 64 * 1024;
+        assert!(
+            cfg.max_body_bytes * 4 / 3 + envelope <= LAMBDA_PAYLOAD_LIMIT,
+            "{}",
+            cfg.max_body_bytes
+        );
+        // API Gateway: 29 s for four sequential AWS IoT calls per certificate, the first paced
+        // at 10/s by default (≥ 100 ms per certificate), with room for the others' latency.
+        assert!(cfg.batch_size as f64 * 0.1 * 4.0 <= API_GATEWAY_TIMEOUT_SECS as f64);
+        assert!(cfg.timeout_secs >= API_GATEWAY_TIMEOUT_SECS);
+    }
 
     #[test]
     fn secret_debug_is_redacted() {

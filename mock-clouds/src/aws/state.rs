@@ -785,8 +785,15 @@ impl Registry {
             return Err(AwsError::not_found(format!("Policy {name} does not exist")));
         }
         let id = self.cert_id_of_principal(target)?;
-        if let Some(c) = self.certs.get_mut(&id) {
-            c.policies.remove(name);
+        // moto answers 404 for a policy that is not attached to the target.
+        let attached = self
+            .certs
+            .get_mut(&id)
+            .is_some_and(|c| c.policies.remove(name));
+        if !attached {
+            return Err(AwsError::not_found(format!(
+                "Policy {name} is not attached to {target}"
+            )));
         }
         Ok(Value::Null)
     }

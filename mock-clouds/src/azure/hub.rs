@@ -399,13 +399,31 @@ async fn charged(hub: &Hub, cost: u64, f: impl FnOnce() -> Response<Body>) -> Re
     }
 }
 
-/// Device ids: up to 128 characters of ASCII letters, digits and `- . + % _ # * ? ! ( ) , : = @ $ '`.
-fn valid_device_id(id: &str) -> bool {
+/// Device ids as documented ("a case-sensitive string, up to 128 characters long, of ASCII
+/// 7-bit alphanumeric characters plus `- : . + % _ # * ? ! ( ) , = @ ; $ '`").
+pub fn valid_device_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.+%_#*?!(),:=@$'".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"-:.+%_#*?!(),=@;$'".contains(&b))
+}
+
+/// The six-digit code IoT Hub sends for an error name (common error codes page).
+pub fn error_number(name: &str) -> u32 {
+    match name {
+        "InvalidProtocolVersion" => 400001,
+        "ArgumentInvalid" | "DeviceDefinedMultipleTimes" => 400004,
+        "ArgumentNull" => 400005,
+        "IotHubUnauthorizedAccess" => 401002,
+        "IotHubQuotaExceeded" => 403002,
+        "DeviceNotFound" => 404001,
+        "DeviceAlreadyExists" => 409001,
+        "PreconditionFailed" => 412001,
+        "ThrottlingException" => 429001,
+        "ServiceUnavailable" => 503001,
+        _ => 500001,
+    }
 }
 
 fn valid_thumbprint(t: &str) -> bool {
@@ -655,8 +673,9 @@ async fn bulk(hub: &Hub, body: &[u8]) -> Response<Body> {
             .get("eTag")
             .and_then(Value::as_str)
             .map(|s| s.trim_matches('"').to_owned());
+        // The service sends the numeric code (409001), with the name in `errorStatus`.
         let mut fail = |code: &str, status: String| {
-            errors.push(json!({"deviceId": id, "moduleId": null, "errorCode": code, "errorStatus": status, "operation": mode_raw}));
+            errors.push(json!({"deviceId": id, "moduleId": null, "errorCode": error_number(code), "errorStatus": format!("ErrorCode:{code};{status}"), "operation": mode_raw}));
         };
         if let Some(code) = lock(&hub.item_faults).remove(id) {
             fail(&code, format!("Scripted failure {code} for device {id}"));
@@ -831,4 +850,44 @@ fn statistics(hub: &Hub) -> Response<Body> {
         &[],
         json!({"totalDeviceCount": devices.len(), "enabledDeviceCount": enabled, "disabledDeviceCount": devices.len() - enabled}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_follow_the_documented_rules() {
+        for ok in [
+            "optiga-0001",
+            "1F0000000000000007",
+            "Case-Sensitive",
+            "line-7;station:3",
+            "a#b+c%d_e*f?g!h(i)j,k=l@m$n'o.p",
+            &"x".repeat(128),
+        ] {
+            assert!(valid_device_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "a&b",
+            "a\"b",
+            "é",
+            "a<b",
+            &"x".repeat(129),
+        ] {
+            assert!(!valid_device_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bulk_error_codes_are_numbers() {
+        assert_eq!(error_number("DeviceAlreadyExists"), 409001);
+        assert_eq!(error_number("DeviceNotFound"), 404001);
+        assert_eq!(error_number("PreconditionFailed"), 412001);
+        assert_eq!(error_number("ThrottlingException"), 429001);
+        assert_eq!(error_number("InternalServerError"), 500001);
+    }
 }
