@@ -124,7 +124,7 @@ fn command_lines(line: &str) -> Vec<String> {
     let mut rest = line.as_str();
     while let Some(i) = find_command(rest) {
         let cmd = &rest[i + "idbridge ".len()..];
-        let end = cmd.find(['|', '>', ')', ';']).unwrap_or(cmd.len());
+        let end = cmd.find(['|', '>', ')', ';', '&']).unwrap_or(cmd.len());
         let mut this = &cmd[..end];
         if let Some(j) = find_command(this) {
             this = &this[..j];
