@@ -355,6 +355,21 @@ async fn automatic_mode_binds_by_qr_and_the_devices_land() {
         .await;
     assert_eq!(code, 200);
     assert!(events.contains("event: end"), "{events}");
+    // Metrics count what happened; the OpenAPI document is served without a token.
+    let (code, m) = s.get_text("/metrics", "").await;
+    assert_eq!(code, 200);
+    for line in [
+        "idbridge_service_binds_total{result=\"bound\"} 1",
+        "idbridge_service_devices_total{outcome=\"done\"} 5",
+    ] {
+        assert!(m.contains(line), "{line} missing from\n{m}");
+    }
+    let (code, doc) = s.call("GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(code, 200);
+    assert!(
+        doc["paths"]["/api/v1/bindings"]["post"].is_object(),
+        "{doc}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -225,6 +225,36 @@ async fn console_binds_by_an_uploaded_qr_photo_rotated_and_scaled() {
         .unwrap();
     assert_eq!(rows.len(), 3);
     b.screenshot("bound-from-photo.png").await;
+    // Search by serial number (any case), from the serial the table shows.
+    let serial = text_of(&b, "main table tbody tr td:nth-child(3)").await;
+    assert!(!serial.is_empty());
+    let q = b.client.find(Locator::Id("q")).await.unwrap();
+    q.send_keys(&format!("{}\u{E007}", serial.to_lowercase()))
+        .await
+        .unwrap();
+    b.wait_text("Search devices").await;
+    for _ in 0..240 {
+        let n = b
+            .client
+            .find_all(Locator::Css("main table tbody tr"))
+            .await
+            .map(|r| r.len())
+            .unwrap_or(0);
+        if n == 1 && b.client.current_url().await.unwrap().query().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let rows = b
+        .client
+        .find_all(Locator::Css("main table tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "search by serial {serial}");
+    assert_eq!(
+        text_of(&b, "main table tbody tr td:nth-child(3)").await,
+        serial
+    );
     let bindings = api_bindings(&s, &binder).await;
     assert_eq!(bindings.len(), 1);
     assert_eq!(bindings[0]["mode"], "manual");
@@ -297,6 +327,30 @@ async fn console_manual_mode_provision_now_works_without_javascript() {
     // The jobs page lists it.
     click(&b, "a[href='/console/jobs']").await;
     b.wait_text("finished").await;
+    // Deprovision, after a confirmation page: the devices leave the cloud.
+    click(&b, "a[href='/console/bindings']").await;
+    b.wait_text("provision finished").await;
+    click(&b, "main table tbody a[href^='/console/bindings/']").await;
+    b.wait_text("Valid devices").await;
+    click(&b, "a.button[href$='/deprovision']").await;
+    b.wait_text("Remove this binding's devices").await;
+    click(&b, "main form button.danger").await;
+    b.wait_text("State: finished").await;
+    assert_eq!(text_of(&b, "#done").await, "6");
+    let stats = s.registry.stats();
+    assert_eq!(stats.devices, 0, "{stats:?}");
+    // The audit log (admin) shows what happened.
+    click(&b, "a[href='/console/audit']").await;
+    let text = b.wait_text("job.deprovision").await;
+    assert!(
+        text.contains("bind") && text.contains("job.provision"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("REEL-M") && !text.contains("BATCH-M"),
+        "{text}"
+    );
+    b.screenshot("audit.png").await;
     b.close().await;
 }
 
@@ -546,4 +600,86 @@ async fn console_sign_in_refuses_a_bad_token_and_a_post_without_csrf() {
         .to_owned();
     assert!(csp.contains("default-src 'self'"), "{csp}");
     browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_targets_are_tested_before_saving_and_secrets_stay_write_only() {
+    let s = start("").await;
+    s.import("reel-t.pem", 60..63, "BATCH-T", "REEL-T").await;
+    s.account("acme", "automatic").await;
+    let admin = s.token("acme", "admin").await;
+    let token = s.cloud_target()["token"].as_str().unwrap().to_owned();
+    let b = Browser::start("console_targets", false).await;
+    sign_in(&b, &s.url, &admin).await;
+    click(&b, "a[href='/console/targets']").await;
+    b.wait_text("No targets yet").await;
+    click(&b, "a[href='/console/targets/new']").await;
+    b.wait_text("New target").await;
+    let fill = |id: &'static str, text: String| {
+        let c = b.client.clone();
+        async move {
+            let e = c.find(Locator::Id(id)).await.unwrap();
+            e.clear().await.unwrap();
+            e.send_keys(&text).await.unwrap();
+        }
+    };
+    fill("name", "cloud".into()).await;
+    fill("kind", "mock".into()).await;
+    fill("k0", "url".into()).await;
+    fill("v0", s.cloud.url.clone()).await;
+    fill("k1", "allow_http".into()).await;
+    fill("v1", "true".into()).await;
+    fill("k2", "token".into()).await;
+    fill("v2", "wrong-token".into()).await;
+    // A wrong credential: the health check fails and nothing is saved.
+    click(&b, "button[value=save]").await;
+    let text = b.wait_text("Connection test failed").await;
+    assert!(
+        !text.contains("wrong-token"),
+        "a secret is never shown back"
+    );
+    let (_, targets) = s.call("GET", "/api/v1/targets", Some(&admin), None).await;
+    assert_eq!(targets, json!([]));
+    // The secret row came back empty (write-only): type the right one, test, then save.
+    fill("v2", token.clone()).await;
+    click(&b, "button[value=test]").await;
+    b.wait_text("Connection test passed.").await;
+    assert!(!b.client.source().await.unwrap().contains(&token));
+    fill("v2", token.clone()).await;
+    click(&b, "button[value=save]").await;
+    b.wait_text("target cloud saved").await;
+    // Edit it without touching the secret: the stored one is kept (tested, then saved).
+    click(&b, "a[href='/console/targets/cloud']").await;
+    b.wait_text("Target cloud").await;
+    let page = b.client.source().await.unwrap();
+    assert!(
+        !page.contains(&token),
+        "the stored secret is not in the page"
+    );
+    b.screenshot("target.png").await;
+    click(&b, "button[value=save]").await;
+    b.wait_text("target cloud saved").await;
+    let (code, t) = s
+        .call("GET", "/api/v1/targets/cloud", Some(&admin), None)
+        .await;
+    assert_eq!(code, 200, "{t}");
+    assert_eq!(t["config"]["token"], "<redacted>");
+    assert_eq!(t["default"], true);
+    // The kept secret works: an automatic bind lands the devices through this target.
+    let (code, bound) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&admin),
+            Some(json!({"batch_id": "BATCH-T", "reel_id": "REEL-T"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{bound}");
+    assert_eq!(bound["target"], "cloud");
+    let job = s
+        .wait_job(&admin, bound["job"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(job["state"], "finished", "{job}");
+    assert_eq!(s.registry.stats().devices, 3);
+    b.close().await;
 }
