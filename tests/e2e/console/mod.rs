@@ -128,6 +128,8 @@ async fn console_binds_by_typed_scanner_text_in_automatic_mode_and_the_job_reach
     // The scan field has the focus: a handheld scanner types into it and presses Enter.
     let focused = b.client.active_element().await.unwrap();
     assert_eq!(focused.attr("id").await.unwrap().as_deref(), Some("scan"));
+    let page = b.client.source().await.unwrap();
+    assert!(!page.contains(BUNDLE_BATCH) && !page.contains(BUNDLE_REEL));
     b.screenshot("bind.png").await;
     focused
         .send_keys(&format!(
@@ -681,5 +683,98 @@ async fn console_targets_are_tested_before_saving_and_secrets_stay_write_only() 
         .await;
     assert_eq!(job["state"], "finished", "{job}");
     assert_eq!(s.registry.stats().devices, 3);
+    b.close().await;
+}
+
+/// Every form control of the page has a label, nothing is wider than the screen, the page has
+/// its language and one heading.
+async fn check_page(b: &Browser, page: &str) {
+    let v = b
+        .client
+        .execute(
+            r#"
+            const unlabelled = [];
+            for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+              if (!(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                  && !el.getAttribute('aria-labelledby')) { unlabelled.push(el.name || el.id); }
+            }
+            const d = document.documentElement;
+            return {unlabelled, overflow: d.scrollWidth - d.clientWidth, lang: d.lang,
+                    h1: document.querySelectorAll('h1').length};
+            "#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(v["unlabelled"], json!([]), "{page}: {v}");
+    assert!(
+        v["overflow"].as_i64().unwrap() <= 0,
+        "{page} scrolls sideways: {v}"
+    );
+    assert_eq!(v["lang"], "en", "{page}");
+    assert_eq!(v["h1"], 1, "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_pages_fit_a_phone_screen_and_every_control_has_a_label() {
+    let s = start("").await;
+    s.import("reel-p.pem", 70..73, "BATCH-P", "REEL-P").await;
+    let admin = account(&s, "acme", "automatic").await;
+    let (code, bound) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&admin),
+            Some(json!({"batch_id": "BATCH-P", "reel_id": "REEL-P"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{bound}");
+    let binding = bound["id"].as_str().unwrap().to_owned();
+    let job = bound["job"]["id"].as_str().unwrap().to_owned();
+    s.wait_job(&admin, &job).await;
+    let b = Browser::start("console_phone", true).await;
+    // A phone's viewport.
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.client
+        .goto(&format!("{}/console/sign-in", s.url))
+        .await
+        .unwrap();
+    b.wait_text("Account token").await;
+    check_page(&b, "sign-in").await;
+    sign_in(&b, &s.url, &admin).await;
+    for page in [
+        "/console/bind".to_owned(),
+        "/console/bindings".to_owned(),
+        format!("/console/bindings/{binding}"),
+        format!("/console/bindings/{binding}/deprovision"),
+        "/console/jobs".to_owned(),
+        format!("/console/jobs/{job}"),
+        "/console/targets".to_owned(),
+        "/console/targets/new".to_owned(),
+        "/console/targets/cloud".to_owned(),
+        "/console/audit".to_owned(),
+    ] {
+        b.client.goto(&format!("{}{page}", s.url)).await.unwrap();
+        b.wait_text("Sign out").await;
+        check_page(&b, &page).await;
+        if page == "/console/bind" {
+            b.screenshot("bind-phone.png").await;
+        }
+    }
+    // Keyboard only: the first Tab reaches the "Skip to content" link.
+    b.client
+        .goto(&format!("{}/console/bindings", s.url))
+        .await
+        .unwrap();
+    b.wait_text("Sign out").await;
+    b.client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E004}")
+        .await
+        .unwrap();
+    let focused = b.client.active_element().await.unwrap();
+    assert_eq!(focused.text().await.unwrap(), "Skip to content");
     b.close().await;
 }
