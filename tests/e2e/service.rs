@@ -18,6 +18,33 @@ use super::interop::{Fixture, admitted, bin, device_id};
 
 const CLOUD_TOKEN: &str = "svc-cloud-token";
 
+/// Starts `idbridge serve ARGS --listen 127.0.0.1:0` and waits for the address it prints.
+pub(crate) async fn spawn_serve(
+    args: &[&str],
+    env: &[(String, String)],
+) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(bin())
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("IDBRIDGE_CONFIG")
+        .env_remove("IDBRIDGE_JOURNAL")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("serve printed its address")
+        .unwrap()
+        .expect("serve exited before listening");
+    assert!(url.starts_with("http://"), "{url}");
+    (child, url)
+}
+
 /// A running service, the mock cloud behind it and the files it was started from.
 pub(crate) struct Service {
     pub fx: Fixture,
@@ -86,33 +113,14 @@ signing_key = "signing.pem"
 
 impl Service {
     async fn spawn(&mut self) {
-        let mut child = tokio::process::Command::new(bin())
-            .args([
-                "serve",
-                "--config",
-                &self.config.display().to_string(),
-                "--listen",
-                "127.0.0.1:0",
-                "--trust",
-                &self.fx.path("trust.pem").display().to_string(),
-                "--no-builtin-roots",
-            ])
-            .env_remove("IDBRIDGE_CONFIG")
-            .env_remove("IDBRIDGE_JOURNAL")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("serve printed its address")
-            .unwrap()
-            .expect("serve exited before listening");
-        assert!(first.starts_with("http://"), "{first}");
-        self.url = first;
+        let config = self.config.display().to_string();
+        let trust = self.fx.path("trust.pem").display().to_string();
+        let (child, url) = spawn_serve(
+            &["--config", &config, "--trust", &trust, "--no-builtin-roots"],
+            &self.env,
+        )
+        .await;
+        self.url = url;
         self.child = Some(child);
     }
 
@@ -973,21 +981,7 @@ async fn the_readme_service_commands_work() {
         std::fs::copy(root.join(f), dir.path().join(f)).unwrap();
     }
     let config = dir.path().join("service.toml").display().to_string();
-    let mut child = tokio::process::Command::new(bin())
-        .args(["serve", "--config", &config, "--listen", "127.0.0.1:0"])
-        .env_remove("IDBRIDGE_CONFIG")
-        .env_remove("IDBRIDGE_JOURNAL")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let url = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("serve printed its address")
-        .unwrap()
-        .expect("serve exited before listening");
+    let (_child, url) = spawn_serve(&["--config", &config], &[]).await;
     let run = |args: Vec<String>| async move {
         tokio::process::Command::new(bin())
             .args(&args)
