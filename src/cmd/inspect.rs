@@ -20,6 +20,11 @@ pub struct Args {
     /// Output: a table, one JSON document, or JSON Lines (one device per line, then a summary).
     #[arg(long, value_enum, default_value_t = Output::Table)]
     output: Output,
+
+    /// The config file, for its `[trust]` table (default: ./idbridge.toml when present, else
+    /// the XDG one).
+    #[arg(long, env = "IDBRIDGE_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,7 +83,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn inspect(args: &Args) -> anyhow::Result<ExitCode> {
-    let intake = args.input.open()?;
+    let config = idbridge::app::Config::load(args.config.as_deref())?;
+    let intake = idbridge_core::intake::Intake::open(
+        &args.input.inputs,
+        &args.input.intake_options_with(&config.trust)?,
+    )?;
     for note in intake.notes() {
         eprintln!("note: {note}");
     }
