@@ -778,3 +778,69 @@ async fn console_pages_fit_a_phone_screen_and_every_control_has_a_label() {
     assert_eq!(focused.text().await.unwrap(), "Skip to content");
     b.close().await;
 }
+
+/// Types `text` into the scan field of the bind page and presses Enter.
+async fn scan(b: &Browser, url: &str, text: &str) {
+    b.client.goto(&format!("{url}/console/bind")).await.unwrap();
+    b.wait_text("Bind a batch or reel").await;
+    b.client
+        .find(Locator::Id("scan"))
+        .await
+        .unwrap()
+        .send_keys(&format!("{text}\u{E007}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_bind_explains_wrong_ids_already_bound_a_bad_qr_and_the_attempt_limit() {
+    let s = start("bind_attempts = 3\nbind_window_secs = 900").await;
+    s.import("reel-w.pem", 80..82, "BATCH-W", "REEL-W").await;
+    let other = account(&s, "other", "manual").await;
+    let (code, v) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&other),
+            Some(json!({"batch_id": "BATCH-W", "reel_id": "REEL-W"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+    let _acme = account(&s, "acme", "manual").await;
+    let binder = s.token("acme", "binder").await;
+    let b = Browser::start("console_bind_messages", false).await;
+    sign_in(&b, &s.url, &binder).await;
+    // Bound to another account: said so, without naming it.
+    scan(&b, &s.url, "https://l.example/b?batch=BATCH-W&reel=REEL-W").await;
+    let text = b.wait_text("already bound to an account").await;
+    assert!(!text.contains("other"), "{text}");
+    // Not a QR payload of a letter.
+    scan(&b, &s.url, "hello").await;
+    b.wait_text("could not be used").await;
+    // Wrong IDs: one generic message, the typed secret never echoed.
+    for i in 0..3 {
+        scan(
+            &b,
+            &s.url,
+            &format!("https://l.example/b?batch=BATCH-W&reel=GUESS{i}"),
+        )
+        .await;
+        let text = b.wait_text("No batch or reel matches").await;
+        assert!(!text.contains(&format!("GUESS{i}")), "{text}");
+        let value = b
+            .client
+            .find(Locator::Id("scan"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap();
+        assert_eq!(value.as_deref(), Some(""), "the form comes back empty");
+    }
+    // Past the limit: told to wait, even for a right pair.
+    scan(&b, &s.url, "https://l.example/b?batch=BATCH-W&reel=REEL-W").await;
+    b.wait_text("Too many failed attempts. Wait").await;
+    b.screenshot("attempt-limit.png").await;
+    assert!(api_bindings(&s, &binder).await.is_empty());
+    b.close().await;
+}
