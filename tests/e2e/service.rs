@@ -1075,3 +1075,45 @@ async fn the_readme_service_commands_work() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_with_wrong_credentials_fails_the_job_with_the_reason_and_provisions_nothing() {
+    let s = start("").await;
+    s.import("reel.pem", 1..4, "B-CRED", "R-CRED").await;
+    s.account("credco", "automatic").await;
+    let admin = s.token("credco", "admin").await;
+    let mut table = s.cloud_target();
+    table["token"] = json!("not-the-cloud-token");
+    let (code, v) = s
+        .call(
+            "PUT",
+            "/api/v1/targets/cloud?default=true",
+            Some(&admin),
+            Some(table),
+        )
+        .await;
+    assert!(code == 200 || code == 201, "{code} {v}");
+    let (code, b) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&admin),
+            Some(json!({"batch_id": "B-CRED", "reel_id": "R-CRED"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    let j = s.wait_job(&admin, b["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(j["state"], "failed", "{j}");
+    let error = j["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        ["credential", "unauthori", "authenticat", "401"]
+            .iter()
+            .any(|w| error.contains(w)),
+        "the reason is not named: {j}"
+    );
+    assert!(
+        !error.contains("not-the-cloud-token"),
+        "the secret is echoed: {j}"
+    );
+    assert_eq!(s.registry.stats().devices, 0);
+}
