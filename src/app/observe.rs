@@ -1,10 +1,11 @@
 //! The connector as the application layer sees it: every call in a `call` span (target, API,
-//! device count, job, and on failure the error kind and the cloud's request id), counted for
+//! device count, attempt, job, and on failure the error kind and the cloud's request id), counted for
 //! the metrics, and lookups reported to whoever watches a plan (`diff`, `--dry-run`).
 //!
 //! A decorator around `Arc<dyn Connector>`, so the engine's one call path is unchanged: the
 //! engine still paces, batches and retries; this only watches.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use async_trait::async_trait;
 use idbridge_core::connector::{
     CallContext, Capabilities, DeregisterOutcome, ListPage, RegisterOutcome, RemoteDevice,
 };
-use idbridge_core::{Connector, DeviceIdentity, Result};
+use idbridge_core::{Connector, DeviceId, DeviceIdentity, Result};
 use tracing::Instrument;
 
 use super::metrics::Metrics;
@@ -26,6 +27,9 @@ pub struct Observed {
     target: String,
     on_lookup: Mutex<Option<LookupHook>>,
     metrics: Arc<Metrics>,
+    /// Failed calls so far per (API, device), for the `attempt` of the next call; an entry
+    /// goes when the call succeeds, so only failing devices are held.
+    failures: Mutex<HashMap<(&'static str, DeviceId), u32>>,
 }
 
 impl std::fmt::Debug for Observed {
@@ -45,6 +49,7 @@ impl Observed {
             target: target.to_owned(),
             on_lookup: Mutex::new(None),
             metrics,
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -56,15 +61,26 @@ impl Observed {
     async fn traced<T>(
         &self,
         api: &'static str,
-        devices: usize,
+        ids: &[&DeviceId],
         ctx: &CallContext,
         call: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
+        let devices = ids.len();
+        let attempt = {
+            let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            1 + ids
+                .iter()
+                .filter_map(|id| f.get(&(api, (*id).clone())))
+                .max()
+                .copied()
+                .unwrap_or(0)
+        };
         let span = tracing::info_span!(
             "call",
             target_name = %self.target,
             api,
             devices,
+            attempt,
             job_id = ctx.job_id.as_deref().unwrap_or(""),
             error_kind = tracing::field::Empty,
             request_id = tracing::field::Empty,
@@ -74,6 +90,12 @@ impl Observed {
         let secs = start.elapsed().as_secs_f64();
         match &r {
             Ok(_) => {
+                if attempt > 1 {
+                    let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                    for id in ids {
+                        f.remove(&(api, (*id).clone()));
+                    }
+                }
                 self.metrics.call(&self.target, api, "ok", secs);
                 span.in_scope(|| tracing::debug!(secs, "call ok"));
             }
@@ -81,6 +103,12 @@ impl Observed {
                 span.record("error_kind", tracing::field::display(e.kind()));
                 if let Some(id) = e.request_id() {
                     span.record("request_id", id);
+                }
+                {
+                    let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                    for id in ids {
+                        *f.entry((api, (*id).clone())).or_insert(0) += 1;
+                    }
                 }
                 self.metrics.call(&self.target, api, "error", secs);
                 span.in_scope(|| tracing::info!(secs, error = %e, "call failed"));
@@ -105,13 +133,9 @@ impl Connector for Observed {
         ctx: &CallContext,
         devices: &[DeviceIdentity],
     ) -> Result<Vec<RegisterOutcome>> {
-        self.traced(
-            "register",
-            devices.len(),
-            ctx,
-            self.inner.register(ctx, devices),
-        )
-        .await
+        let ids: Vec<&DeviceId> = devices.iter().map(|d| &d.device_id).collect();
+        self.traced("register", &ids, ctx, self.inner.register(ctx, devices))
+            .await
     }
 
     async fn deregister(
@@ -119,13 +143,9 @@ impl Connector for Observed {
         ctx: &CallContext,
         devices: &[DeviceIdentity],
     ) -> Result<Vec<DeregisterOutcome>> {
-        self.traced(
-            "deregister",
-            devices.len(),
-            ctx,
-            self.inner.deregister(ctx, devices),
-        )
-        .await
+        let ids: Vec<&DeviceId> = devices.iter().map(|d| &d.device_id).collect();
+        self.traced("deregister", &ids, ctx, self.inner.deregister(ctx, devices))
+            .await
     }
 
     async fn lookup(
@@ -134,7 +154,12 @@ impl Connector for Observed {
         device: &DeviceIdentity,
     ) -> Result<Option<RemoteDevice>> {
         let r = self
-            .traced("lookup", 1, ctx, self.inner.lookup(ctx, device))
+            .traced(
+                "lookup",
+                &[&device.device_id],
+                ctx,
+                self.inner.lookup(ctx, device),
+            )
             .await;
         let hook = self
             .on_lookup
@@ -148,16 +173,17 @@ impl Connector for Observed {
     }
 
     async fn list(&self, ctx: &CallContext, cursor: Option<String>) -> Result<ListPage> {
-        self.traced("list", 0, ctx, self.inner.list(ctx, cursor))
+        self.traced("list", &[], ctx, self.inner.list(ctx, cursor))
             .await
     }
 
     async fn health_check(&self, ctx: &CallContext) -> Result<()> {
-        self.traced("health_check", 0, ctx, self.inner.health_check(ctx))
+        self.traced("health_check", &[], ctx, self.inner.health_check(ctx))
             .await
     }
 
     async fn finish(&self, ctx: &CallContext) -> Result<()> {
-        self.traced("finish", 0, ctx, self.inner.finish(ctx)).await
+        self.traced("finish", &[], ctx, self.inner.finish(ctx))
+            .await
     }
 }

@@ -2,7 +2,7 @@
 //! device and a summary. Exit 0 when every device is valid, 1 when some are not, 2 when an
 //! input is unusable or the call is wrong.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use idbridge_core::identity::{DeviceIdentity, Source, VendorAttributes};
@@ -105,7 +105,21 @@ fn inspect(args: &Args) -> anyhow::Result<ExitCode> {
             "DEVICE_ID", "VENDOR_IDS", "ISSUER", "SERIAL", "NOT_AFTER", "KEY", "STATUS"
         )?;
     }
+    // A spinner counting devices when the rows go to a file or a pipe and stderr is a
+    // terminal (on a terminal the rows themselves show progress).
+    let bar = (!std::io::stdout().is_terminal() && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} inspect: {pos} devices {per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        b
+    });
     for item in intake {
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
         let row_owned;
         let row = match &item {
             Ok(checked) => {
@@ -160,6 +174,9 @@ fn inspect(args: &Args) -> anyhow::Result<ExitCode> {
             }
         }
         first = false;
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     match args.output {
         Output::Table => writeln!(

@@ -446,6 +446,11 @@ fn json_logs_carry_the_job_and_call_spans() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     write_config(w, &lab_config(&cloud.url));
+    // The first register call fails with a 503: the engine retries it as attempt 2.
+    post_json(
+        &format!("{}/_mock/faults", cloud.url),
+        r#"[{"method":"POST","times":1,"fault":{"type":"status","status":503}}]"#,
+    );
     let o = run(
         w,
         &[
@@ -455,6 +460,8 @@ fn json_logs_carry_the_job_and_call_spans() {
             b.root.to_str().unwrap(),
             "--target",
             "lab",
+            "--batch-size",
+            "2",
             "--log-format",
             "json",
             "--log",
@@ -463,11 +470,24 @@ fn json_logs_carry_the_job_and_call_spans() {
     );
     assert_eq!(code(&o), 0, "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    let call = err
+    let events: Vec<serde_json::Value> = err
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["fields"]["message"] == "call ok" && v["span"]["api"] == "register")
-        .unwrap_or_else(|| panic!("no call event: {err}"));
+        .collect();
+    let failed = events
+        .iter()
+        .find(|v| v["fields"]["message"] == "call failed" && v["span"]["api"] == "register")
+        .unwrap_or_else(|| panic!("no failed call event: {err}"));
+    assert_eq!(failed["span"]["attempt"], 1, "{failed}");
+    assert_eq!(failed["span"]["error_kind"], "server_error", "{failed}");
+    let call = events
+        .iter()
+        .find(|v| {
+            v["fields"]["message"] == "call ok"
+                && v["span"]["api"] == "register"
+                && v["span"]["attempt"] == 2
+        })
+        .unwrap_or_else(|| panic!("no successful retry as attempt 2: {err}"));
     let spans = call["spans"].as_array().unwrap();
     let job = spans.iter().find(|s| s["name"] == "job").expect("job span");
     assert!(
