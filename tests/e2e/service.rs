@@ -1117,3 +1117,86 @@ async fn a_target_with_wrong_credentials_fails_the_job_with_the_reason_and_provi
     );
     assert_eq!(s.registry.stats().devices, 0);
 }
+
+/// The operator prints a batch's label QR code (PNG and SVG); scanning the PNG gives the text a
+/// binder submits as `qr`, which binds that batch and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_label_qr_code_binds_its_batch() {
+    let s = start("").await;
+    s.import("reel.pem", 1..3, "B-LABEL", "R-LABEL").await;
+    s.import("other.pem", 10..11, "B-OTHER", "R-OTHER").await;
+    let binder = {
+        admin_account(&s, "labelco", "manifest").await;
+        s.token("labelco", "binder").await
+    };
+    let operator = s.operator().await;
+    let (code, batches) = s
+        .call("GET", "/api/v1/admin/batches", Some(&operator), None)
+        .await;
+    assert_eq!(code, 200, "{batches}");
+    assert!(
+        !batches.to_string().contains("R-LABEL") && !batches.to_string().contains("B-LABEL"),
+        "claim secrets listed: {batches}"
+    );
+    let id = batches
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["devices"] == 2)
+        .and_then(|b| b["id"].as_str())
+        .unwrap()
+        .to_owned();
+    let (code, svg) = s
+        .get_text(&format!("/api/v1/admin/batches/{id}/qr.svg"), &operator)
+        .await;
+    assert_eq!(code, 200);
+    assert!(svg.contains("<svg"), "{svg}");
+    // A binder may not print labels.
+    let (code, _) = s
+        .get_text(&format!("/api/v1/admin/batches/{id}/qr.png"), &binder)
+        .await;
+    assert_eq!(code, 403);
+    let png = s
+        .http
+        .get(format!("{}/api/v1/admin/batches/{id}/qr.png", s.url))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let img = image::load_from_memory(&png).unwrap().to_luma8();
+    let (w, h) = img.dimensions();
+    let mut prepared =
+        rqrr::PreparedImage::prepare_from_greyscale(w as usize, h as usize, |x, y| {
+            img.get_pixel(x as u32, y as u32).0[0]
+        });
+    let grids = prepared.detect_grids();
+    assert_eq!(grids.len(), 1);
+    let (_, text) = grids[0].decode().unwrap();
+    let (code, b) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&binder),
+            Some(json!({"qr": text})),
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    assert_eq!(
+        (b["batch"].as_str(), b["devices"].as_u64()),
+        (Some(id.as_str()), Some(2))
+    );
+    // The same label text with another batch's id binds nothing.
+    let forged = text.replace(&id, "bat_000000000000ffffffffffffffff");
+    let (code, v) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&binder),
+            Some(json!({"qr": forged})),
+        )
+        .await;
+    assert_eq!((code, v["code"].as_str()), (404, Some("not_found")), "{v}");
+}
