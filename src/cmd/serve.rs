@@ -21,6 +21,11 @@ pub struct Args {
     #[arg(long, env = "IDBRIDGE_JOURNAL", value_name = "URL")]
     pub journal: Option<String>,
 
+    /// Serve HTTP only: the registration service's jobs are recorded (queued) and run by the
+    /// other `serve` processes on the same store and journal (PostgreSQL), never by this one.
+    #[arg(long)]
+    pub no_jobs: bool,
+
     /// How certificates in requests are judged (validity `now` means at start-up).
     #[command(flatten)]
     pub trust: super::input::TrustArgs,
@@ -87,8 +92,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let config = idbridge::app::Config::load(Some(&args.config))?;
         let journal = idbridge::app::journal_url(args.journal.as_deref(), &config);
         let svc = Service::open(cfg, args.trust.options(), journal).await?;
-        let resumed = jobs::resume_unfinished(&svc).await?;
-        what.push(format!("registration service ({resumed} jobs resumed)"));
+        let preloaded = svc.preload().await?;
+        if args.no_jobs {
+            svc.jobs.disable();
+            what.push(format!(
+                "registration service ({preloaded} batches preloaded; HTTP only: --no-jobs)"
+            ));
+        } else {
+            let resumed = jobs::resume_unfinished(&svc).await?;
+            // Jobs queued by --no-jobs processes, or left by processes that died, are taken
+            // over as their leases allow (ADR 1201).
+            tokio::spawn(jobs::run_queue(Arc::clone(&svc), jobs::queue_poll()));
+            what.push(format!(
+                "registration service ({preloaded} batches preloaded, {resumed} jobs resumed)"
+            ));
+        }
         // The web console (/console) reads and changes data only through the service API.
         let api_router = http::router(svc);
         let secure_cookies = server_cfg.tls.is_some();

@@ -96,11 +96,6 @@ impl Api {
         self.json(who, Method::POST, path, Some(body)).await
     }
 
-    /// `PUT path` with a JSON body.
-    pub async fn put(&self, who: &Caller, path: &str, body: &Value) -> Answer {
-        self.json(who, Method::PUT, path, Some(body)).await
-    }
-
     /// A JSON call.
     pub async fn json(
         &self,
@@ -169,7 +164,14 @@ fn bad_request() -> Response {
     r
 }
 
+/// What [`enc`] leaves as is: letters, digits, `-`, `_`, `~` (ids stay readable in URLs; `.`
+/// stays encoded so no segment is ever `..`).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes one path segment or query value.
 pub fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }

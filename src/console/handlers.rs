@@ -362,12 +362,27 @@ pub(super) async fn bindings(State(c): St, peer: Peer, headers: HeaderMap) -> Re
     if !a.ok() {
         return api_failure(&s, &a, "Your bindings");
     }
+    let jobs = c.api.get(&s.caller, "/api/v1/jobs").await;
+    let jobs = view::Page::from_json(&jobs.body, &["jobs"]).items;
     let list: Vec<Binding> = view::Page::from_json(&a.body, &["bindings"])
         .items
         .iter()
-        .map(Binding::from_json)
+        .map(|v| {
+            let mut b = Binding::from_json(v);
+            // Jobs come newest first: the first of this binding's is its state.
+            b.state = binding_state(jobs.iter().find(|j| view::text(j, "binding") == b.id));
+            b
+        })
         .collect();
     pages::bindings(&s.ctx, &list, None).into_response()
+}
+
+/// A binding's state from its newest job: `bound` without one, else e.g. `provision running`.
+fn binding_state(newest_job: Option<&Value>) -> String {
+    match newest_job {
+        None => "bound".into(),
+        Some(j) => format!("{} {}", view::text(j, "operation"), view::text(j, "state")),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -409,7 +424,21 @@ async fn binding_page(
     if !a.ok() {
         return api_failure(s, &a, "This binding");
     }
-    let b = Binding::from_json(&a.body);
+    let mut b = Binding::from_json(&a.body);
+    let jobs = c
+        .api
+        .get(&s.caller, &format!("/api/v1/jobs?binding={}", enc(id)))
+        .await;
+    if jobs.ok() {
+        let list = view::Page::from_json(&jobs.body, &["jobs"]).items;
+        b.state = binding_state(list.first());
+        for j in list.iter().rev() {
+            let jid = view::text(j, "id");
+            if !jid.is_empty() && !b.jobs.contains(&jid) {
+                b.jobs.insert(0, jid);
+            }
+        }
+    }
     let mut path = format!("/api/v1/bindings/{}/devices?limit=50", enc(id));
     if !q.q.trim().is_empty() {
         path.push_str(&format!("&q={}", enc(q.q.trim())));
@@ -586,7 +615,7 @@ pub(super) async fn manifest(
     if !parts.headers.contains_key(header::CONTENT_DISPOSITION) {
         let ext = match q.format.as_str() {
             "pem" => "pem",
-            "jsonl-signed" | "jws" => "jws",
+            "jsonl.jws" => "jws",
             _ => "jsonl",
         };
         let name = format!(
@@ -920,7 +949,9 @@ pub(super) async fn save_target(
         if k.is_empty() {
             continue;
         }
-        let secret = secrets.contains(&k);
+        // A stored secret, or a key the service treats as secret (typed into a new row):
+        // never shown back in the form.
+        let secret = secrets.contains(&k) || idbridge::service::api::is_secret_key(&k);
         rows.push((
             k.clone(),
             if secret { String::new() } else { v.clone() },
@@ -945,7 +976,9 @@ pub(super) async fn save_target(
         let msg = "A target name is letters, digits, '_', '.' or '-'.";
         return flash_page(StatusCode::BAD_REQUEST, Flash::Error(msg.into()), &form);
     }
-    let body = json!({ "config": Value::Object(config.clone()), "default": form.default });
+    // The target table as idbridge.toml has it; secrets left empty keep their stored value
+    // (the service merges them: the console never sees a stored secret).
+    let body = Value::Object(config.clone());
     let test = c
         .api
         .post(
@@ -968,9 +1001,14 @@ pub(super) async fn save_target(
             &form,
         );
     }
+    let path = format!(
+        "/api/v1/targets/{}{}",
+        enc(&name),
+        if form.default { "?default=true" } else { "" }
+    );
     let saved = c
         .api
-        .put(&s.caller, &format!("/api/v1/targets/{}", enc(&name)), &body)
+        .json(&s.caller, Method::PATCH, &path, Some(&body))
         .await;
     if !saved.ok() {
         let msg = format!("Not saved: {}", nonempty(&saved.message(), saved.code()));

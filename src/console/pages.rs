@@ -36,7 +36,7 @@ pub enum Flash {
 pub const MANIFEST_FORMATS: &[(&str, &str)] = &[
     ("pem", "PEM bundle"),
     ("jsonl", "idbridge JSON lines"),
-    ("jsonl-signed", "JSON lines, signed (JWS)"),
+    ("jsonl.jws", "JSON lines, signed (detached JWS)"),
     ("aws-bulk", "AWS IoT bulk registration"),
     ("azure-import", "Azure IoT Hub import"),
 ];
@@ -189,7 +189,7 @@ pub fn bind(ctx: &Ctx, targets: &[String], flash: Option<&Flash>) -> Markup {
                     div.row {
                         div {
                             label for="batch_id" { "Product Batch ID" }
-                            input #batch_id type="text" name="batch_id" autocomplete="off" spellcheck="false" placeholder="b41425b9-b42b-47fd-95c2-f981b4c61561";
+                            input #batch_id type="text" name="batch_id" autocomplete="off" spellcheck="false" placeholder="xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
                         }
                         div {
                             label for="reel_id" { "Reel ID" }

@@ -100,6 +100,9 @@ pub struct BindingView {
     pub batch: String,
     /// Valid devices bound.
     pub devices: i64,
+    /// Refused devices of the batch (invalid certificates: recorded, never provisioned).
+    #[serde(default)]
+    pub refused: i64,
     /// The mode.
     pub mode: String,
     /// The target, if chosen.

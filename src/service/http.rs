@@ -126,6 +126,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/api/v1/jobs/{id}/devices", get(job_devices))
         .route("/api/v1/jobs/{id}/events", get(job_events))
         .route("/api/v1/audit", get(audit))
+        .merge(console_routes())
         .layer(DefaultBodyLimit::max(MAX_JSON))
         .merge(upload)
         .with_state(svc)
@@ -643,11 +644,13 @@ async fn binding_view(
     b: &BindingRecord,
     job: Option<api::JobView>,
 ) -> anyhow::Result<api::BindingView> {
-    let devices = svc.store.batch(&b.batch_id).await?.map_or(0, |x| x.devices);
+    let batch = svc.store.batch(&b.batch_id).await?;
+    let devices = batch.as_ref().map_or(0, |x| x.devices);
     Ok(api::BindingView {
         id: b.id.clone(),
         batch: b.batch_id.clone(),
         devices,
+        refused: batch.as_ref().map_or(0, |x| x.invalid),
         mode: b.mode.clone(),
         target: b.target.clone(),
         created_ms: b.created_ms,
@@ -1303,4 +1306,286 @@ async fn audit(
         .then(|| entries.last().map(|e| e.id.clone()))
         .flatten();
     Ok(axum::Json(serde_json::json!({"entries": entries, "next_cursor": next})).into_response())
+}
+
+// ---- what the console reads besides the routes above (issue 13) ----
+//
+// Who is signed in, one binding's devices (paged, searchable), the account's jobs, a target's
+// health check before saving, and a target update that keeps stored secrets left empty.
+
+/// Routes the web console needs (also plain API routes: the console has no other path).
+fn console_routes() -> Router<Arc<Service>> {
+    Router::new()
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/bindings/{id}/devices", get(binding_devices))
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/targets/{name}/test", post(test_target))
+        .route("/api/v1/targets/{name}", axum::routing::patch(patch_target))
+}
+
+/// `GET /api/v1/whoami`: the token's account and role (never the token).
+async fn whoami(State(svc): Svc, ci: ClientAddr, headers: HeaderMap) -> Result<Response> {
+    let c = caller(&svc, &headers, addr(ci)).await?;
+    let account = match &c.account_id {
+        Some(id) => svc.store.account(id).await?,
+        None => None,
+    };
+    Ok(axum::Json(serde_json::json!({
+        "account_id": c.account_id,
+        "account": account.as_ref().map(|a| a.name.clone()),
+        "mode": account.as_ref().map(|a| a.mode.clone()),
+        "role": c.role,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct DeviceSearch {
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+/// One device of a binding as the console lists it.
+fn device_row_view(d: &super::store::DeviceRow) -> serde_json::Value {
+    let cert = d
+        .cert_pem
+        .as_deref()
+        .and_then(|p| pem::parse(p).ok())
+        .and_then(|p| {
+            idbridge_core::DeviceIdentity::from_der(
+                p.into_contents(),
+                idbridge_core::Source {
+                    file: d.source.clone(),
+                    line: None,
+                    entry: None,
+                },
+            )
+            .ok()
+        });
+    // A vendor file names the chip: Infineon `CHIPID_E0E0.pem`, else the certificate's CN.
+    let file = d.source.rsplit(['/', '\\']).next().unwrap_or_default();
+    let chip = file
+        .split_once('_')
+        .map(|(c, _)| c)
+        .filter(|c| c.len() >= 8 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .or_else(|| cert.as_ref().and_then(|c| c.subject_cn.clone()))
+        .unwrap_or_default();
+    serde_json::json!({
+        "device_id": d.device_id,
+        "chip_id": chip,
+        "serial": cert.as_ref().map(|c| c.serial_hex.clone()).unwrap_or_default(),
+        "status": d.status,
+        "reason": d.reason,
+    })
+}
+
+/// `GET /api/v1/bindings/{id}/devices?q=&cursor=&limit=`: the bound batch's devices (valid
+/// and refused, with the reason), `q` matching device id, chip id or serial (substring, any
+/// case); `counts` are the batch's valid and refused devices.
+async fn binding_devices(
+    State(svc): Svc,
+    ci: ClientAddr,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<DeviceSearch>,
+) -> Result<Response> {
+    let c = caller(&svc, &headers, addr(ci)).await?;
+    let acct = account(&c, false)?;
+    let b = owned_binding(&svc, &acct, &id).await?;
+    let batch = svc
+        .store
+        .batch(&b.batch_id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, PAGE);
+    let needle =
+        q.q.as_deref()
+            .map(|s| s.trim().to_lowercase())
+            .filter(|s| !s.is_empty());
+    let mut scan_after = q.cursor.filter(|c| !c.is_empty());
+    let mut out = Vec::new();
+    let mut next = None;
+    // Page through the store (a search may scan the whole batch, never holding it whole).
+    'scan: loop {
+        let page = svc
+            .store
+            .devices(&batch.id, scan_after.as_deref(), PAGE, false)
+            .await?;
+        for d in &page {
+            let v = device_row_view(d);
+            let hit = needle.as_ref().is_none_or(|n| {
+                ["device_id", "chip_id", "serial"].iter().any(|k| {
+                    v[*k]
+                        .as_str()
+                        .is_some_and(|s| s.to_lowercase().contains(n.as_str()))
+                })
+            });
+            if !hit {
+                continue;
+            }
+            if out.len() as i64 == limit {
+                // The next page starts after the last device shown.
+                next = out
+                    .last()
+                    .and_then(|l: &serde_json::Value| l["device_id"].as_str().map(str::to_owned));
+                break 'scan;
+            }
+            out.push(v);
+        }
+        if (page.len() as i64) < PAGE {
+            break;
+        }
+        scan_after = page.last().map(|d| d.device_id.clone());
+    }
+    Ok(axum::Json(serde_json::json!({
+        "devices": out,
+        "next_cursor": next,
+        "counts": {"valid": batch.devices, "refused": batch.invalid},
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct JobsQuery {
+    #[serde(default)]
+    binding: Option<String>,
+}
+
+/// `GET /api/v1/jobs[?binding=ID]`: the account's jobs (of one binding), newest first, at
+/// most 100.
+async fn list_jobs(
+    State(svc): Svc,
+    ci: ClientAddr,
+    headers: HeaderMap,
+    Query(q): Query<JobsQuery>,
+) -> Result<Response> {
+    let c = caller(&svc, &headers, addr(ci)).await?;
+    let acct = account(&c, false)?;
+    let bindings = match &q.binding {
+        Some(id) => vec![owned_binding(&svc, &acct, id).await?],
+        None => svc.store.bindings(&acct).await?,
+    };
+    let mut records = Vec::new();
+    for b in &bindings {
+        records.extend(svc.store.binding_jobs(&b.id).await?);
+    }
+    records.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+    records.truncate(100);
+    let mut jobs = Vec::with_capacity(records.len());
+    for j in &records {
+        jobs.push(job_view(&svc, j).await?);
+    }
+    Ok(axum::Json(serde_json::json!({ "jobs": jobs })).into_response())
+}
+
+/// The stored table of `name` with `value`'s keys on top: a secret key sent empty (or not
+/// sent) keeps its stored value, so a form never has to show a secret to keep it.
+async fn merged_target(
+    svc: &Service,
+    acct: &str,
+    name: &str,
+    value: serde_json::Value,
+) -> Result<serde_json::Value> {
+    let serde_json::Value::Object(mut new) = value else {
+        return Err(ApiError::bad(
+            "a target is a JSON object with kind and its keys",
+        ));
+    };
+    if let Some(t) = svc.store.target(acct, name).await? {
+        let plain = svc.key.open(&t.sealed, &api::seal_context(acct, name))?;
+        let stored: serde_json::Value =
+            serde_json::from_slice(&plain).map_err(anyhow::Error::from)?;
+        let same_kind = stored.get("kind") == new.get("kind") || new.get("kind").is_none();
+        if let (serde_json::Value::Object(stored), true) = (stored, same_kind) {
+            for (k, v) in stored {
+                let empty = new
+                    .get(&k)
+                    .is_none_or(|x| x.is_null() || x.as_str().is_some_and(str::is_empty));
+                let keep_secret = api::is_secret_key(&k) && empty;
+                let keep_kind = k == "kind" && !new.contains_key("kind");
+                if keep_secret || keep_kind {
+                    new.insert(k, v);
+                }
+            }
+        }
+    }
+    new.retain(|_, v| !v.is_null());
+    Ok(serde_json::Value::Object(new))
+}
+
+/// `PATCH /api/v1/targets/{name}[?default=true]`: as PUT, but secret keys left out or empty
+/// keep their stored values.
+async fn patch_target(
+    State(svc): Svc,
+    ci: ClientAddr,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    q: Query<DefaultQuery>,
+    body: Bytes,
+) -> Result<Response> {
+    let c = caller(&svc, &headers, addr(ci)).await?;
+    let acct = account(&c, true)?;
+    let merged = merged_target(&svc, &acct, &name, json(&body)?).await?;
+    let body = Bytes::from(serde_json::to_vec(&merged).map_err(anyhow::Error::from)?);
+    put_target(State(svc), ci, headers, Path(name), q, body).await
+}
+
+/// `POST /api/v1/targets/{name}/test`: builds the connector from the table in the body (merged
+/// with the stored secrets, as PATCH does) and runs its health check; nothing is stored.
+async fn test_target(
+    State(svc): Svc,
+    ci: ClientAddr,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    let c = caller(&svc, &headers, addr(ci)).await?;
+    let acct = account(&c, true)?;
+    let merged = merged_target(&svc, &acct, &name, json(&body)?).await?;
+    let table: toml::Table =
+        serde_json::from_value(merged).map_err(|e| ApiError::bad(format!("target: {e}")))?;
+    let kind = table
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .ok_or_else(|| ApiError::bad("target: missing kind"))?
+        .to_owned();
+    let known = crate::app::targets::known_kinds();
+    if !known.contains(&kind.as_str()) {
+        return Err(ApiError::bad(format!(
+            "target: unknown kind {kind:?} (this build knows: {})",
+            known.join(", ")
+        )));
+    }
+    let cfg = jobs::target_config(&acct, &name, table).map_err(|e| ApiError::bad(e.to_string()))?;
+    let failed = |message: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "health_check_failed",
+            message,
+        )
+    };
+    let connector = crate::app::targets::build(&cfg)
+        .await
+        .map_err(|e| failed(format!("{e:#}")))?;
+    let outcome = connector
+        .health_check(&idbridge_core::CallContext::unpaced())
+        .await;
+    svc.audit(
+        &c,
+        Some(&acct),
+        "target.test",
+        Some(&name),
+        if outcome.is_ok() { "ok" } else { "error" },
+        None,
+    )
+    .await;
+    match outcome {
+        Ok(()) => Ok(axum::Json(serde_json::json!({"ok": true, "kind": kind})).into_response()),
+        Err(e) => Err(failed(e.to_string())),
+    }
 }

@@ -3,14 +3,25 @@
 //! its sealed table, and runs through the application layer (engine + journal). A restarted
 //! service calls [`resume_unfinished`]: the engine reopens the unfinished journal job with the
 //! same devices, so nothing is done twice.
+//!
+//! Many `serve` processes may share one store and journal (PostgreSQL): a process runs a
+//! service job only while it holds the job's lease `service-job:ID` in the journal (taken,
+//! renewed every third of the lease TTL and released like a worker's, [`Leaseholder`]); the
+//! run itself then takes the journal job's and the target's leases as every front end does.
+//! [`run_queue`] looks for unfinished jobs every few seconds, so jobs queued by a
+//! `serve --no-jobs` process ([`Runner::disable`]) or left by a dead process (its lease expired,
+//! or its PID gone on this host) are taken over. A job held by another live process is left
+//! alone, never marked failed.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use idbridge_core::DeviceIdentity;
 use idbridge_core::engine::Progress;
 use idbridge_core::journal::{DeviceState, DeviceUpdate, Operation};
+use idbridge_core::lease::{self, Leaseholder};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -39,6 +50,8 @@ pub struct Live {
 pub struct Runner {
     live: Mutex<HashMap<String, watch::Sender<Live>>>,
     targets: tokio::sync::Mutex<HashMap<String, Arc<TargetRun>>>,
+    /// `serve --no-jobs`: jobs are recorded (queued) for other processes, never run here.
+    disabled: AtomicBool,
 }
 
 impl std::fmt::Debug for Runner {
@@ -51,6 +64,31 @@ impl Runner {
     /// A receiver of `job`'s progress, if it runs in this process.
     pub fn watch(&self, job: &str) -> Option<watch::Receiver<Live>> {
         lock(&self.live).get(job).map(watch::Sender::subscribe)
+    }
+
+    /// Runs no job in this process: [`start`] only queues them (`serve --no-jobs`).
+    pub fn disable(&self) {
+        self.disabled.store(true, Ordering::Release);
+    }
+
+    /// Whether this process runs jobs.
+    pub fn enabled(&self) -> bool {
+        !self.disabled.load(Ordering::Acquire)
+    }
+
+    /// Whether `job` runs in this process now.
+    fn running_here(&self, job: &str) -> bool {
+        lock(&self.live)
+            .get(job)
+            .is_some_and(|tx| !tx.borrow().ended)
+    }
+
+    /// Forgets `job`'s progress channel if it is still `tx` (the job runs elsewhere).
+    fn forget(&self, job: &str, tx: &watch::Sender<Live>) {
+        let mut live = lock(&self.live);
+        if live.get(job).is_some_and(|t| t.same_channel(tx)) {
+            live.remove(job);
+        }
     }
 
     fn register(&self, job: &str) -> watch::Sender<Live> {
@@ -132,18 +170,65 @@ pub async fn start(
         updated_ms: now,
     };
     svc.store.create_job(&job).await?;
-    spawn(svc, job.clone());
+    if svc.jobs.enabled() {
+        spawn(svc, job.clone());
+    }
     Ok(job)
 }
 
-/// Starts `job` in the background.
+/// The lease name of a service job.
+pub fn service_job_lease(job_id: &str) -> String {
+    format!("service-job:{job_id}")
+}
+
+/// Starts `job` in the background: it runs only once this process holds its lease
+/// ([`service_job_lease`]); held by another live process, it is left to that one.
 pub fn spawn(svc: &Arc<Service>, job: JobRecord) {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
     let svc = Arc::clone(svc);
     let tx = svc.jobs.register(&job.id);
-    svc.metrics.jobs_started.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let id = job.id.clone();
+        // One owner per run: a second spawn of the same job in this process is refused too.
+        let owner = format!(
+            "{}#{}",
+            lease::owner_name("service"),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        );
+        let ttl = match app::job::lease_ttl() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "falling back to the default lease TTL");
+                lease::DEFAULT_TTL
+            }
+        };
+        let lease_name = service_job_lease(&id);
+        let holder = match Leaseholder::acquire(Arc::clone(&svc.journal), &owner, &lease_name, ttl)
+            .await
+        {
+            Ok(Ok(h)) => h,
+            Ok(Err(held)) => {
+                tracing::debug!(job = %id, holder = %held.owner, "another process runs this job");
+                svc.jobs.forget(&id, &tx);
+                return;
+            }
+            Err(e) => {
+                // The database is away: the job stays queued; run_queue tries again.
+                tracing::warn!(job = %id, error = %e, "cannot take the job's lease; will retry");
+                svc.jobs.forget(&id, &tx);
+                return;
+            }
+        };
+        svc.metrics.jobs_started.fetch_add(1, Ordering::Relaxed);
         let result = run(&svc, &job, tx.clone()).await;
+        if holder.lost() {
+            // Our lease expired and another process took the job over: it records the end.
+            tracing::warn!(job = %id, "lost the job's lease; another process finishes it");
+            drop(holder);
+            tx.send_modify(|l| l.ended = true);
+            svc.jobs.forget(&id, &tx);
+            return;
+        }
         let (state, error) = match &result {
             Ok(()) => ("finished", None),
             Err(e) => ("failed", Some(format!("{e:#}"))),
@@ -162,8 +247,35 @@ pub fn spawn(svc: &Arc<Service>, job: JobRecord) {
         {
             tracing::error!(job = %id, error = %e, "cannot record the end of a job");
         }
+        holder.release().await;
         tx.send_modify(|l| l.ended = true);
     });
+}
+
+/// Takes over unfinished jobs that no live process holds, every `poll`, forever: jobs queued
+/// by `serve --no-jobs` processes and jobs of processes that died (once their lease expired).
+pub async fn run_queue(svc: Arc<Service>, poll: Duration) {
+    loop {
+        tokio::time::sleep(poll).await;
+        match svc.store.unfinished_jobs().await {
+            Ok(jobs) => {
+                for j in jobs {
+                    if !svc.jobs.running_here(&j.id) {
+                        spawn(&svc, j);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for unfinished jobs; retrying"),
+        }
+    }
+}
+
+/// How often [`run_queue`] looks: a sixth of the lease TTL, between 0.2 and 5 seconds.
+pub fn queue_poll() -> Duration {
+    app::job::lease_ttl()
+        .unwrap_or(lease::DEFAULT_TTL)
+        .div_f64(6.0)
+        .clamp(Duration::from_millis(200), Duration::from_secs(5))
 }
 
 /// Runs one job to its end. The one place a job runs.

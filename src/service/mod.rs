@@ -70,10 +70,37 @@ pub struct ServiceConfig {
     /// Largest request body, bytes (a batch upload is the largest request).
     #[serde(default = "default_service_body")]
     pub max_body_bytes: usize,
+    /// Vendor batches imported at start-up unless already there (`[[service.preload]]`):
+    /// the operator's pre-population, also what the demo uses.
+    #[serde(default)]
+    pub preload: Vec<Preload>,
+}
+
+/// `[[service.preload]]`: one batch (reel) imported at start-up unless already imported.
+/// `Debug` never shows the claim (batch ID, reel ID).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preload {
+    /// The batch's files (relative to the config file).
+    pub files: Vec<PathBuf>,
+    /// The Product Batch ID (default: from a Cloud ID bundle's file name).
+    #[serde(default)]
+    pub batch_id: Option<String>,
+    /// The Reel ID (default: from a Cloud ID bundle's file name).
+    #[serde(default)]
+    pub reel_id: Option<String>,
 }
 
 fn default_service_body() -> usize {
     64 * 1024 * 1024
+}
+
+impl std::fmt::Debug for Preload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Preload")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_listen() -> String {
@@ -115,6 +142,11 @@ impl ServiceConfig {
         if let Some(tls) = &mut cfg.tls {
             tls.resolve(base);
         }
+        for p in cfg.preload.iter_mut().flat_map(|p| p.files.iter_mut()) {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         if let Some(rest) = cfg.store.strip_prefix("sqlite:") {
             let p = Path::new(rest);
             if p.is_relative() {
@@ -126,6 +158,11 @@ impl ServiceConfig {
 
     /// The server key, from `key_file` or `key_env`; an error says how to make one.
     pub fn server_key(&self) -> anyhow::Result<ServerKey> {
+        if let Some(f) = &self.key_file
+            && !f.exists()
+        {
+            create_key_file(f)?;
+        }
         if let Some(f) = &self.key_file {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read the server key file {}", f.display()))?;
@@ -141,6 +178,29 @@ impl ServiceConfig {
              (make one with `idbridge service keygen > FILE`)"
         )
     }
+}
+
+/// Writes a new random server key to `path` (mode 0600, never over an existing file), as SSH
+/// does for host keys: the first start of a new deployment needs no extra step.
+fn create_key_file(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let hex = ServerKey::generate_hex()?;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("cannot create the server key file {}", path.display()))?;
+    f.write_all(format!("{hex}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write the server key file {}", path.display()))?;
+    tracing::warn!(
+        file = %path.display(),
+        "created a new server key: keep this file (and back it up); without it the stored \
+         target secrets cannot be read and claims no longer match"
+    );
+    Ok(())
 }
 
 /// Unix milliseconds now.
@@ -316,6 +376,47 @@ impl Service {
         }
     }
 
+    /// Imports the `[[service.preload]]` batches that are not in the store yet; returns how
+    /// many it imported. A batch that fails to import stops the start-up with its file named.
+    pub async fn preload(&self) -> anyhow::Result<usize> {
+        let mut imported = 0;
+        for p in &self.cfg.preload {
+            let name = p
+                .files
+                .first()
+                .map(|f| f.display().to_string())
+                .unwrap_or_default();
+            let (b, r) = match (&p.batch_id, &p.reel_id) {
+                (Some(b), Some(r)) => (b.clone(), r.clone()),
+                _ => match claim_from_file_name(&name) {
+                    Some((r, b)) => (
+                        p.batch_id.clone().unwrap_or(b),
+                        p.reel_id.clone().unwrap_or(r),
+                    ),
+                    None => anyhow::bail!(
+                        "[[service.preload]] {name}: give batch_id and reel_id (the file name \
+                         is not a Cloud ID bundle name)"
+                    ),
+                },
+            };
+            if self
+                .store
+                .batch_by_claim(&self.key.claim_hash(&b, &r))
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            let batch = self
+                .import(p.files.clone(), &name, Some(b), Some(r))
+                .await
+                .with_context(|| format!("[[service.preload]] {name}"))?;
+            tracing::info!(batch = %batch.id, devices = batch.devices, invalid = batch.invalid, "preloaded a batch");
+            imported += 1;
+        }
+        Ok(imported)
+    }
+
     /// Imports vendor files as one batch (reel): every certificate verified, the invalid ones
     /// recorded with the reason. The claim (batch ID, reel ID) comes from the arguments or
     /// from a Cloud ID bundle file name `REELID_GUID_vX.Y.7z`.
@@ -353,7 +454,7 @@ impl Service {
                 device_id: d.device_id.to_string(),
                 status: "valid".into(),
                 reason: None,
-                source: d.source.to_string(),
+                source: redact_claim(&d.source.to_string(), &batch_id, &reel_id),
                 cert_pem: Some(d.to_pem()),
             });
         }
@@ -370,7 +471,7 @@ impl Service {
                 device_id,
                 status: r.status.to_owned(),
                 reason: Some(r.reason.clone()),
-                source: r.source.clone(),
+                source: redact_claim(&r.source, &batch_id, &reel_id),
                 cert_pem: None,
             });
         }
@@ -380,7 +481,7 @@ impl Service {
             batch_tag: idbridge_core::BatchRef::new(batch_id.trim())
                 .tag()
                 .to_owned(),
-            source: display_name.to_owned(),
+            source: redact_claim(display_name, &batch_id, &reel_id),
             devices: inputs.devices.len() as i64,
             invalid: inputs.refused.len() as i64,
             created_ms: now_ms(),
@@ -391,6 +492,26 @@ impl Service {
         );
         Ok(batch)
     }
+}
+
+/// `text` (a file name or path) with the claim secrets replaced: a Cloud ID bundle's name (and
+/// the names inside it) carry the reel ID and batch ID, which are never stored in clear.
+pub fn redact_claim(text: &str, batch_id: &str, reel_id: &str) -> String {
+    let mut out = text.to_owned();
+    for (secret, shown) in [(batch_id.trim(), "BATCHID"), (reel_id.trim(), "REELID")] {
+        if secret.is_empty() {
+            continue;
+        }
+        let needle = secret.to_ascii_lowercase();
+        let mut from = 0;
+        // ASCII lowercasing keeps byte offsets, so matches index `out` itself.
+        while let Some(at) = out.to_ascii_lowercase()[from..].find(&needle) {
+            let at = from + at;
+            out.replace_range(at..at + needle.len(), shown);
+            from = at + shown.len();
+        }
+    }
+    out
 }
 
 /// `(reel ID, batch ID)` from a Cloud ID bundle name `REELID_GUID_vX.Y.7z` (path allowed).
@@ -422,6 +543,20 @@ mod tests {
         );
         assert_eq!(claim_from_file_name("manifest-infineon.7z"), None);
         assert_eq!(claim_from_file_name("batch.pem"), None);
+    }
+
+    #[test]
+    fn claim_secrets_are_cut_from_file_names() {
+        assert_eq!(
+            redact_claim(
+                "/x/78211223032c7efa_b41425b9-b42b-47fd-95c2-f981b4c61561_v1.2.7z!a_E0E0.pem",
+                "b41425b9-b42b-47fd-95c2-f981b4c61561",
+                "78211223032C7EFA"
+            ),
+            "/x/REELID_BATCHID_v1.2.7z!a_E0E0.pem"
+        );
+        assert_eq!(redact_claim("devices.pem", "BATCH-1", ""), "devices.pem");
+        assert_eq!(redact_claim("batchid.pem", "batchid", "r"), "BATCHID.pem");
     }
 
     #[test]

@@ -34,6 +34,7 @@ use super::store::{Account, AuditEntry, BatchRecord};
         bind, list_bindings, get_binding, delete_binding,
         manifest, provision, deprovision,
         get_job, job_devices, job_events, audit,
+        whoami, binding_devices, list_jobs, test_target, patch_target,
     ),
     components(schemas(
         BindRequest, BindingView, CreateAccount, CreateToken, ErrorBody, JobCounts, JobDevice,
@@ -188,6 +189,40 @@ async fn job_events() {}
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(("cursor" = Option<String>, Query)),
     responses((status = 200, description = "`{\"entries\": [AuditEntry], \"next_cursor\"}`: who, what, when, from where; never a secret")))]
 async fn audit() {}
+
+// ---- routes the web console reads (issue 13) ----
+
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "accounts",
+    responses((status = 200, description = "`{\"account_id\", \"account\", \"mode\", \"role\"}` of the token (never the token)"),
+              (status = 401, body = ErrorBody)))]
+async fn whoami() {}
+
+#[utoipa::path(get, path = "/api/v1/bindings/{id}/devices", tag = "bindings",
+    params(("id" = String, Path),
+           ("q" = Option<String>, Query, description = "substring of device id, chip id or serial, any case"),
+           ("cursor" = Option<String>, Query), ("limit" = Option<i64>, Query, description = "1-500, default 50")),
+    responses((status = 200, description = "`{\"devices\": [{device_id, chip_id, serial, status, reason}], \"next_cursor\", \"counts\": {valid, refused}}`"),
+              (status = 404, body = ErrorBody)))]
+async fn binding_devices() {}
+
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
+    params(("binding" = Option<String>, Query, description = "only this binding's jobs")),
+    responses((status = 200, description = "`{\"jobs\": [JobView]}`, newest first, at most 100"),
+              (status = 404, body = ErrorBody, description = "the binding is not the account's")))]
+async fn list_jobs() {}
+
+#[utoipa::path(post, path = "/api/v1/targets/{name}/test", tag = "targets", params(("name" = String, Path)),
+    request_body(content = Object, description = "the target table as for PUT; secrets left empty are taken from the stored target"),
+    responses((status = 200, description = "the connector's health check passed; nothing stored"),
+              (status = 400, body = ErrorBody, description = "the table does not build a connector"),
+              (status = 422, body = ErrorBody, description = "health_check_failed, with the connector's reason")))]
+async fn test_target() {}
+
+#[utoipa::path(patch, path = "/api/v1/targets/{name}", tag = "targets",
+    params(("name" = String, Path), ("default" = Option<bool>, Query, description = "make it the account's default")),
+    request_body(content = Object, description = "as PUT; a secret key left out or empty keeps its stored value"),
+    responses((status = 200, body = TargetView), (status = 400, body = ErrorBody)))]
+async fn patch_target() {}
 
 #[cfg(test)]
 mod tests {

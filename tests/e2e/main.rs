@@ -14,12 +14,16 @@ mod inspect;
 #[cfg(feature = "http")]
 mod interop;
 mod ops;
+mod ops_docs;
+mod ops_guard;
 mod provision;
 mod quota;
 #[cfg(feature = "http")]
 mod serve;
 #[cfg(feature = "http")]
 mod service;
+#[cfg(feature = "http")]
+mod service_scale;
 mod service_store;
 #[cfg(feature = "http")]
 mod webhook;

@@ -1,0 +1,151 @@
+//! The registration service as several `idbridge serve` processes on one PostgreSQL (store and
+//! journal), started by the test with initdb + pg_ctl: a `--no-jobs` front end only queues
+//! jobs; a job runs in exactly one process (its `service-job:ID` lease); a process `kill -9`'d
+//! mid-job is replaced by another, which finishes the job with no device registered twice.
+#![allow(clippy::unwrap_used)] // test helpers
+
+use std::time::Duration;
+
+use idbridge_local_postgres::LocalPostgres;
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+
+use super::interop::bin;
+use super::service::{Service, start};
+
+/// One `idbridge serve` process on the service's current config.
+struct Serve {
+    url: String,
+    child: tokio::process::Child,
+}
+
+impl Serve {
+    async fn start(s: &Service, extra: &[&str]) -> Serve {
+        let config = s.config.display().to_string();
+        let trust = s.fx.path("trust.pem").display().to_string();
+        let mut args = vec![
+            "serve",
+            "--config",
+            &config,
+            "--listen",
+            "127.0.0.1:0",
+            "--trust",
+            &trust,
+            "--no-builtin-roots",
+        ];
+        args.extend(extra);
+        let mut child = tokio::process::Command::new(bin())
+            .args(&args)
+            .env_remove("IDBRIDGE_CONFIG")
+            .env_remove("IDBRIDGE_JOURNAL")
+            // A dead process's lease lapses after 3 s; the queue is looked at every 0.5 s.
+            .env("IDBRIDGE_LEASE_TTL", "3")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("serve printed its address")
+            .unwrap()
+            .expect("serve exited before listening");
+        assert!(url.starts_with("http://"), "{url}");
+        Serve { url, child }
+    }
+
+    async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_on_one_postgres_run_each_job_once_and_replace_a_killed_one() {
+    let pg = LocalPostgres::shared().unwrap_or_else(|e| panic!("{e}"));
+    let db = pg.database().unwrap();
+    // The fixture, mock cloud and keys of a service; its own (SQLite) process stays idle.
+    let mut s = start("").await;
+    s.config = s.fx.write(
+        "idbridge-pg.toml",
+        &format!(
+            "journal = \"{db}\"\n\n[service]\nallow_http = true\nstore = \"{db}\"\n\
+             key_file = \"service.key\"\nsigning_key = \"signing.pem\"\n"
+        ),
+    );
+    let front = Serve::start(&s, &["--no-jobs"]).await;
+    s.url = front.url.clone();
+    s.import("reel.pem", 1..41, "B-PG", "R-PG").await;
+    s.account("pgco", "manual").await;
+    let admin = s.token("pgco", "admin").await;
+    s.put_cloud_target(&admin).await;
+    // Slow calls, so the job is mid-way when its process dies.
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/_mock/latency", s.cloud.url))
+        .json(&json!({"fixed_ms": 1500, "jitter_ms": 0, "seed": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let (code, b) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&admin),
+            Some(json!({"batch_id": "B-PG", "reel_id": "R-PG"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    let (code, j) = s
+        .call(
+            "POST",
+            &format!("/api/v1/bindings/{}/provision", b["id"].as_str().unwrap()),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(code, 202, "{j}");
+    let job = j["id"].as_str().unwrap().to_owned();
+
+    // The front end runs nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, v) = s
+        .call("GET", &format!("/api/v1/jobs/{job}"), Some(&admin), None)
+        .await;
+    assert_eq!(v["state"], "queued", "{v}");
+    assert_eq!(s.registry.stats().creates, 0);
+
+    // A job process takes it; a second one started mid-job leaves it alone.
+    let first = Serve::start(&s, &[]).await;
+    for _ in 0..1500 {
+        if s.registry.stats().devices > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = Serve::start(&s, &[]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let landed = s.registry.stats().devices;
+    assert!(landed > 0 && landed < 40, "not mid-job: {landed} of 40");
+    first.kill().await;
+    let r = http
+        .delete(format!("{}/_mock/latency", s.cloud.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    let j = s.wait_job(&admin, &job).await;
+    assert_eq!(j["state"], "finished", "{j}");
+    assert_eq!(j["counts"]["done"], 40, "{j}");
+    let stats = s.registry.stats();
+    assert_eq!(stats.devices, 40);
+    assert_eq!(
+        stats.max_creates_per_device, 1,
+        "a device was registered twice: {stats:?}"
+    );
+    second.kill().await;
+    front.kill().await;
+}
