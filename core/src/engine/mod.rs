@@ -523,6 +523,12 @@ impl Run<'_> {
                     })
                     .collect();
                 engine.journal.record(self.job, marks, true).await?;
+                // The mark may have waited for the database long enough for this process's
+                // leases to lapse: no call starts; the devices stay in flight and whoever
+                // holds the job next looks them up.
+                if self.progress.cancelled() {
+                    return Ok(());
+                }
             } else {
                 // Unknown devices are simply sent again: the call is idempotent.
                 for i in &mut items {
