@@ -1,69 +1,90 @@
-//! Embedding idbridge in another program: import and verify a batch file with
-//! `idbridge_core::intake`, then provision the valid devices into a target through the engine
-//! and its crash-safe journal, and print each device's outcome.
+//! Embedding idbridge in another program through its application layer (`idbridge::app`), the
+//! same calls the CLI makes: load `idbridge.toml` (secrets from `${VAR}`), build the connector
+//! of a target table, read and verify batch files, and run a crash-safe provision job with a
+//! progress callback.
 //!
 //! ```sh
-//! cargo run --example embed -- examples/batch.pem
+//! # a real account: credentials from the AWS chain, [targets.aws] in idbridge.toml
+//! cargo run --example embed -- --config idbridge.toml --target aws reel-42.7z
+//!
+//! # against the mock AWS IoT (speaks the real wire protocol, checks SigV4)
+//! idbridge mock-cloud aws --listen 127.0.0.1:4566 &
+//! AWS_ENDPOINT_URL=http://127.0.0.1:4566 AWS_REGION=us-east-1 \
+//!   AWS_ACCESS_KEY_ID=AKIDEXAMPLE AWS_SECRET_ACCESS_KEY=... \
+//!   cargo run --example embed -- --config examples/embed.toml --target aws examples/batch.pem
 //! ```
 //!
-//! The target here is the in-process mock cloud (`idbridge-mock` with no URL), which lives as
-//! long as the program; any `Arc<dyn Connector>` works the same way (point `MockConfig::url` at
-//! a standalone `idbridge mock-cloud mock` to keep the cloud across runs).
+//! Without `--config`, `./idbridge.toml` (then the XDG one) is used; without `--target`, the
+//! built-in `demo` mock cloud.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use idbridge_core::engine::{Engine, EngineOptions, NoProgress};
-use idbridge_core::intake::{Intake, IntakeOptions};
-use idbridge_core::journal::{self, Operation};
-use idbridge_mock::{MockConfig, MockConnector};
+use idbridge::app::{self, Config, EngineOverrides, ProgressFn, Summary, TargetRun};
+use idbridge_core::journal::{DeviceUpdate, Operation};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let inputs: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
-    anyhow::ensure!(!inputs.is_empty(), "usage: embed BATCH_FILE...");
-
-    // 1. Import and verify. Only valid devices are provisioned; the rest are reported.
-    let mut devices = Vec::new();
-    for item in Intake::open(&inputs, &IntakeOptions::default())? {
-        match item {
-            Ok(checked) if checked.verdict.is_valid() => devices.push(checked.identity),
-            Ok(checked) => eprintln!(
-                "refused {} ({}): {:?}",
-                checked.identity.device_id.short(),
-                checked.identity.source,
-                checked.verdict
-            ),
-            Err(rejected) => eprintln!("skipped: {rejected}"),
+    let mut config_file: Option<PathBuf> = None;
+    let mut target = app::DEMO.to_owned();
+    let mut inputs: Vec<PathBuf> = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        match a.to_str() {
+            Some("--config") => config_file = args.next().map(PathBuf::from),
+            Some("--target") => {
+                target = args
+                    .next()
+                    .and_then(|t| t.into_string().ok())
+                    .unwrap_or_default()
+            }
+            _ => inputs.push(PathBuf::from(a)),
         }
     }
+    anyhow::ensure!(
+        !inputs.is_empty(),
+        "usage: embed [--config FILE] [--target NAME] BATCH_FILE..."
+    );
 
-    // 2. A target and a journal.
-    let connector = Arc::new(MockConnector::new(MockConfig::default()).await?);
-    let journal = journal::open("sqlite:embed-journal.sqlite")?;
-    let engine = Engine::new(connector, journal, EngineOptions::default());
+    // 1. The configuration, and the target's connector and engine over the journal.
+    let config = Config::load(config_file.as_deref())?;
+    let run = TargetRun::open(&config, &target, None, &EngineOverrides::default()).await?;
 
-    // 3. One call: opens (or resumes) the job and runs it to the end.
-    let report = engine
-        .execute(
-            Operation::Provision,
-            "embedded-demo",
-            devices,
-            serde_json::Value::Null,
-            &NoProgress,
-        )
+    // 2. Read and verify the inputs (the config's [trust] table applies). Only valid devices
+    //    are sent; the others are refused with the reason.
+    let opts = idbridge_core::intake::IntakeOptions {
+        trust: config.trust.options()?,
+        ..Default::default()
+    };
+    let inputs = app::read_inputs(inputs, opts, false).await?;
+    for r in &inputs.refused {
+        eprintln!("refused {}: {} ({})", r.source, r.reason, r.status);
+    }
+
+    // 3. Run the job with a progress callback; a rerun after a crash continues it.
+    let finished = AtomicU64::new(0);
+    let total = inputs.devices.len();
+    let progress = ProgressFn(|u: &DeviceUpdate| {
+        let n = finished.fetch_add(1, Ordering::Relaxed) + 1;
+        eprintln!("[{n}/{total}] {} {}", u.device_id.short(), u.state);
+    });
+    let report = run
+        .run_job(Operation::Provision, inputs.devices, &progress)
         .await?;
+
     for d in &report.devices {
         println!(
-            "{} {} {}",
+            "{} {} {} {}",
             d.device_id.short(),
             d.state,
-            d.outcome.map_or("", |o| o.as_str())
+            d.outcome.map_or("", |o| o.as_str()),
+            d.remote_name.as_deref().unwrap_or("")
         );
     }
+    let s = Summary::of(Some(&report), &inputs.refused);
     println!(
-        "job {}: {} done, {} failed",
-        report.job_id, report.counts.done, report.counts.failed
+        "job {}: {} done ({} created, {} already present), {} failed, {} refused",
+        report.job_id, s.done, s.created, s.already_present, s.failed, s.refused
     );
     Ok(())
 }

@@ -77,6 +77,15 @@ pub fn cli_command() -> clap::Command {
 }
 
 fn main() -> ExitCode {
+    // IDBRIDGE_PARSE_ONLY=1: parse the arguments exactly as a run would, then exit 0 (or with
+    // clap's error, 2) without running anything; the docs test checks every command line of
+    // the documentation this way (ADR 1700).
+    if std::env::var_os("IDBRIDGE_PARSE_ONLY").is_some() {
+        return match cli_command().try_get_matches_from(std::env::args_os()) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => e.exit(),
+        };
+    }
     let matches = cli_command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,

@@ -7,7 +7,7 @@
 //! process never drives a job another has taken over. Only the renewal ticks use the wall
 //! clock; the expiry rule itself is in the journal and tested there on injected time.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,6 +83,7 @@ pub struct Leaseholder {
     names: Arc<Mutex<Vec<String>>>,
     lost: Arc<AtomicBool>,
     heartbeat: tokio::task::JoinHandle<()>,
+    deadline: tokio::task::JoinHandle<()>,
 }
 
 impl Leaseholder {
@@ -91,13 +92,16 @@ impl Leaseholder {
     pub fn hold(journal: Arc<dyn Journal>, owner: &str, names: Vec<String>, ttl: Duration) -> Self {
         let names = Arc::new(Mutex::new(names));
         let lost = Arc::new(AtomicBool::new(false));
+        let renewed = Arc::new(AtomicI64::new(now_ms()));
         let heartbeat = tokio::spawn(heartbeat(
             Arc::clone(&journal),
             owner.to_owned(),
             Arc::clone(&names),
             Arc::clone(&lost),
+            Arc::clone(&renewed),
             ttl,
         ));
+        let deadline = tokio::spawn(deadline(owner.to_owned(), Arc::clone(&lost), renewed, ttl));
         Leaseholder {
             journal,
             owner: owner.to_owned(),
@@ -105,6 +109,7 @@ impl Leaseholder {
             names,
             lost,
             heartbeat,
+            deadline,
         }
     }
 
@@ -169,6 +174,7 @@ impl Leaseholder {
     /// back (the database is gone) expires on its own.
     pub async fn release(self) {
         self.heartbeat.abort();
+        self.deadline.abort();
         let names: Vec<String> = self.names.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for name in names.iter().rev() {
             if let Err(e) = self.journal.release_lease(name, &self.owner).await {
@@ -181,6 +187,7 @@ impl Leaseholder {
 impl Drop for Leaseholder {
     fn drop(&mut self) {
         self.heartbeat.abort();
+        self.deadline.abort();
     }
 }
 
@@ -193,6 +200,7 @@ async fn heartbeat(
     owner: String,
     names: Arc<Mutex<Vec<String>>>,
     lost: Arc<AtomicBool>,
+    renewed_at: Arc<AtomicI64>,
     ttl: Duration,
 ) {
     let period = (ttl / 3).max(Duration::from_millis(10));
@@ -218,11 +226,34 @@ async fn heartbeat(
         }
         if ok {
             renewed = now;
+            renewed_at.store(now, Ordering::Release);
         } else if now_ms() >= renewed + ttl_ms(ttl) {
             tracing::warn!(owner = %owner, "leases expired unrenewed; stopping");
             lost.store(true, Ordering::Release);
             return;
         }
+    }
+}
+
+/// Marks the leases lost once the last renewal is 5/6 of the TTL old, whatever the renewal in
+/// progress is doing: a renewal stuck on an unreachable database must not let this process
+/// start calls after another process could have taken its leases over (they expire at the
+/// renewal's time + TTL).
+async fn deadline(owner: String, lost: Arc<AtomicBool>, renewed: Arc<AtomicI64>, ttl: Duration) {
+    let margin = ttl_ms(ttl) / 6;
+    loop {
+        let due = renewed.load(Ordering::Acquire) + ttl_ms(ttl) - margin;
+        let now = now_ms();
+        if now >= due {
+            if renewed.load(Ordering::Acquire) + ttl_ms(ttl) - margin <= now {
+                tracing::warn!(owner = %owner, "leases not renewed in time; stopping");
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            continue;
+        }
+        let wait = u64::try_from(due - now).unwrap_or(0).max(1);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
     }
 }
 

@@ -90,6 +90,26 @@ pub struct TrustSection {
     pub no_builtin_roots: bool,
 }
 
+impl TrustSection {
+    /// The trust options this table describes (flags, where a front end has them, go on top).
+    /// An error names `validity_at`.
+    pub fn options(&self) -> anyhow::Result<idbridge_core::intake::TrustOptions> {
+        let mut o = idbridge_core::intake::TrustOptions {
+            anchors: self.anchors.clone(),
+            crls: self.crls.clone(),
+            allow_test_roots: self.allow_test_roots,
+            no_builtin: self.no_builtin_roots,
+            ..Default::default()
+        };
+        if let Some(v) = &self.validity_at {
+            o.validity = v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("[trust] validity_at = {v:?}: {e}"))?;
+        }
+        Ok(o)
+    }
+}
+
 /// One target, ready to build. `Debug` shows the keys, never the values.
 #[derive(Clone)]
 pub struct TargetConfig {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use idbridge_core::DeviceIdentity;
+use idbridge_core::identity::VendorAttributes;
 use idbridge_core::intake::{Intake, IntakeOptions, RejectKind, Verdict};
 use serde::Serialize;
 
@@ -18,6 +19,12 @@ pub struct Refused {
     pub reason: String,
     /// File and line or entry.
     pub source: String,
+    /// The device's vendor ids, when the entry had a certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<Box<VendorAttributes>>,
+    /// The certificate's serial number (hex), when the entry had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
 }
 
 /// The devices of the inputs: those to send, and those refused.
@@ -44,6 +51,8 @@ pub fn judge(
         status,
         reason,
         source: identity.source.to_string(),
+        vendor: Some(Box::new(identity.vendor.clone())),
+        serial: Some(identity.serial_hex.clone()),
     };
     match verdict {
         Verdict::Valid { .. } => Ok(identity),
@@ -92,6 +101,8 @@ pub async fn read_inputs(
                     status: r.kind.as_str(),
                     reason: r.reason.clone(),
                     source: r.source.to_string(),
+                    vendor: None,
+                    serial: None,
                 }),
             }
         }

@@ -5,12 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use idbridge_core::DeviceIdentity;
 use idbridge_core::engine::{DiffReport, Engine, EngineOptions, JobReport, Progress};
+use idbridge_core::journal::DeviceUpdate;
 use idbridge_core::journal::{self, Journal, OpenedJob, Operation};
 use idbridge_core::lease::{self, LeasedProgress};
+use idbridge_core::{Connector, DeviceIdentity};
+use tracing::Instrument;
 
 use super::config::{Config, DEFAULT_JOURNAL, TargetConfig};
+use super::metrics;
+use super::observe::{LookupHook, Observed};
 use super::targets;
 
 /// Engine settings given on top of the target's `[targets.NAME.engine]` table (command-line
@@ -96,6 +100,8 @@ pub struct TargetRun {
     pub journal_url: String,
     /// The config file, if any.
     pub config_path: Option<PathBuf>,
+    /// The engine's connector, watched (call spans, metrics, lookup progress).
+    observed: Arc<Observed>,
 }
 
 impl std::fmt::Debug for TargetRun {
@@ -133,8 +139,11 @@ impl TargetRun {
     ) -> anyhow::Result<Self> {
         let opts = overrides.options(&target)?;
         let connector = targets::build(&target).await?;
+        let observed = Arc::new(Observed::new(connector, &target.name, metrics::global()));
+        let connector: Arc<dyn Connector> = observed.clone();
         Ok(TargetRun {
             engine: Arc::new(Engine::new(connector, journal, opts)),
+            observed,
             target,
             journal_url,
             config_path: config.path.clone(),
@@ -264,13 +273,27 @@ impl TargetRun {
             lost: holder.lost_flag(),
             shutdown: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
+        let span = tracing::info_span!(
+            "job",
+            job_id = %job.id,
+            operation = operation.as_str(),
+            target_name = %self.target.name,
+            devices = devices.as_ref().map_or(0, Vec::len),
+            resumed = job.resumed || devices.is_none(),
+        );
+        let counted = Counted {
+            inner: &leased,
+            target: &self.target.name,
+            operation,
+        };
         let report = match devices {
             Some(d) => {
                 self.engine
-                    .run(job, operation, &self.target.name, d, &leased)
+                    .run(job, operation, &self.target.name, d, &counted)
+                    .instrument(span)
                     .await
             }
-            None => self.engine.resume(&job.id, &leased).await,
+            None => self.engine.resume(&job.id, &counted).instrument(span).await,
         };
         holder.release().await;
         Ok(report?)
@@ -279,5 +302,63 @@ impl TargetRun {
     /// The backfill plan for `devices`: missing, identical, different, extra.
     pub async fn diff(&self, devices: &[DeviceIdentity]) -> anyhow::Result<DiffReport> {
         Ok(self.engine.diff(devices).await?)
+    }
+
+    /// As [`TargetRun::diff`], calling `on_lookup` as each device's lookup is answered (a
+    /// progress bar for `diff`, `--dry-run` and the deprovision plan).
+    pub async fn diff_with_progress(
+        &self,
+        devices: &[DeviceIdentity],
+        on_lookup: LookupHook,
+    ) -> anyhow::Result<DiffReport> {
+        self.observed.set_lookup_hook(Some(on_lookup));
+        let r = self.engine.diff(devices).await;
+        self.observed.set_lookup_hook(None);
+        Ok(r?)
+    }
+}
+
+/// Progress that also counts finished devices into the metrics.
+struct Counted<'a> {
+    inner: &'a dyn Progress,
+    target: &'a str,
+    operation: Operation,
+}
+
+impl Progress for Counted<'_> {
+    fn started(&self, job_id: &str, total: u64, done: u64) {
+        self.inner.started(job_id, total, done);
+    }
+
+    fn finished(&self, update: &DeviceUpdate) {
+        let outcome = update.outcome.map_or(update.state.as_str(), |o| o.as_str());
+        metrics::global().device(self.target, self.operation.as_str(), outcome);
+        self.inner.finished(update);
+    }
+
+    fn retrying(&self, devices: usize, error: &idbridge_core::Error, delay: Duration) {
+        self.inner.retrying(devices, error, delay);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.inner.cancelled()
+    }
+}
+
+/// A progress callback from a closure, for embedders: `f` is called with every device update
+/// as devices finish (done or failed).
+///
+/// ```
+/// use idbridge::app::ProgressFn;
+/// let progress = ProgressFn(|u: &idbridge_core::journal::DeviceUpdate| {
+///     eprintln!("{} {}", u.device_id.short(), u.state);
+/// });
+/// # let _ = progress;
+/// ```
+pub struct ProgressFn<F>(pub F);
+
+impl<F: Fn(&DeviceUpdate) + Send + Sync> Progress for ProgressFn<F> {
+    fn finished(&self, update: &DeviceUpdate) {
+        (self.0)(update);
     }
 }

@@ -24,10 +24,12 @@
 pub mod config;
 pub mod inputs;
 pub mod job;
+pub mod metrics;
+pub mod observe;
 pub mod report;
 pub mod targets;
 
 pub use config::{Config, DEFAULT_JOURNAL, DEMO, EngineSection, TargetConfig};
 pub use inputs::{Inputs, Refused, judge, read_inputs};
-pub use job::{EngineOverrides, TargetRun, journal_url, open_journal};
+pub use job::{EngineOverrides, ProgressFn, TargetRun, journal_url, open_journal};
 pub use report::Summary;

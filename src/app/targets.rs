@@ -143,3 +143,38 @@ pub fn validate(target: &TargetConfig) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Whether a deprovision of `target` revokes certificates (AWS IoT `REVOKED`, which can never
+/// be undone), given the operator's `--revoke`: with it, an `aws-iot` target revokes; a target
+/// whose table says `revoke_on_deregister = true` is refused without it, so a config line alone
+/// never revokes a reel. Other kinds have nothing to revoke and refuse `--revoke`.
+pub fn deprovision_revokes(target: &mut TargetConfig, revoke: bool) -> anyhow::Result<bool> {
+    let configured = target
+        .table
+        .get("revoke_on_deregister")
+        .and_then(toml::Value::as_bool)
+        .unwrap_or(false);
+    if target.kind != "aws-iot" {
+        anyhow::ensure!(
+            !revoke,
+            "target {}: --revoke is for aws-iot targets (kind {} has nothing to revoke)",
+            target.name,
+            target.kind
+        );
+        return Ok(false);
+    }
+    if configured && !revoke {
+        anyhow::bail!(
+            "target {} sets revoke_on_deregister = true: its certificates would be REVOKED, \
+             which AWS IoT never undoes; pass --revoke to confirm (or remove the key to \
+             deactivate and delete them instead)",
+            target.name
+        );
+    }
+    if revoke {
+        target
+            .table
+            .insert("revoke_on_deregister".into(), toml::Value::Boolean(true));
+    }
+    Ok(revoke)
+}

@@ -10,7 +10,7 @@ use idbridge_core::engine::{DiffReport, DiffStatus};
 use super::input::InputArgs;
 use idbridge::app::Inputs;
 
-use super::provision::{Output, OutputArgs, TargetArgs, read_inputs, write_json};
+use super::provision::{Output, OutputArgs, PlanBar, TargetArgs, read_inputs, write_json};
 
 /// Arguments of `idbridge diff`.
 #[derive(Debug, clap::Args)]
@@ -27,9 +27,12 @@ pub struct Args {
 
 /// Runs the command.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let ctx = args.target.open().await?;
-    let inputs = read_inputs(&args.input, false).await?;
-    let report = ctx.diff(&inputs.devices).await?;
+    let config = args.target.config()?;
+    let ctx = args.target.open_with(&config, None).await?;
+    let inputs = read_inputs(&args.input, &config, false).await?;
+    let bar = PlanBar::new("diff", inputs.devices.len() as u64);
+    let report = ctx.diff_with_progress(&inputs.devices, bar.hook()).await?;
+    bar.done();
     print(&report, &inputs, args.out.output, "missing")?;
     if let Some(path) = &args.out.report {
         write_json(
@@ -81,16 +84,38 @@ pub fn print(
             )?;
             writeln!(w)?;
         }
+        Output::Csv => {
+            let mut csv = csv::Writer::from_writer(&mut w);
+            csv.write_record(["device_id", "status", "source", "cloud_name", "details"])?;
+            for e in &report.entries {
+                csv.write_record([
+                    e.device_id
+                        .as_ref()
+                        .map(|d| d.to_string())
+                        .unwrap_or_default(),
+                    status_word(&e.status, missing_word).to_owned(),
+                    e.source.clone().unwrap_or_default(),
+                    e.remote
+                        .as_ref()
+                        .map(|r| r.name.clone())
+                        .unwrap_or_default(),
+                    e.details.join("; "),
+                ])?;
+            }
+            for r in &inputs.refused {
+                csv.write_record([
+                    r.device_id.clone().unwrap_or_default(),
+                    r.status.to_owned(),
+                    r.source.clone(),
+                    String::new(),
+                    r.reason.clone(),
+                ])?;
+            }
+            csv.flush()?;
+        }
         Output::Table => {
             for e in &report.entries {
-                let status = match e.status {
-                    DiffStatus::Missing => missing_word,
-                    DiffStatus::Identical => "identical",
-                    DiffStatus::Different => "different",
-                    DiffStatus::Extra => "extra",
-                    DiffStatus::Error => "error",
-                    _ => "other",
-                };
+                let status = status_word(&e.status, missing_word);
                 writeln!(
                     w,
                     "{:<14} {:<13} {:<30} {}",
@@ -132,4 +157,16 @@ pub fn print(
         }
     }
     Ok(())
+}
+
+fn status_word<'a>(status: &DiffStatus, missing_word: &'a str) -> &'a str {
+    match status {
+        DiffStatus::Missing => missing_word,
+        DiffStatus::Identical => "identical",
+        DiffStatus::Different => "different",
+        DiffStatus::Extra => "extra",
+        DiffStatus::Error => "error",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
 }

@@ -1,10 +1,11 @@
 //! The input arguments shared by every command that reads devices (`inspect`, `provision`,
 //! `diff` ...): flatten [`InputArgs`] into a command's arguments with `#[command(flatten)]`,
-//! then call [`InputArgs::open`] (or [`InputArgs::intake_options`]).
+//! then call [`InputArgs::intake_options_with`] with the config's `[trust]` table.
 
 use std::path::PathBuf;
 
-use idbridge_core::intake::{Format, Intake, IntakeOptions, Slot, TrustOptions, ValidityPolicy};
+use idbridge::app::config::TrustSection;
+use idbridge_core::intake::{Format, IntakeOptions, Slot, TrustOptions, ValidityPolicy};
 
 /// Inputs and how to judge them.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,7 +30,7 @@ pub struct InputArgs {
 }
 
 impl InputArgs {
-    /// The intake options these arguments describe.
+    /// The intake options these arguments describe (flags only, no `[trust]` table).
     pub fn intake_options(&self) -> IntakeOptions {
         IntakeOptions {
             format: self.format,
@@ -39,9 +40,12 @@ impl InputArgs {
         }
     }
 
-    /// Opens the inputs. An error is an unusable input or configuration (exit 2).
-    pub fn open(&self) -> anyhow::Result<Intake> {
-        Ok(Intake::open(&self.inputs, &self.intake_options())?)
+    /// The intake options with the config file's `[trust]` table under the flags.
+    pub fn intake_options_with(&self, config: &TrustSection) -> anyhow::Result<IntakeOptions> {
+        Ok(IntakeOptions {
+            trust: self.trust.options_with(config)?,
+            ..self.intake_options()
+        })
     }
 }
 
@@ -63,9 +67,10 @@ pub struct TrustArgs {
     #[arg(long = "crl", value_name = "FILE")]
     pub crl: Vec<PathBuf>,
 
-    /// When certificate validity is judged: `now` (default), `ignore`, or an RFC 3339 time.
-    #[arg(long, value_name = "WHEN", default_value = "now")]
-    pub validity_at: ValidityPolicy,
+    /// When certificate validity is judged: `now` (default, or the config's
+    /// `[trust] validity_at`), `ignore`, or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN")]
+    pub validity_at: Option<ValidityPolicy>,
 
     /// Trust only the --trust anchors, not the built-in vendor roots.
     #[arg(long)]
@@ -79,8 +84,23 @@ impl TrustArgs {
             anchors: self.anchors.clone(),
             allow_test_roots: self.allow_test_roots,
             crls: self.crl.clone(),
-            validity: self.validity_at,
+            validity: self.validity_at.unwrap_or_default(),
             no_builtin: self.no_builtin_roots,
         }
+    }
+
+    /// The trust options of the config's `[trust]` table with these flags on top: anchors and
+    /// CRLs of both, test roots or anchors-only when either says so, `--validity-at` over
+    /// `validity_at`.
+    pub fn options_with(&self, config: &TrustSection) -> anyhow::Result<TrustOptions> {
+        let mut o = config.options()?;
+        o.anchors.extend(self.anchors.iter().cloned());
+        o.crls.extend(self.crl.iter().cloned());
+        o.allow_test_roots |= self.allow_test_roots;
+        o.no_builtin |= self.no_builtin_roots;
+        if let Some(v) = self.validity_at {
+            o.validity = v;
+        }
+        Ok(o)
     }
 }

@@ -2,7 +2,7 @@
 //! device and a summary. Exit 0 when every device is valid, 1 when some are not, 2 when an
 //! input is unusable or the call is wrong.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use idbridge_core::identity::{DeviceIdentity, Source, VendorAttributes};
@@ -20,6 +20,11 @@ pub struct Args {
     /// Output: a table, one JSON document, or JSON Lines (one device per line, then a summary).
     #[arg(long, value_enum, default_value_t = Output::Table)]
     output: Output,
+
+    /// The config file, for its `[trust]` table (default: ./idbridge.toml when present, else
+    /// the XDG one).
+    #[arg(long, env = "IDBRIDGE_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,7 +83,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn inspect(args: &Args) -> anyhow::Result<ExitCode> {
-    let intake = args.input.open()?;
+    let config = idbridge::app::Config::load(args.config.as_deref())?;
+    let intake = idbridge_core::intake::Intake::open(
+        &args.input.inputs,
+        &args.input.intake_options_with(&config.trust)?,
+    )?;
     for note in intake.notes() {
         eprintln!("note: {note}");
     }
@@ -96,7 +105,21 @@ fn inspect(args: &Args) -> anyhow::Result<ExitCode> {
             "DEVICE_ID", "VENDOR_IDS", "ISSUER", "SERIAL", "NOT_AFTER", "KEY", "STATUS"
         )?;
     }
+    // A spinner counting devices when the rows go to a file or a pipe and stderr is a
+    // terminal (on a terminal the rows themselves show progress).
+    let bar = (!std::io::stdout().is_terminal() && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} inspect: {pos} devices {per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        b
+    });
     for item in intake {
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
         let row_owned;
         let row = match &item {
             Ok(checked) => {
@@ -151,6 +174,9 @@ fn inspect(args: &Args) -> anyhow::Result<ExitCode> {
             }
         }
         first = false;
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     match args.output {
         Output::Table => writeln!(

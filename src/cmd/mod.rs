@@ -11,6 +11,7 @@ pub mod input;
 pub mod inspect;
 pub mod man;
 pub mod mock_cloud;
+pub mod progress;
 pub mod provision;
 pub mod serve;
 pub mod service;

@@ -8,15 +8,18 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use idbridge::app::{self, Config, EngineOverrides, Inputs, Refused, Summary, TargetRun};
-use idbridge_core::engine::{JobReport, Progress};
-use idbridge_core::journal::{DeviceState, DeviceUpdate, Operation};
+use idbridge::app::report::ReportRow;
+use idbridge::app::{
+    self, Config, EngineOverrides, Inputs, Refused, Summary, TargetConfig, TargetRun,
+};
+use idbridge_core::DeviceIdentity;
+use idbridge_core::engine::{DiffReport, DiffStatus, JobReport};
+use idbridge_core::journal::{DeviceState, Operation};
 
 use super::input::InputArgs;
+pub use super::progress::{CliProgress, PlanBar};
 
 /// Arguments of `idbridge provision`.
 #[derive(Debug, clap::Args)]
@@ -48,6 +51,24 @@ pub struct DeprovisionArgs {
 
     #[command(flatten)]
     target: TargetArgs,
+
+    /// Show what would be removed (looks devices up in the target) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Remove without asking. Needed when stdin is not a terminal.
+    #[arg(long, short = 'y')]
+    yes: bool,
+
+    /// Also remove devices whose certificates do not verify (expired, revoked, unknown root).
+    /// Without it only verified devices are removed.
+    #[arg(long)]
+    include_invalid: bool,
+
+    /// Revoke the certificates (AWS IoT: status REVOKED, which can never be undone) instead of
+    /// deactivating them. Needed as well when the target sets `revoke_on_deregister = true`.
+    #[arg(long)]
+    revoke: bool,
 
     #[command(flatten)]
     out: OutputArgs,
@@ -89,11 +110,18 @@ pub struct TargetArgs {
 /// Where results go.
 #[derive(Debug, Clone, clap::Args)]
 pub struct OutputArgs {
-    /// Also write the full report (every device's outcome) as JSON to FILE.
+    /// Also write the full report (every device: vendor ids, serial, cloud resource ids,
+    /// outcome, error, request id, timestamps) to FILE: CSV for `.csv`, JSON Lines for
+    /// `.jsonl`, else one JSON document.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
-    /// Output on stdout: a table, one JSON document, or JSON Lines.
+    /// Serve Prometheus metrics of this run (connector calls by API and result, devices by
+    /// outcome) at http://ADDR/metrics while it runs, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Output on stdout: a table, CSV, one JSON document, or JSON Lines.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
@@ -103,6 +131,8 @@ pub struct OutputArgs {
 pub enum Output {
     /// Summary and the devices that did not succeed.
     Table,
+    /// One CSV line per device (vendor ids, serial, cloud resource ids, outcome, error).
+    Csv,
     /// One JSON document.
     Json,
     /// One JSON object per device, then a summary line.
@@ -111,10 +141,13 @@ pub enum Output {
 
 /// Runs `provision`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = args.target.config()?;
+    let ctx = args.target.open_with(&config, None).await?;
+    let inputs = read_inputs(&args.input, &config, false).await?;
     if args.dry_run {
-        let ctx = args.target.open().await?;
-        let inputs = read_inputs(&args.input, false).await?;
-        let report = ctx.diff(&inputs.devices).await?;
+        let bar = PlanBar::new("dry run", inputs.devices.len() as u64);
+        let report = ctx.diff_with_progress(&inputs.devices, bar.hook()).await?;
+        bar.done();
         super::diff::print(&report, &inputs, args.out.output, "would create")?;
         if let Some(path) = &args.out.report {
             write_json(
@@ -124,48 +157,58 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    execute(
-        Operation::Provision,
-        &args.input,
-        &args.target,
-        &args.out,
-        false,
-        args.enqueue,
-    )
-    .await
+    execute(Operation::Provision, &ctx, inputs, &args.out, args.enqueue).await
 }
 
-/// Runs `deprovision`. Every certificate of the inputs is removed, whatever its verdict: a
-/// revoked or expired device must be removable.
+/// Runs `deprovision`: only devices whose certificates verify, unless `--include-invalid`
+/// (a revoked or expired device must stay removable); `--dry-run` shows what would be
+/// removed; a person at a terminal confirms the list, anything else needs `--yes`; a target
+/// that revokes (AWS `revoke_on_deregister`, permanent) needs `--revoke` as well.
 pub async fn run_deprovision(args: DeprovisionArgs) -> anyhow::Result<ExitCode> {
-    execute(
-        Operation::Deprovision,
-        &args.input,
-        &args.target,
-        &args.out,
-        true,
-        false,
-    )
-    .await
+    let config = args.target.config()?;
+    let mut target = config.target(&args.target.target)?;
+    let revokes = app::targets::deprovision_revokes(&mut target, args.revoke)?;
+    let ctx = args.target.open_with(&config, Some(target)).await?;
+    let inputs = read_inputs(&args.input, &config, args.include_invalid).await?;
+    if args.dry_run {
+        let bar = PlanBar::new("dry run", inputs.devices.len() as u64);
+        let report = ctx.diff_with_progress(&inputs.devices, bar.hook()).await?;
+        bar.done();
+        print_removal_plan(&report, &inputs, &ctx.target, revokes, &args.out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !inputs.devices.is_empty() && !args.yes {
+        let stdin = std::io::stdin();
+        anyhow::ensure!(
+            stdin.is_terminal(),
+            "deprovision refused: {} devices would be removed from target {:?} and stdin is not a \
+             terminal, so nobody can confirm; check them with --dry-run, then pass --yes",
+            inputs.devices.len(),
+            ctx.target.name
+        );
+        if !confirm(&inputs, &ctx.target, revokes)? {
+            eprintln!("idbridge: nothing removed");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    execute(Operation::Deprovision, &ctx, inputs, &args.out, false).await
 }
 
 async fn execute(
     operation: Operation,
-    input: &InputArgs,
-    target: &TargetArgs,
+    ctx: &TargetRun,
+    inputs: Inputs,
     out: &OutputArgs,
-    any_verdict: bool,
     enqueue: bool,
 ) -> anyhow::Result<ExitCode> {
-    let ctx = target.open().await?;
-    let inputs = read_inputs(input, any_verdict).await?;
     if inputs.devices.is_empty() {
         eprintln!(
             "idbridge: no device to {operation} ({} refused, {} skipped)",
             inputs.refused.len(),
             inputs.skipped
         );
-        print_report(None, &inputs.refused, out)?;
+        let rows = app::report::rows(None, &[], &inputs.refused, &Default::default());
+        print_report(None, &inputs.refused, &rows, out)?;
         return Ok(if inputs.refused.is_empty() {
             ExitCode::SUCCESS
         } else {
@@ -183,11 +226,169 @@ async fn execute(
         println!("{}", opened.id);
         return Ok(ExitCode::SUCCESS);
     }
+    super::progress::catch_interrupt();
+    out.serve_metrics().await?;
     let progress = CliProgress::new(operation);
-    let report = ctx.run_job(operation, inputs.devices, &progress).await?;
+    let report = ctx
+        .run_job(operation, inputs.devices.clone(), &progress)
+        .await?;
     progress.done();
-    print_report(Some(&report), &inputs.refused, out)?;
-    Ok(exit_code(&report, &inputs.refused))
+    let interrupted = progress.interrupted();
+    let rows = report_rows(
+        ctx.engine.journal().as_ref(),
+        Some(&report),
+        &inputs.devices,
+        &inputs.refused,
+        &progress.finished_at(),
+    )
+    .await?;
+    print_report(Some(&report), &inputs.refused, &rows, out)?;
+    Ok(interrupted.unwrap_or_else(|| exit_code(&report, &inputs.refused)))
+}
+
+/// Asks the person at the terminal to confirm the removal, showing what will be removed.
+fn confirm(inputs: &Inputs, target: &TargetConfig, revokes: bool) -> anyhow::Result<bool> {
+    const SHOWN: usize = 20;
+    let mut e = std::io::stderr().lock();
+    writeln!(
+        e,
+        "About to remove {} devices from target {:?} (kind {}){}:",
+        inputs.devices.len(),
+        target.name,
+        target.kind,
+        if revokes {
+            "; their certificates will be REVOKED, which AWS IoT never undoes"
+        } else {
+            ""
+        }
+    )?;
+    for d in inputs.devices.iter().take(SHOWN) {
+        writeln!(
+            e,
+            "  {:<14} {:<40} {}",
+            d.device_id.short(),
+            app::report::vendor_ids(&d.vendor),
+            d.source
+        )?;
+    }
+    if inputs.devices.len() > SHOWN {
+        writeln!(e, "  ... and {} more", inputs.devices.len() - SHOWN)?;
+    }
+    write!(e, "Type `yes` to remove them: ")?;
+    e.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "yes" | "y" | "YES"))
+}
+
+/// What a deprovision would remove: the devices the target holds; the others are absent.
+fn print_removal_plan(
+    plan: &DiffReport,
+    inputs: &Inputs,
+    target: &TargetConfig,
+    revokes: bool,
+    out: &OutputArgs,
+) -> anyhow::Result<()> {
+    let held = |s: &DiffStatus| matches!(s, DiffStatus::Identical | DiffStatus::Different);
+    let entries = || {
+        plan.entries
+            .iter()
+            .filter(|e| e.status != DiffStatus::Extra)
+    };
+    let would_remove = entries().filter(|e| held(&e.status)).count();
+    let absent = entries()
+        .filter(|e| e.status == DiffStatus::Missing)
+        .count();
+    let doc = serde_json::json!({
+        "dry_run": true,
+        "operation": "deprovision",
+        "target": target.name,
+        "revoke": revokes,
+        "would_remove": entries().filter(|e| held(&e.status)).collect::<Vec<_>>(),
+        "not_in_target": entries().filter(|e| e.status == DiffStatus::Missing).collect::<Vec<_>>(),
+        "lookup_errors": entries().filter(|e| e.status == DiffStatus::Error).collect::<Vec<_>>(),
+        "refused": inputs.refused,
+    });
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    match out.output {
+        Output::Json | Output::Jsonl => {
+            serde_json::to_writer(&mut w, &doc)?;
+            writeln!(w)?;
+        }
+        Output::Table | Output::Csv => {
+            for e in entries() {
+                let what = match &e.status {
+                    s if held(s) => "would remove",
+                    DiffStatus::Missing => "not in target",
+                    _ => "lookup error",
+                };
+                writeln!(
+                    w,
+                    "{:<14} {:<13} {:<30} {}",
+                    e.device_id.as_ref().map_or("-", |d| d.short()),
+                    what,
+                    e.source.as_deref().unwrap_or(""),
+                    e.details.join("; ")
+                )?;
+            }
+            for r in &inputs.refused {
+                writeln!(
+                    w,
+                    "{:<14} {:<13} {:<30} {}",
+                    r.device_id
+                        .as_deref()
+                        .map_or("-", |d| &d[..12.min(d.len())]),
+                    r.status,
+                    r.source,
+                    r.reason
+                )?;
+            }
+            writeln!(
+                w,
+                "{would_remove} would remove{}, {absent} not in the target, {} lookup errors, {} refused",
+                if revokes { " (REVOKED)" } else { "" },
+                plan.errors,
+                inputs.refused.len()
+            )?;
+        }
+    }
+    if let Some(path) = &out.report {
+        write_json(path, &doc)?;
+    }
+    Ok(())
+}
+
+impl OutputArgs {
+    /// Starts the `--metrics-listen` endpoint, if asked for; it lives as long as the process.
+    pub async fn serve_metrics(&self) -> anyhow::Result<()> {
+        let Some(addr) = self.metrics_listen else {
+            return Ok(());
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen {addr}: cannot listen"))?;
+        let bound = listener.local_addr()?;
+        eprintln!("idbridge: metrics at http://{bound}/metrics");
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    app::metrics::global().render(),
+                )
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::warn!(%e, "the metrics endpoint stopped");
+            }
+        });
+        Ok(())
+    }
 }
 
 impl TargetArgs {
@@ -201,22 +402,40 @@ impl TargetArgs {
         }
     }
 
-    /// Loads the config, builds the target's connector and engine, and opens the journal.
-    pub async fn open(&self) -> anyhow::Result<TargetRun> {
-        let config = Config::load(self.config.as_deref())?;
-        TargetRun::open(
-            &config,
-            &self.target,
-            self.journal.as_deref(),
-            &self.overrides(),
-        )
-        .await
+    /// Loads the config file these flags name (or the default one).
+    pub fn config(&self) -> anyhow::Result<Config> {
+        Config::load(self.config.as_deref())
+    }
+
+    /// Builds the target (`target`, else the config's table of `--target`) over the journal.
+    pub async fn open_with(
+        &self,
+        config: &Config,
+        target: Option<TargetConfig>,
+    ) -> anyhow::Result<TargetRun> {
+        let target = match target {
+            Some(t) => t,
+            None => config.target(&self.target)?,
+        };
+        let url = app::journal_url(self.journal.as_deref(), config);
+        let journal = app::open_journal(&url)?;
+        TargetRun::with_journal(config, target, journal, url, &self.overrides()).await
     }
 }
 
-/// Reads and verifies the inputs (see [`app::read_inputs`]).
-pub async fn read_inputs(input: &InputArgs, any_verdict: bool) -> anyhow::Result<Inputs> {
-    app::read_inputs(input.inputs.clone(), input.intake_options(), any_verdict).await
+/// Reads and verifies the inputs (see [`app::read_inputs`]), judged with the config's
+/// `[trust]` table under the flags.
+pub async fn read_inputs(
+    input: &InputArgs,
+    config: &Config,
+    any_verdict: bool,
+) -> anyhow::Result<Inputs> {
+    app::read_inputs(
+        input.inputs.clone(),
+        input.intake_options_with(&config.trust)?,
+        any_verdict,
+    )
+    .await
 }
 
 /// 0 all done, 1 otherwise.
@@ -228,15 +447,35 @@ pub fn exit_code(report: &JobReport, refused: &[Refused]) -> ExitCode {
     }
 }
 
-/// Prints the report on stdout in the chosen format and writes `--report`.
+/// The report rows of a run: the job's records joined with `identities` (vendor ids) and the
+/// job's timestamps from `journal`, then the refused entries.
+pub async fn report_rows(
+    journal: &dyn idbridge_core::journal::Journal,
+    report: Option<&JobReport>,
+    identities: &[DeviceIdentity],
+    refused: &[Refused],
+    finished_at: &std::collections::HashMap<String, String>,
+) -> anyhow::Result<Vec<ReportRow>> {
+    let info = match report {
+        Some(r) => journal.job(&r.job_id).await?,
+        None => None,
+    };
+    let job = info.as_ref().zip(report.map(|r| &r.devices[..]));
+    Ok(app::report::rows(job, identities, refused, finished_at))
+}
+
+/// Prints the report on stdout in the chosen format and writes `--report` (CSV, JSON or JSON
+/// Lines by its extension).
 pub fn print_report(
     report: Option<&JobReport>,
     refused: &[Refused],
+    rows: &[ReportRow],
     out: &OutputArgs,
 ) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
     match out.output {
+        Output::Csv => app::report::write_csv(&mut w, rows)?,
         Output::Json => {
             serde_json::to_writer_pretty(
                 &mut w,
@@ -319,9 +558,11 @@ pub fn print_report(
         }
     }
     if let Some(path) = &out.report {
-        write_json(
+        app::report::write_file(
             path,
-            &serde_json::json!({"job": report, "refused": refused, "summary": Summary::of(report, refused)}),
+            rows,
+            &Summary::of(report, refused),
+            serde_json::json!({"job": report, "refused": refused}),
         )?;
     }
     Ok(())
@@ -331,114 +572,4 @@ pub fn print_report(
 pub fn write_json(path: &std::path::Path, v: &serde_json::Value) -> anyhow::Result<()> {
     let bytes = serde_json::to_vec_pretty(v)?;
     std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// A progress bar with rate and ETA on a terminal; JSON lines on stderr otherwise.
-pub struct CliProgress {
-    operation: Operation,
-    bar: Option<indicatif::ProgressBar>,
-    total: AtomicU64,
-    done: AtomicU64,
-    failed: AtomicU64,
-    start: Instant,
-    last: std::sync::Mutex<Instant>,
-}
-
-impl CliProgress {
-    /// A bar when stderr is a terminal.
-    pub fn new(operation: Operation) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            let style = indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            b.set_style(style);
-            b.set_message(operation.as_str());
-            b
-        });
-        CliProgress {
-            operation,
-            bar,
-            total: AtomicU64::new(0),
-            done: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            start: Instant::now(),
-            last: std::sync::Mutex::new(Instant::now()),
-        }
-    }
-
-    fn line(&self, event: &str) {
-        let done = self.done.load(Ordering::Relaxed);
-        let elapsed = self.start.elapsed().as_secs_f64();
-        let v = serde_json::json!({
-            "event": event,
-            "operation": self.operation.as_str(),
-            "total": self.total.load(Ordering::Relaxed),
-            "done": done,
-            "failed": self.failed.load(Ordering::Relaxed),
-            "elapsed_secs": (elapsed * 10.0).round() / 10.0,
-        });
-        eprintln!("{v}");
-    }
-
-    /// Closes the bar (or prints the last JSON line).
-    pub fn done(&self) {
-        match &self.bar {
-            Some(b) => b.finish_and_clear(),
-            None => self.line("finished"),
-        }
-    }
-}
-
-impl Progress for CliProgress {
-    fn started(&self, job_id: &str, total: u64, done: u64) {
-        self.total.store(total, Ordering::Relaxed);
-        self.done.store(done, Ordering::Relaxed);
-        match &self.bar {
-            Some(b) => {
-                b.set_length(total);
-                b.set_position(done);
-                b.reset_eta();
-                b.set_message(format!("{} {job_id}", self.operation));
-            }
-            None => {
-                eprintln!(
-                    "{}",
-                    serde_json::json!({"event": "started", "job": job_id,
-                        "operation": self.operation.as_str(), "total": total, "done": done})
-                );
-            }
-        }
-    }
-
-    fn finished(&self, update: &DeviceUpdate) {
-        if update.state == DeviceState::Failed {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
-        if matches!(update.state, DeviceState::Done | DeviceState::Failed) {
-            self.done.fetch_add(1, Ordering::Relaxed);
-            if let Some(b) = &self.bar {
-                b.inc(1);
-            }
-        }
-        if self.bar.is_none() {
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            if last.elapsed() >= Duration::from_secs(1) {
-                *last = Instant::now();
-                drop(last);
-                self.line("progress");
-            }
-        }
-    }
-
-    fn retrying(&self, devices: usize, error: &idbridge_core::Error, delay: Duration) {
-        if let Some(b) = &self.bar {
-            b.set_message(format!(
-                "{}: retrying {devices} in {delay:.1?} ({})",
-                self.operation,
-                error.kind()
-            ));
-        }
-    }
 }

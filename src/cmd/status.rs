@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use idbridge::app::{self, Config, EngineOverrides, TargetRun};
 use idbridge_core::journal::JobState;
 
-use super::provision::{CliProgress, Output, OutputArgs, exit_code, print_report};
+use super::provision::{CliProgress, Output, OutputArgs, exit_code, print_report, report_rows};
 
 /// Arguments of `idbridge status`.
 #[derive(Debug, clap::Args)]
@@ -85,6 +85,37 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         writeln!(w)?;
                     }
                 }
+                Output::Csv => {
+                    let mut csv = csv::Writer::from_writer(&mut w);
+                    csv.write_record([
+                        "job_id",
+                        "operation",
+                        "target",
+                        "state",
+                        "devices",
+                        "done",
+                        "failed",
+                        "open",
+                        "created",
+                        "updated",
+                    ])?;
+                    for j in &jobs {
+                        let c = j.counts;
+                        csv.write_record([
+                            j.id.clone(),
+                            j.spec.operation.as_str().to_owned(),
+                            j.spec.target.clone(),
+                            j.state.as_str().to_owned(),
+                            c.total().to_string(),
+                            c.done.to_string(),
+                            c.failed.to_string(),
+                            (c.pending + c.in_flight + c.unknown).to_string(),
+                            j.created.clone(),
+                            j.updated.clone(),
+                        ])?;
+                    }
+                    csv.flush()?;
+                }
                 Output::Table => {
                     writeln!(
                         w,
@@ -117,6 +148,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             let devices = journal.devices(id).await?;
             match args.output {
+                Output::Csv => {
+                    let identities = journal.identities(id).await?;
+                    let rows = app::report::rows(
+                        Some((&info, &devices)),
+                        &identities,
+                        &[],
+                        &Default::default(),
+                    );
+                    app::report::write_csv(&mut w, &rows)?;
+                }
                 Output::Json => {
                     serde_json::to_writer_pretty(
                         &mut w,
@@ -205,9 +246,22 @@ pub async fn run_resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
         ..EngineOverrides::default()
     };
     let ctx = TargetRun::with_journal(&config, target, journal, url, &overrides).await?;
+    super::progress::catch_interrupt();
+    args.out.serve_metrics().await?;
     let progress = CliProgress::new(info.spec.operation);
     let report = ctx.resume_job(&info.id, &progress).await?;
     progress.done();
-    print_report(Some(&report), &[], &args.out)?;
-    Ok(exit_code(&report, &[]))
+    let interrupted = progress.interrupted();
+    let journal = ctx.engine.journal();
+    let identities = journal.identities(&info.id).await?;
+    let rows = report_rows(
+        journal.as_ref(),
+        Some(&report),
+        &identities,
+        &[],
+        &progress.finished_at(),
+    )
+    .await?;
+    print_report(Some(&report), &[], &rows, &args.out)?;
+    Ok(interrupted.unwrap_or_else(|| exit_code(&report, &[])))
 }

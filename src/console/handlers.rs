@@ -949,7 +949,9 @@ pub(super) async fn save_target(
         if k.is_empty() {
             continue;
         }
-        let secret = secrets.contains(&k);
+        // A stored secret, or a key the service treats as secret (typed into a new row):
+        // never shown back in the form.
+        let secret = secrets.contains(&k) || idbridge::service::api::is_secret_key(&k);
         rows.push((
             k.clone(),
             if secret { String::new() } else { v.clone() },

@@ -153,7 +153,7 @@ fn provision_connect_refuse_deprovision_refuse() {
     assert!(env.mock.calls("RegisterCertificateWithoutCA") - before <= 2);
 
     let mut d = env.with_trust("deprovision", &batch);
-    d.extend(["--target".into(), "aws".into()]);
+    d.extend(["--target".into(), "aws".into(), "--yes".into()]);
     let out = env.run(&args(&d));
     assert_eq!(out.status.code(), Some(0), "deprovision: {}", text(&out));
     assert!(matches!(env.connect(&devices[0]), Connect::Refused(_)));

@@ -121,7 +121,7 @@ ca_file = "azure-ca.pem"
         "no secret in the output"
     );
 
-    let mut args = vec!["deprovision"];
+    let mut args = vec!["deprovision", "--yes"];
     args.extend(with("hub"));
     let out = idbridge(d, &args, &envs).await;
     assert_eq!(

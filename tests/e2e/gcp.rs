@@ -40,6 +40,9 @@ async fn run_env(
         "json".into(),
     ];
     args.extend(fx.trust_args());
+    if op == "deprovision" {
+        args.push("--yes".into());
+    }
     args.push(input.display().to_string());
     let out = tokio::process::Command::new(bin())
         .args(&args)

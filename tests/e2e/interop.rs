@@ -98,6 +98,9 @@ pub(crate) async fn provision(
         "json".into(),
     ];
     args.extend(fx.trust_args());
+    if op == "deprovision" {
+        args.push("--yes".into());
+    }
     args.push(input.display().to_string());
     let out = idbridge(&args).await;
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -18,6 +18,8 @@ mod inspect;
 #[cfg(feature = "http")]
 mod interop;
 mod ops;
+mod ops_docs;
+mod ops_guard;
 mod provision;
 mod quota;
 #[cfg(feature = "http")]

@@ -97,11 +97,13 @@ fn dry_run_changes_nothing_and_diff_after_provision_shows_nothing_missing() {
     );
     assert_eq!(cloud.stats()["creates"], 12);
 
-    let o = run(work.path(), &args("deprovision"));
+    let mut deprov = args("deprovision");
+    deprov.push("--yes");
+    let o = run(work.path(), &deprov);
     assert_eq!(code(&o), 0, "{}", stdout(&o));
     assert!(stdout(&o).contains("12 deleted"), "{}", stdout(&o));
     assert_eq!(cloud.stats()["devices"], 0);
-    let o = run(work.path(), &args("deprovision"));
+    let o = run(work.path(), &deprov);
     assert!(stdout(&o).contains("12 not found"), "{}", stdout(&o));
 }
 

@@ -18,6 +18,33 @@ use super::interop::{Fixture, admitted, bin, device_id};
 
 const CLOUD_TOKEN: &str = "svc-cloud-token";
 
+/// Starts `idbridge serve ARGS --listen 127.0.0.1:0` and waits for the address it prints.
+pub(crate) async fn spawn_serve(
+    args: &[&str],
+    env: &[(String, String)],
+) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(bin())
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("IDBRIDGE_CONFIG")
+        .env_remove("IDBRIDGE_JOURNAL")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("serve printed its address")
+        .unwrap()
+        .expect("serve exited before listening");
+    assert!(url.starts_with("http://"), "{url}");
+    (child, url)
+}
+
 /// A running service, the mock cloud behind it and the files it was started from.
 pub(crate) struct Service {
     pub fx: Fixture,
@@ -86,33 +113,14 @@ signing_key = "signing.pem"
 
 impl Service {
     async fn spawn(&mut self) {
-        let mut child = tokio::process::Command::new(bin())
-            .args([
-                "serve",
-                "--config",
-                &self.config.display().to_string(),
-                "--listen",
-                "127.0.0.1:0",
-                "--trust",
-                &self.fx.path("trust.pem").display().to_string(),
-                "--no-builtin-roots",
-            ])
-            .env_remove("IDBRIDGE_CONFIG")
-            .env_remove("IDBRIDGE_JOURNAL")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("serve printed its address")
-            .unwrap()
-            .expect("serve exited before listening");
-        assert!(first.starts_with("http://"), "{first}");
-        self.url = first;
+        let config = self.config.display().to_string();
+        let trust = self.fx.path("trust.pem").display().to_string();
+        let (child, url) = spawn_serve(
+            &["--config", &config, "--trust", &trust, "--no-builtin-roots"],
+            &self.env,
+        )
+        .await;
+        self.url = url;
         self.child = Some(child);
     }
 
@@ -355,6 +363,21 @@ async fn automatic_mode_binds_by_qr_and_the_devices_land() {
         .await;
     assert_eq!(code, 200);
     assert!(events.contains("event: end"), "{events}");
+    // Metrics count what happened; the OpenAPI document is served without a token.
+    let (code, m) = s.get_text("/metrics", "").await;
+    assert_eq!(code, 200);
+    for line in [
+        "idbridge_service_binds_total{result=\"bound\"} 1",
+        "idbridge_service_devices_total{outcome=\"done\"} 5",
+    ] {
+        assert!(m.contains(line), "{line} missing from\n{m}");
+    }
+    let (code, doc) = s.call("GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(code, 200);
+    assert!(
+        doc["paths"]["/api/v1/bindings"]["post"].is_object(),
+        "{doc}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -958,21 +981,7 @@ async fn the_readme_service_commands_work() {
         std::fs::copy(root.join(f), dir.path().join(f)).unwrap();
     }
     let config = dir.path().join("service.toml").display().to_string();
-    let mut child = tokio::process::Command::new(bin())
-        .args(["serve", "--config", &config, "--listen", "127.0.0.1:0"])
-        .env_remove("IDBRIDGE_CONFIG")
-        .env_remove("IDBRIDGE_JOURNAL")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let url = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("serve printed its address")
-        .unwrap()
-        .expect("serve exited before listening");
+    let (_child, url) = spawn_serve(&["--config", &config], &[]).await;
     let run = |args: Vec<String>| async move {
         tokio::process::Command::new(bin())
             .args(&args)
@@ -1065,4 +1074,129 @@ async fn the_readme_service_commands_work() {
             "service.key is readable by others: {mode:o}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_with_wrong_credentials_fails_the_job_with_the_reason_and_provisions_nothing() {
+    let s = start("").await;
+    s.import("reel.pem", 1..4, "B-CRED", "R-CRED").await;
+    s.account("credco", "automatic").await;
+    let admin = s.token("credco", "admin").await;
+    let mut table = s.cloud_target();
+    table["token"] = json!("not-the-cloud-token");
+    let (code, v) = s
+        .call(
+            "PUT",
+            "/api/v1/targets/cloud?default=true",
+            Some(&admin),
+            Some(table),
+        )
+        .await;
+    assert!(code == 200 || code == 201, "{code} {v}");
+    let (code, b) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&admin),
+            Some(json!({"batch_id": "B-CRED", "reel_id": "R-CRED"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    let j = s.wait_job(&admin, b["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(j["state"], "failed", "{j}");
+    let error = j["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        ["credential", "unauthori", "authenticat", "401"]
+            .iter()
+            .any(|w| error.contains(w)),
+        "the reason is not named: {j}"
+    );
+    assert!(
+        !error.contains("not-the-cloud-token"),
+        "the secret is echoed: {j}"
+    );
+    assert_eq!(s.registry.stats().devices, 0);
+}
+
+/// The operator prints a batch's label QR code (PNG and SVG); scanning the PNG gives the text a
+/// binder submits as `qr`, which binds that batch and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_label_qr_code_binds_its_batch() {
+    let s = start("").await;
+    s.import("reel.pem", 1..3, "B-LABEL", "R-LABEL").await;
+    s.import("other.pem", 10..11, "B-OTHER", "R-OTHER").await;
+    let binder = {
+        admin_account(&s, "labelco", "manifest").await;
+        s.token("labelco", "binder").await
+    };
+    let operator = s.operator().await;
+    let (code, batches) = s
+        .call("GET", "/api/v1/admin/batches", Some(&operator), None)
+        .await;
+    assert_eq!(code, 200, "{batches}");
+    assert!(
+        !batches.to_string().contains("R-LABEL") && !batches.to_string().contains("B-LABEL"),
+        "claim secrets listed: {batches}"
+    );
+    let id = batches
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["devices"] == 2)
+        .and_then(|b| b["id"].as_str())
+        .unwrap()
+        .to_owned();
+    let (code, svg) = s
+        .get_text(&format!("/api/v1/admin/batches/{id}/qr.svg"), &operator)
+        .await;
+    assert_eq!(code, 200);
+    assert!(svg.contains("<svg"), "{svg}");
+    // A binder may not print labels.
+    let (code, _) = s
+        .get_text(&format!("/api/v1/admin/batches/{id}/qr.png"), &binder)
+        .await;
+    assert_eq!(code, 403);
+    let png = s
+        .http
+        .get(format!("{}/api/v1/admin/batches/{id}/qr.png", s.url))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let img = image::load_from_memory(&png).unwrap().to_luma8();
+    let (w, h) = img.dimensions();
+    let mut prepared =
+        rqrr::PreparedImage::prepare_from_greyscale(w as usize, h as usize, |x, y| {
+            img.get_pixel(x as u32, y as u32).0[0]
+        });
+    let grids = prepared.detect_grids();
+    assert_eq!(grids.len(), 1);
+    let (_, text) = grids[0].decode().unwrap();
+    let (code, b) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&binder),
+            Some(json!({"qr": text})),
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    assert_eq!(
+        (b["batch"].as_str(), b["devices"].as_u64()),
+        (Some(id.as_str()), Some(2))
+    );
+    // The same label text with another batch's id binds nothing.
+    let forged = text.replace(&id, "bat_000000000000ffffffffffffffff");
+    let (code, v) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&binder),
+            Some(json!({"qr": forged})),
+        )
+        .await;
+    assert_eq!((code, v["code"].as_str()), (404, Some("not_found")), "{v}");
 }

@@ -330,11 +330,22 @@ fn database_restart_mid_job_the_job_completes_when_it_is_back() {
     let mut w = Worker::start(work.path(), &url, "worker-db");
     w.wait_for("claimed job", Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(700));
+    // `pg_ctl stop -m fast` (SIGINT to the postmaster): sessions end, the worker's journal
+    // writes fail.
     pg.stop().unwrap();
+    let at_stop = cloud.stats()["devices"].as_u64().unwrap();
+    assert!(at_stop < 120, "the job ended before the database stopped");
     std::thread::sleep(Duration::from_secs(2));
     pg.restart().unwrap();
     wait_all_finished(&url, 1, Duration::from_secs(180));
     exactly_once(&cloud, 120);
+    // A call made without its write-ahead record would be sent again as new on resume (its
+    // device still `pending`) and refused as a duplicate; one with its record is looked up.
+    assert_eq!(
+        cloud.stats()["duplicates_refused"], 0,
+        "a call was made without its write-ahead record: {}",
+        cloud.stats()
+    );
     w.terminate();
     assert!(w.wait(Duration::from_secs(60)).success());
 }

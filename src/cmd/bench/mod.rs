@@ -14,6 +14,7 @@ pub mod latency;
 pub mod quota;
 #[cfg(feature = "http")]
 pub mod receiver;
+pub mod service;
 pub mod workers;
 
 /// Arguments of `idbridge bench`.
@@ -42,6 +43,9 @@ enum Bench {
     /// batches of 1, 100 and 4,000 into the unthrottled in-process mock cloud.
     #[cfg(feature = "http")]
     Receiver(receiver::Args),
+    /// The registration service: REELS reels × DEVICES bound at once in automatic mode into
+    /// the unthrottled mock cloud; binds/s, time to provisioned, the service's peak RSS.
+    Service(service::Args),
     /// AWS IoT connector against the mock AWS IoT: a reel at the default quotas, or unthrottled.
     #[cfg(feature = "aws-iot")]
     Aws(aws::AwsArgs),
@@ -66,6 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::Ingest(a) => ingest::run(a).await,
         Bench::Workers(a) => workers::run(a).await,
         Bench::Latency(a) => latency::run(a).await,
+        Bench::Service(a) => service::run(a).await,
         #[cfg(feature = "http")]
         Bench::Receiver(a) => receiver::run(a).await,
         #[cfg(feature = "aws-iot")]
@@ -81,7 +86,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.
 pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_rss_mib_of("self")
+}
+
+/// Peak RSS in MiB of process `pid` (`self` or a number), if known.
+pub fn peak_rss_mib_of(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
@@ -90,7 +100,12 @@ pub fn peak_rss_mib() -> Option<f64> {
 /// CPU seconds (user + system) this process used so far (Linux `/proc/self/stat`), if known.
 /// On a shared machine this, not wall time, measures the engine's cost.
 pub fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_of("self")
+}
+
+/// CPU seconds (user + system) of process `pid` (`self` or a number), if known.
+pub fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which is in parentheses and may contain spaces).
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();

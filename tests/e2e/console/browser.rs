@@ -170,5 +170,9 @@ fn free_port() -> u16 {
 
 /// Whether a WebDriver error only means the page was (re)loading while it was read.
 fn is_loading(e: &fantoccini::error::CmdError) -> bool {
-    e.is_stale_element_reference() || e.is_no_such_element()
+    // Chromium also answers a node of the page being replaced with an "unknown error"
+    // ("Node with given id does not belong to the document").
+    e.is_stale_element_reference()
+        || e.is_no_such_element()
+        || e.to_string().contains("does not belong to the document")
 }

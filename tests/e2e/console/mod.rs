@@ -128,6 +128,8 @@ async fn console_binds_by_typed_scanner_text_in_automatic_mode_and_the_job_reach
     // The scan field has the focus: a handheld scanner types into it and presses Enter.
     let focused = b.client.active_element().await.unwrap();
     assert_eq!(focused.attr("id").await.unwrap().as_deref(), Some("scan"));
+    let page = b.client.source().await.unwrap();
+    assert!(!page.contains(BUNDLE_BATCH) && !page.contains(BUNDLE_REEL));
     b.screenshot("bind.png").await;
     focused
         .send_keys(&format!(
@@ -225,6 +227,36 @@ async fn console_binds_by_an_uploaded_qr_photo_rotated_and_scaled() {
         .unwrap();
     assert_eq!(rows.len(), 3);
     b.screenshot("bound-from-photo.png").await;
+    // Search by serial number (any case), from the serial the table shows.
+    let serial = text_of(&b, "main table tbody tr td:nth-child(3)").await;
+    assert!(!serial.is_empty());
+    let q = b.client.find(Locator::Id("q")).await.unwrap();
+    q.send_keys(&format!("{}\u{E007}", serial.to_lowercase()))
+        .await
+        .unwrap();
+    b.wait_text("Search devices").await;
+    for _ in 0..240 {
+        let n = b
+            .client
+            .find_all(Locator::Css("main table tbody tr"))
+            .await
+            .map(|r| r.len())
+            .unwrap_or(0);
+        if n == 1 && b.client.current_url().await.unwrap().query().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let rows = b
+        .client
+        .find_all(Locator::Css("main table tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "search by serial {serial}");
+    assert_eq!(
+        text_of(&b, "main table tbody tr td:nth-child(3)").await,
+        serial
+    );
     let bindings = api_bindings(&s, &binder).await;
     assert_eq!(bindings.len(), 1);
     assert_eq!(bindings[0]["mode"], "manual");
@@ -297,6 +329,30 @@ async fn console_manual_mode_provision_now_works_without_javascript() {
     // The jobs page lists it.
     click(&b, "a[href='/console/jobs']").await;
     b.wait_text("finished").await;
+    // Deprovision, after a confirmation page: the devices leave the cloud.
+    click(&b, "a[href='/console/bindings']").await;
+    b.wait_text("provision finished").await;
+    click(&b, "main table tbody a[href^='/console/bindings/']").await;
+    b.wait_text("Valid devices").await;
+    click(&b, "a.button[href$='/deprovision']").await;
+    b.wait_text("Remove this binding's devices").await;
+    click(&b, "main form button.danger").await;
+    b.wait_text("State: finished").await;
+    assert_eq!(text_of(&b, "#done").await, "6");
+    let stats = s.registry.stats();
+    assert_eq!(stats.devices, 0, "{stats:?}");
+    // The audit log (admin) shows what happened.
+    click(&b, "a[href='/console/audit']").await;
+    let text = b.wait_text("job.deprovision").await;
+    assert!(
+        text.contains("bind") && text.contains("job.provision"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("REEL-M") && !text.contains("BATCH-M"),
+        "{text}"
+    );
+    b.screenshot("audit.png").await;
     b.close().await;
 }
 
@@ -546,4 +602,245 @@ async fn console_sign_in_refuses_a_bad_token_and_a_post_without_csrf() {
         .to_owned();
     assert!(csp.contains("default-src 'self'"), "{csp}");
     browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_targets_are_tested_before_saving_and_secrets_stay_write_only() {
+    let s = start("").await;
+    s.import("reel-t.pem", 60..63, "BATCH-T", "REEL-T").await;
+    s.account("acme", "automatic").await;
+    let admin = s.token("acme", "admin").await;
+    let token = s.cloud_target()["token"].as_str().unwrap().to_owned();
+    let b = Browser::start("console_targets", false).await;
+    sign_in(&b, &s.url, &admin).await;
+    click(&b, "a[href='/console/targets']").await;
+    b.wait_text("No targets yet").await;
+    click(&b, "a[href='/console/targets/new']").await;
+    b.wait_text("New target").await;
+    let fill = |id: &'static str, text: String| {
+        let c = b.client.clone();
+        async move {
+            let e = c.find(Locator::Id(id)).await.unwrap();
+            e.clear().await.unwrap();
+            e.send_keys(&text).await.unwrap();
+        }
+    };
+    fill("name", "cloud".into()).await;
+    fill("kind", "mock".into()).await;
+    fill("k0", "url".into()).await;
+    fill("v0", s.cloud.url.clone()).await;
+    fill("k1", "allow_http".into()).await;
+    fill("v1", "true".into()).await;
+    fill("k2", "token".into()).await;
+    fill("v2", "wrong-token".into()).await;
+    // A wrong credential: the health check fails and nothing is saved.
+    click(&b, "button[value=save]").await;
+    let text = b.wait_text("Connection test failed").await;
+    assert!(
+        !text.contains("wrong-token"),
+        "a secret is never shown back"
+    );
+    let (_, targets) = s.call("GET", "/api/v1/targets", Some(&admin), None).await;
+    assert_eq!(targets, json!([]));
+    // The secret row came back empty (write-only): type the right one, test, then save.
+    fill("v2", token.clone()).await;
+    click(&b, "button[value=test]").await;
+    b.wait_text("Connection test passed.").await;
+    assert!(!b.client.source().await.unwrap().contains(&token));
+    fill("v2", token.clone()).await;
+    click(&b, "button[value=save]").await;
+    b.wait_text("target cloud saved").await;
+    // Edit it without touching the secret: the stored one is kept (tested, then saved).
+    click(&b, "a[href='/console/targets/cloud']").await;
+    b.wait_text("Target cloud").await;
+    let page = b.client.source().await.unwrap();
+    assert!(
+        !page.contains(&token),
+        "the stored secret is not in the page"
+    );
+    b.screenshot("target.png").await;
+    click(&b, "button[value=save]").await;
+    b.wait_text("target cloud saved").await;
+    let (code, t) = s
+        .call("GET", "/api/v1/targets/cloud", Some(&admin), None)
+        .await;
+    assert_eq!(code, 200, "{t}");
+    assert_eq!(t["config"]["token"], "<redacted>");
+    assert_eq!(t["default"], true);
+    // The kept secret works: an automatic bind lands the devices through this target.
+    let (code, bound) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&admin),
+            Some(json!({"batch_id": "BATCH-T", "reel_id": "REEL-T"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{bound}");
+    assert_eq!(bound["target"], "cloud");
+    let job = s
+        .wait_job(&admin, bound["job"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(job["state"], "finished", "{job}");
+    assert_eq!(s.registry.stats().devices, 3);
+    b.close().await;
+}
+
+/// Every form control of the page has a label, nothing is wider than the screen, the page has
+/// its language and one heading.
+async fn check_page(b: &Browser, page: &str) {
+    let v = b
+        .client
+        .execute(
+            r#"
+            const unlabelled = [];
+            for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+              if (!(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                  && !el.getAttribute('aria-labelledby')) { unlabelled.push(el.name || el.id); }
+            }
+            const d = document.documentElement;
+            return {unlabelled, overflow: d.scrollWidth - d.clientWidth, lang: d.lang,
+                    h1: document.querySelectorAll('h1').length};
+            "#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(v["unlabelled"], json!([]), "{page}: {v}");
+    assert!(
+        v["overflow"].as_i64().unwrap() <= 0,
+        "{page} scrolls sideways: {v}"
+    );
+    assert_eq!(v["lang"], "en", "{page}");
+    assert_eq!(v["h1"], 1, "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_pages_fit_a_phone_screen_and_every_control_has_a_label() {
+    let s = start("").await;
+    s.import("reel-p.pem", 70..73, "BATCH-P", "REEL-P").await;
+    let admin = account(&s, "acme", "automatic").await;
+    let (code, bound) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&admin),
+            Some(json!({"batch_id": "BATCH-P", "reel_id": "REEL-P"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{bound}");
+    let binding = bound["id"].as_str().unwrap().to_owned();
+    let job = bound["job"]["id"].as_str().unwrap().to_owned();
+    s.wait_job(&admin, &job).await;
+    let b = Browser::start("console_phone", true).await;
+    // A phone's viewport.
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.client
+        .goto(&format!("{}/console/sign-in", s.url))
+        .await
+        .unwrap();
+    b.wait_text("Account token").await;
+    check_page(&b, "sign-in").await;
+    sign_in(&b, &s.url, &admin).await;
+    for page in [
+        "/console/bind".to_owned(),
+        "/console/bindings".to_owned(),
+        format!("/console/bindings/{binding}"),
+        format!("/console/bindings/{binding}/deprovision"),
+        "/console/jobs".to_owned(),
+        format!("/console/jobs/{job}"),
+        "/console/targets".to_owned(),
+        "/console/targets/new".to_owned(),
+        "/console/targets/cloud".to_owned(),
+        "/console/audit".to_owned(),
+    ] {
+        b.client.goto(&format!("{}{page}", s.url)).await.unwrap();
+        b.wait_text("Sign out").await;
+        check_page(&b, &page).await;
+        if page == "/console/bind" {
+            b.screenshot("bind-phone.png").await;
+        }
+    }
+    // Keyboard only: the first Tab reaches the "Skip to content" link.
+    b.client
+        .goto(&format!("{}/console/bindings", s.url))
+        .await
+        .unwrap();
+    b.wait_text("Sign out").await;
+    b.client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E004}")
+        .await
+        .unwrap();
+    let focused = b.client.active_element().await.unwrap();
+    assert_eq!(focused.text().await.unwrap(), "Skip to content");
+    b.close().await;
+}
+
+/// Types `text` into the scan field of the bind page and presses Enter.
+async fn scan(b: &Browser, url: &str, text: &str) {
+    b.client.goto(&format!("{url}/console/bind")).await.unwrap();
+    b.wait_text("Bind a batch or reel").await;
+    b.client
+        .find(Locator::Id("scan"))
+        .await
+        .unwrap()
+        .send_keys(&format!("{text}\u{E007}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_bind_explains_wrong_ids_already_bound_a_bad_qr_and_the_attempt_limit() {
+    let s = start("bind_attempts = 3\nbind_window_secs = 900").await;
+    s.import("reel-w.pem", 80..82, "BATCH-W", "REEL-W").await;
+    let other = account(&s, "other", "manual").await;
+    let (code, v) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&other),
+            Some(json!({"batch_id": "BATCH-W", "reel_id": "REEL-W"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+    let _acme = account(&s, "acme", "manual").await;
+    let binder = s.token("acme", "binder").await;
+    let b = Browser::start("console_bind_messages", false).await;
+    sign_in(&b, &s.url, &binder).await;
+    // Bound to another account: said so, without naming it.
+    scan(&b, &s.url, "https://l.example/b?batch=BATCH-W&reel=REEL-W").await;
+    let text = b.wait_text("already bound to an account").await;
+    assert!(!text.contains("other"), "{text}");
+    // Not a QR payload of a letter.
+    scan(&b, &s.url, "hello").await;
+    b.wait_text("could not be used").await;
+    // Wrong IDs: one generic message, the typed secret never echoed.
+    for i in 0..3 {
+        scan(
+            &b,
+            &s.url,
+            &format!("https://l.example/b?batch=BATCH-W&reel=GUESS{i}"),
+        )
+        .await;
+        let text = b.wait_text("No batch or reel matches").await;
+        assert!(!text.contains(&format!("GUESS{i}")), "{text}");
+        let value = b
+            .client
+            .find(Locator::Id("scan"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap();
+        assert_eq!(value.as_deref(), Some(""), "the form comes back empty");
+    }
+    // Past the limit: told to wait, even for a right pair.
+    scan(&b, &s.url, "https://l.example/b?batch=BATCH-W&reel=REEL-W").await;
+    b.wait_text("Too many failed attempts. Wait").await;
+    b.screenshot("attempt-limit.png").await;
+    assert!(api_bindings(&s, &binder).await.is_empty());
+    b.close().await;
 }
