@@ -91,6 +91,8 @@ pub async fn read_inputs(
                             status: "duplicate_key",
                             reason,
                             source: identity.source.to_string(),
+                            vendor: Some(Box::new(identity.vendor.clone())),
+                            serial: Some(identity.serial_hex.clone()),
                         }),
                     },
                     Err(r) => inputs.refused.push(r),
