@@ -42,8 +42,12 @@ impl Quota {
 pub struct Capabilities {
     /// The target kind (`"aws-iot"`, `"azure-iot-hub"`, `"manifest"` ...).
     pub kind: &'static str,
-    /// Most devices one `register`/`deregister` call takes (1 where the cloud has no bulk call).
+    /// Most devices one `register` call takes (1 where the cloud has no bulk call).
     pub max_batch_size: usize,
+    /// Most devices one `deregister` call takes; 0 means the same as `max_batch_size`. A
+    /// target that deletes one device per wire call says 1, and the engine's concurrency and
+    /// pacer do the fan-out (connectors never do).
+    pub max_deregister_batch_size: usize,
     /// Default per-API quotas; configurable per target. Empty means unlimited.
     pub quotas: Vec<Quota>,
     /// Whether `list` works.
@@ -62,6 +66,7 @@ impl Default for Capabilities {
         Capabilities {
             kind: "unknown",
             max_batch_size: 1,
+            max_deregister_batch_size: 0,
             quotas: Vec::new(),
             supports_list: false,
             supports_deregister: false,

@@ -80,6 +80,10 @@ impl fmt::Display for ErrorKind {
 }
 
 /// idbridge's error: build with [`Error::new`], add context with the `with_*` methods.
+///
+/// `Clone` (the source is shared), so one whole-call failure can be handed to every device of
+/// the call; [`Error::for_device`] makes such a copy name its own device.
+#[derive(Clone)]
 pub struct Error {
     kind: ErrorKind,
     message: String,
@@ -87,7 +91,7 @@ pub struct Error {
     operation: &'static str,
     context: Vec<(&'static str, String)>,
     retry_after: Option<std::time::Duration>,
-    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl Error {
@@ -110,11 +114,34 @@ impl Error {
         self
     }
 
-    /// Adds a context pair such as `("device_id", ...)` or `("request_id", ...)`.
-    /// Never put a secret here: context is printed.
+    /// Sets a context pair such as `("device_id", ...)` or `("request_id", ...)`, replacing an
+    /// earlier value of the same key. Never put a secret here: context is printed.
     pub fn with_context(mut self, key: &'static str, value: impl fmt::Display) -> Self {
-        self.context.push((key, value.to_string()));
+        let value = value.to_string();
+        match self.context.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.context.push((key, value)),
+        }
         self
+    }
+
+    /// This error as it concerns `device`: the same kind, message, temporariness, request id,
+    /// Retry-After and source, naming `device` (not the device it was first reported for).
+    pub fn for_device(&self, device: impl fmt::Display) -> Self {
+        self.clone().with_context("device_id", device)
+    }
+
+    /// One line with the source chain (`error: cause: cause`), for reports and the journal,
+    /// where no error reporter walks [`std::error::Error::source`].
+    pub fn report(&self) -> String {
+        let mut out = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            next = e.source();
+        }
+        out
     }
 
     /// Marks the error temporary (retryable) or permanent.
@@ -134,7 +161,7 @@ impl Error {
         mut self,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        self.source = Some(source.into());
+        self.source = Some(std::sync::Arc::from(source.into()));
         self
     }
 
@@ -183,9 +210,6 @@ impl fmt::Display for Error {
         if !self.operation.is_empty() {
             write!(f, " at {}", self.operation)?;
         }
-        if !self.temporary {
-            f.write_str(" (permanent)")?;
-        }
         if !self.context.is_empty() {
             f.write_str(" [")?;
             for (i, (k, v)) in self.context.iter().enumerate() {
@@ -199,9 +223,8 @@ impl fmt::Display for Error {
         if !self.message.is_empty() {
             write!(f, ": {}", self.message)?;
         }
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
-        }
+        // The source is not repeated: reporters walk `source()` ([`Error::report`], anyhow's
+        // `{:#}`), and printing it here too would show it twice.
         Ok(())
     }
 }
@@ -215,8 +238,8 @@ impl fmt::Debug for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source
-            .as_ref()
-            .map(|e| e.as_ref() as &(dyn std::error::Error + 'static))
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -237,5 +260,43 @@ mod tests {
         assert!(e.is_temporary());
         assert_eq!(e.request_id(), Some("abc"));
         assert!(!Error::new(ErrorKind::InvalidInput, "x").is_temporary());
+    }
+
+    #[test]
+    fn permanent_errors_do_not_say_so_and_the_source_is_not_repeated() {
+        let io = std::io::Error::other("disk on fire");
+        let e = Error::new(ErrorKind::InvalidInput, "bad certificate")
+            .with_operation("register")
+            .with_source(io);
+        assert_eq!(e.to_string(), "invalid_input at register: bad certificate");
+        assert!(!e.is_temporary());
+        assert_eq!(
+            std::error::Error::source(&e).map(ToString::to_string),
+            Some("disk on fire".to_owned())
+        );
+        assert_eq!(
+            e.report(),
+            "invalid_input at register: bad certificate: disk on fire"
+        );
+    }
+
+    #[test]
+    fn a_copy_per_device_names_its_own_device() {
+        let e = Error::new(ErrorKind::TargetDisabled, "410 Gone")
+            .with_operation("webhook provision")
+            .with_context("device_id", "aaa")
+            .with_context("request_id", "r-1")
+            .with_retry_after(std::time::Duration::from_secs(3))
+            .with_source(std::io::Error::other("gone"));
+        let c = e.for_device("bbb");
+        assert_eq!(c.context("device_id"), Some("bbb"));
+        assert!(!c.to_string().contains("aaa"), "{c}");
+        assert_eq!(c.request_id(), Some("r-1"));
+        assert_eq!(c.retry_after(), e.retry_after());
+        assert_eq!((c.kind(), c.is_temporary()), (e.kind(), e.is_temporary()));
+        assert!(
+            std::error::Error::source(&c).is_some(),
+            "the source is shared"
+        );
     }
 }

@@ -468,6 +468,7 @@ impl Connector for AwsIot {
         Capabilities {
             kind: "aws-iot",
             max_batch_size: 1,
+            max_deregister_batch_size: 0,
             quotas: self.cfg.quotas(),
             supports_list: true,
             supports_deregister: true,

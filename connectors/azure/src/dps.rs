@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use idbridge_core::{
     CallContext, Capabilities, Connector, DeregisterOutcome, DeviceId, DeviceIdentity, Error,
     ErrorKind, ListPage, Quota, RegisterOutcome, RemoteDevice, Result,
@@ -167,12 +166,6 @@ impl DpsConnector {
             per_minute: cfg.operations_per_minute.unwrap_or(OPERATIONS_PER_MINUTE),
             seen: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Enrollments per bulk call: 10, fewer at a rate too low to pay for them within the
-    /// pacing budget.
-    pub fn batch(&self) -> usize {
-        crate::iot_hub::batch_for(self.per_minute / 60.0, MAX_BULK, MAX_CONCURRENCY)
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, DeviceId>> {
@@ -348,12 +341,14 @@ impl Connector for DpsConnector {
     fn info(&self) -> Capabilities {
         Capabilities {
             kind: "azure-dps",
-            max_batch_size: self.batch(),
+            max_batch_size: MAX_BULK,
+            // One unprovision (several DELETEs) per device: the engine fans out.
+            max_deregister_batch_size: 1,
             quotas: vec![
                 Quota {
                     api: OPERATIONS.into(),
                     per_second: self.per_minute / 60.0,
-                    burst: self.batch() as u32,
+                    burst: MAX_BULK as u32,
                 },
                 // Deleting the devices DPS registered in the linked hubs.
                 Quota::new(crate::iot_hub::REGISTRY, self.hub_per_minute / 60.0),
@@ -470,11 +465,11 @@ impl Connector for DpsConnector {
         ctx: &CallContext,
         devices: &[DeviceIdentity],
     ) -> Result<Vec<DeregisterOutcome>> {
-        let calls: Vec<_> = devices
-            .iter()
-            .map(|d| self.deregister_one(ctx, d))
-            .collect();
-        Ok(futures::stream::iter(calls).buffered(8).collect().await)
+        let mut out = Vec::with_capacity(devices.len());
+        for d in devices {
+            out.push(self.deregister_one(ctx, d).await);
+        }
+        Ok(out)
     }
 
     async fn lookup(

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use idbridge_core::{
     CallContext, Capabilities, Connector, DeregisterOutcome, DeviceId, DeviceIdentity, Error,
     ErrorKind, ListPage, Quota, RegisterOutcome, RemoteDevice, Result,
@@ -27,20 +26,6 @@ pub const QUERY: &str = "query";
 pub const MAX_BULK: usize = 100;
 /// Calls the engine may have in flight.
 pub const MAX_CONCURRENCY: usize = 2;
-/// The longest a call should wait for quota inside `register` (the engine's attempt timeout,
-/// 30 s by default, includes that wait): batches are sized so `MAX_CONCURRENCY` calls of
-/// registry operations fit in it at the configured rate.
-pub const PACING_BUDGET_SECS: f64 = 15.0;
-
-/// Devices per call for `rate` operations/s: the service's limit, or fewer on a small hub.
-pub(crate) fn batch_for(rate_per_sec: f64, max: usize, concurrency: usize) -> usize {
-    let fit = (rate_per_sec * PACING_BUDGET_SECS / concurrency as f64).floor();
-    if fit.is_finite() && fit >= 1.0 {
-        (fit as usize).min(max)
-    } else {
-        1
-    }
-}
 
 /// The IoT Hub registry connector.
 #[derive(Debug)]
@@ -77,12 +62,6 @@ impl IotHubConnector {
             registry_per_minute,
             queries_per_minute: hub_queries_per_minute_per_unit(tier) * units,
         })
-    }
-
-    /// Devices per bulk call: 100, fewer on a hub too small to pay for 100 within the pacing
-    /// budget (S1 with 1 unit: 12).
-    pub fn batch(&self) -> usize {
-        batch_for(self.registry_per_minute / 60.0, MAX_BULK, MAX_CONCURRENCY)
     }
 
     /// The IoT Hub device id of `device`, validated.
@@ -241,12 +220,14 @@ impl Connector for IotHubConnector {
     fn info(&self) -> Capabilities {
         Capabilities {
             kind: "azure-iot-hub",
-            max_batch_size: self.batch(),
+            max_batch_size: MAX_BULK,
+            // One DELETE per device: the engine fans out, within MAX_CONCURRENCY and the pacer.
+            max_deregister_batch_size: 1,
             quotas: vec![
                 Quota {
                     api: REGISTRY.into(),
                     per_second: self.registry_per_minute / 60.0,
-                    burst: self.batch() as u32,
+                    burst: MAX_BULK as u32,
                 },
                 Quota {
                     api: QUERY.into(),
@@ -352,11 +333,11 @@ impl Connector for IotHubConnector {
         ctx: &CallContext,
         devices: &[DeviceIdentity],
     ) -> Result<Vec<DeregisterOutcome>> {
-        let calls: Vec<_> = devices
-            .iter()
-            .map(|d| self.deregister_one(ctx, d))
-            .collect();
-        Ok(futures::stream::iter(calls).buffered(8).collect().await)
+        let mut out = Vec::with_capacity(devices.len());
+        for d in devices {
+            out.push(self.deregister_one(ctx, d).await);
+        }
+        Ok(out)
     }
 
     async fn lookup(
@@ -389,23 +370,5 @@ impl Connector for IotHubConnector {
     async fn health_check(&self, ctx: &CallContext) -> Result<()> {
         ctx.acquire(REGISTRY).await;
         self.client.hub_statistics("health_check").await.map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_fit_the_pacing_budget() {
-        // S1 x1: 100/min; two calls of 12 need 14.4 s of quota.
-        assert_eq!(batch_for(100.0 / 60.0, MAX_BULK, MAX_CONCURRENCY), 12);
-        // S1 x10: 1,000/min pays two bulk calls of 100 in 12 s.
-        assert_eq!(batch_for(1000.0 / 60.0, MAX_BULK, MAX_CONCURRENCY), 100);
-        assert_eq!(batch_for(5000.0 / 60.0, MAX_BULK, MAX_CONCURRENCY), 100);
-        assert_eq!(batch_for(0.01, MAX_BULK, MAX_CONCURRENCY), 1);
-        assert_eq!(batch_for(f64::INFINITY, MAX_BULK, MAX_CONCURRENCY), 1);
-        // DPS at its documented 1,000/min keeps bulk 10.
-        assert_eq!(batch_for(1000.0 / 60.0, 10, 4), 10);
     }
 }

@@ -162,6 +162,7 @@ impl Connector for FirestoreConnector {
         Capabilities {
             kind: "gcp-firestore",
             max_batch_size: self.cfg.batch_size,
+            max_deregister_batch_size: 0,
             quotas: vec![
                 Quota {
                     api: FIRESTORE_WRITE_API.to_owned(),

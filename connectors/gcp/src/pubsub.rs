@@ -175,6 +175,7 @@ impl Connector for PubSubConnector {
         Capabilities {
             kind: "gcp-pubsub",
             max_batch_size: self.cfg.batch_size,
+            max_deregister_batch_size: 0,
             quotas: vec![Quota::new(
                 PUBSUB_PUBLISH_API,
                 self.cfg.publishes_per_second,

@@ -148,7 +148,7 @@ impl InteropConnector {
                 Err(e) if !many => return Err(e.with_context("target", &self.name)),
                 Err(e) => {
                     for item in part {
-                        out.insert(item.reference.clone(), Err(copy_error(&e)));
+                        out.insert(item.reference.clone(), Err(e.clone()));
                     }
                 }
             }
@@ -163,6 +163,7 @@ impl Connector for InteropConnector {
         Capabilities {
             kind: "interop",
             max_batch_size: self.cfg.batch_size,
+            max_deregister_batch_size: 0,
             quotas: vec![Quota::new(INTEROP_API, self.cfg.requests_per_second)],
             supports_list: false,
             supports_deregister: true,
@@ -389,17 +390,6 @@ fn chunk(items: &[CertItem], max_items: usize, max_bytes: usize) -> Vec<&[CertIt
     out
 }
 
-/// The same error for another device (Error is not Clone: its source is dropped).
-fn copy_error(e: &Error) -> Error {
-    let mut c = Error::new(e.kind(), e.to_string())
-        .with_operation(e.operation())
-        .set_temporary(e.is_temporary());
-    if let Some(after) = e.retry_after() {
-        c = c.with_retry_after(after);
-    }
-    c
-}
-
 /// Standard Webhooks deliveries as a provisioning target.
 pub struct WebhookConnector {
     name: String,
@@ -454,7 +444,7 @@ impl WebhookConnector {
         let mut disabled: Option<Error> = None;
         for d in devices {
             if let Some(e) = &disabled {
-                out.push(Err(copy_error(e).with_context("device_id", &d.device_id)));
+                out.push(Err(e.for_device(&d.device_id)));
                 continue;
             }
             let body = event_body(event_type, d);
@@ -472,7 +462,7 @@ impl WebhookConnector {
                 && e.kind() == ErrorKind::TargetDisabled
             {
                 tracing::error!(target_name = %self.name, "webhook endpoint answered 410 Gone: target disabled");
-                disabled = Some(copy_error(e));
+                disabled = Some(e.clone());
             }
             out.push(r);
         }
@@ -486,6 +476,7 @@ impl Connector for WebhookConnector {
         Capabilities {
             kind: "webhook",
             max_batch_size: self.cfg.batch_size,
+            max_deregister_batch_size: 0,
             quotas: vec![Quota::new(WEBHOOK_API, self.cfg.requests_per_second)],
             supports_list: false,
             supports_deregister: true,

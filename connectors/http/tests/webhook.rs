@@ -163,11 +163,20 @@ async fn statuses_map_to_outcomes() {
         .register(&ctx, &[ids[3].clone(), ids[0].clone()])
         .await
         .unwrap();
-    for o in &out {
+    for (o, d) in out.iter().zip([&ids[3], &ids[0]]) {
         match o {
             RegisterOutcome::Failed(e) => {
                 assert_eq!(e.kind(), ErrorKind::TargetDisabled, "{e}");
                 assert!(!e.is_temporary());
+                // Each copy names its own device, and only it.
+                assert_eq!(e.context("device_id"), Some(d.device_id.as_str()), "{e}");
+                let other = if d.device_id == ids[0].device_id {
+                    &ids[3]
+                } else {
+                    &ids[0]
+                };
+                assert!(!e.to_string().contains(other.device_id.as_str()), "{e}");
+                assert!(!e.to_string().contains("(permanent)"), "{e}");
             }
             other => panic!("{other:?}"),
         }

@@ -99,6 +99,7 @@ impl Connector for ManifestConnector {
         Capabilities {
             kind: "manifest",
             max_batch_size: 1000,
+            max_deregister_batch_size: 0,
             quotas: Vec::new(),
             supports_list: true,
             supports_deregister: true,

@@ -99,6 +99,7 @@ impl Connector for MockConnector {
         Capabilities {
             kind: "mock",
             max_batch_size: 1,
+            max_deregister_batch_size: 0,
             quotas: vec![Quota::new(client::API, self.quota)],
             supports_list: true,
             supports_deregister: true,

@@ -306,12 +306,13 @@ impl Engine {
                 ctx
             },
         };
-        let batch = self
-            .opts
-            .batch_size
-            .unwrap_or(usize::MAX)
-            .min(self.caps.max_batch_size)
-            .max(1);
+        let limit = match operation {
+            Operation::Deprovision if self.caps.max_deregister_batch_size > 0 => {
+                self.caps.max_deregister_batch_size
+            }
+            _ => self.caps.max_batch_size,
+        };
+        let batch = self.opts.batch_size.unwrap_or(usize::MAX).min(limit).max(1);
         let mut concurrency = self.opts.concurrency.max(1);
         if self.caps.max_concurrency > 0 {
             concurrency = concurrency.min(self.caps.max_concurrency);
@@ -640,7 +641,7 @@ impl Run<'_> {
             let unknown = e.kind() == ErrorKind::OutcomeUnknown;
             for i in &mut items {
                 i.unknown |= unknown;
-                i.error = Some(copy_error(&e));
+                i.error = Some(e.for_device(&i.identity.device_id));
             }
             return Ok(items);
         }
@@ -663,7 +664,7 @@ impl Run<'_> {
         let mut unknown = Vec::new();
         let budget_ok = self.backoff.take_budget();
         retry.retain(|i| {
-            let e = i.error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+            let e = i.error.as_ref().map(Error::report).unwrap_or_default();
             if !budget_ok || i.attempts >= max {
                 let why = if budget_ok {
                     format!("gave up after {} attempts: {e}", i.attempts)
@@ -819,20 +820,6 @@ impl Run<'_> {
     }
 }
 
-/// The same error for another device: kind, temporariness, operation, request id, Retry-After.
-fn copy_error(e: &Error) -> Error {
-    let mut c = Error::new(e.kind(), e.message())
-        .with_operation(e.operation())
-        .set_temporary(e.is_temporary());
-    if let Some(id) = e.request_id() {
-        c = c.with_context("request_id", id);
-    }
-    if let Some(after) = e.retry_after() {
-        c = c.with_retry_after(after);
-    }
-    c
-}
-
 fn done(item: &Item, outcome: Outcome, remote: Option<RemoteDevice>) -> DeviceUpdate {
     let mut u = DeviceUpdate::state(
         item.identity.device_id.clone(),
@@ -856,7 +843,7 @@ fn left_pending(item: &Item, e: &Error) -> DeviceUpdate {
         item.attempts,
     );
     u.error_kind = Some(e.kind().as_str().to_owned());
-    u.reason = Some(e.to_string());
+    u.reason = Some(e.report());
     u.request_id = e.request_id().map(str::to_owned);
     u
 }
@@ -889,7 +876,7 @@ fn error_update(item: &Item, e: &Error) -> DeviceUpdate {
             Outcome::Error
         },
         e.kind().as_str(),
-        e.to_string(),
+        e.report(),
         e.request_id().map(str::to_owned),
     )
 }

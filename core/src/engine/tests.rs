@@ -81,6 +81,7 @@ impl Connector for FakeCloud {
         Capabilities {
             kind: "fake",
             max_batch_size: self.batch,
+            max_deregister_batch_size: 0,
             supports_list: true,
             supports_deregister: true,
             idempotent_register: self.idempotent,
@@ -700,6 +701,7 @@ impl Connector for QuotaCloud {
         Capabilities {
             kind: "quota",
             max_batch_size: self.batch,
+            max_deregister_batch_size: 0,
             quotas: vec![Quota {
                 burst: self.burst,
                 ..Quota::new("Create", self.quota)

@@ -3,7 +3,11 @@
 //! Every request goes to the thread through a channel. Writes queued while the previous group
 //! committed are committed together in one transaction (group commit), so 100,000 devices cost a
 //! few hundred transactions, not 300,000. `synchronous = NORMAL` in WAL mode survives a killed
-//! process (the WAL is in the OS's page cache); only a power loss can lose the last commits.
+//! process (the WAL is in the OS's page cache); only a power loss can lose those commits. A
+//! group holding a write-ahead record (`durable = true`: a device marked in flight before a
+//! non-idempotent call) is committed with `synchronous = FULL`, so the WAL is synced before the
+//! call is made: a power loss can never forget that a call may have gone out. A deferred write
+//! that fails is reported to the next caller who waits: a durable `record` or `flush`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +30,7 @@ use crate::identity::{DeviceIdentity, Source, VendorAttributes};
 pub struct SqliteJournal {
     tx: mpsc::Sender<Cmd>,
     path: PathBuf,
+    synced: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for SqliteJournal {
@@ -46,6 +51,9 @@ enum Cmd {
     },
     /// Runs on the writer thread after everything queued before it is committed.
     Exec(ReadFn),
+    /// Answers once everything queued before it is committed, with the failure of any
+    /// deferred write since the last report.
+    Flush(oneshot::Sender<Result<()>>),
 }
 
 impl SqliteJournal {
@@ -73,13 +81,20 @@ impl SqliteJournal {
         init(&conn).map_err(|e| db_error(&path, e))?;
         let (tx, rx) = mpsc::channel();
         let p = path.clone();
+        let synced = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = Arc::clone(&synced);
         std::thread::Builder::new()
             .name("idbridge-journal".into())
-            .spawn(move || writer(conn, rx, p))
+            .spawn(move || writer(conn, rx, p, &counter))
             .map_err(|e| {
                 Error::new(ErrorKind::Unexpected, "cannot start the journal thread").with_source(e)
             })?;
-        Ok(SqliteJournal { tx, path })
+        Ok(SqliteJournal { tx, path, synced })
+    }
+
+    /// Groups committed with `synchronous = FULL` (those holding a write-ahead record).
+    pub fn synced_commits(&self) -> u64 {
+        self.synced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The file.
@@ -177,8 +192,9 @@ impl Journal for SqliteJournal {
     }
 
     async fn flush(&self) -> Result<()> {
-        // An Exec runs after every write queued before it is committed.
-        self.exec(|_| Ok(())).await
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Flush(tx)).map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 
     async fn acquire_lease(
@@ -391,18 +407,28 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
     }
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Cmd>, path: PathBuf) {
+fn writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Cmd>,
+    path: PathBuf,
+    synced: &std::sync::atomic::AtomicU64,
+) {
     // An error of a write nobody waits for is reported to the next writer who waits.
     let mut deferred: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut writes: Vec<Write> = Vec::new();
         let mut next = Some(first);
         let mut exec: Option<ReadFn> = None;
+        let mut flush: Option<oneshot::Sender<Result<()>>> = None;
         while let Some(cmd) = next.take() {
             match cmd {
                 Cmd::Write { job, updates, ack } => writes.push((job, updates, ack)),
                 Cmd::Exec(f) => {
                     exec = Some(f);
+                    break;
+                }
+                Cmd::Flush(ack) => {
+                    flush = Some(ack);
                     break;
                 }
             }
@@ -412,7 +438,11 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Cmd>, path: PathBuf) {
             next = rx.try_recv().ok();
         }
         if !writes.is_empty() {
-            let result = commit(&mut conn, &writes).map_err(|e| e.to_string());
+            let write_ahead = writes.iter().any(|(_, _, ack)| ack.is_some());
+            let result = commit(&mut conn, &writes, write_ahead).map_err(|e| e.to_string());
+            if write_ahead && result.is_ok() {
+                synced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let failure = result
                 .err()
                 .map(|e| format!("journal {}: {e}", path.display()));
@@ -439,6 +469,16 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Cmd>, path: PathBuf) {
         if let Some(f) = exec {
             f(&mut conn);
         }
+        if let Some(ack) = flush {
+            let r = match deferred.take() {
+                Some(f) => Err(Error::new(
+                    ErrorKind::Unexpected,
+                    format!("an earlier journal write failed: {f}"),
+                )),
+                None => Ok(()),
+            };
+            let _ = ack.send(r);
+        }
     }
 }
 
@@ -448,7 +488,19 @@ type Write = (
     Option<oneshot::Sender<Result<()>>>,
 );
 
-fn commit(conn: &mut Connection, writes: &[Write]) -> rusqlite::Result<()> {
+/// Commits one group; a group with a write-ahead record is synced to disk (`FULL`).
+fn commit(conn: &mut Connection, writes: &[Write], write_ahead: bool) -> rusqlite::Result<()> {
+    if write_ahead {
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    let r = commit_group(conn, writes);
+    if write_ahead {
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+    }
+    r
+}
+
+fn commit_group(conn: &mut Connection, writes: &[Write]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut st = tx.prepare_cached(

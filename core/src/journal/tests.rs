@@ -409,3 +409,45 @@ async fn postgres_url_errors_name_no_password() {
     assert!(!format!("{e}").contains("hunter2"), "{e}");
     assert!(format!("{e}").contains("127.0.0.1:1/db"), "{e}");
 }
+
+#[tokio::test]
+async fn sqlite_write_ahead_is_synced_and_a_failed_deferred_write_surfaces_at_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.sqlite");
+    let j = SqliteJournal::open(&path).unwrap();
+    let devs: Vec<_> = (0..2).map(cert).collect();
+    let id = j.open_job(&spec("t", &devs), &devs).await.unwrap().id;
+    let update = |n: usize, state, attempts| {
+        vec![DeviceUpdate::state(
+            devs[n].device_id.clone(),
+            state,
+            attempts,
+        )]
+    };
+    j.record(&id, update(0, DeviceState::Pending, 0), false)
+        .await
+        .unwrap();
+    j.flush().await.unwrap();
+    assert_eq!(j.synced_commits(), 0, "ordinary updates are not synced");
+    // The write-ahead mark before a non-idempotent call: committed with synchronous = FULL.
+    j.record(&id, update(0, DeviceState::InFlight, 1), true)
+        .await
+        .unwrap();
+    assert_eq!(j.synced_commits(), 1);
+
+    // Another connection makes every later update fail (a full disk, an I/O error).
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "CREATE TRIGGER fail_updates BEFORE UPDATE ON devices
+         BEGIN SELECT RAISE(ABORT, 'injected write failure'); END;",
+    )
+    .unwrap();
+    drop(c);
+    // Deferred: nobody waits for it ...
+    j.record(&id, update(1, DeviceState::Done, 1), false)
+        .await
+        .unwrap();
+    // ... so it surfaces at flush, never silently.
+    let e = j.flush().await.unwrap_err();
+    assert!(e.to_string().contains("injected write failure"), "{e}");
+}

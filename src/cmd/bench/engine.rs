@@ -46,6 +46,7 @@ impl Connector for Instant_ {
         Capabilities {
             kind: "instant",
             max_batch_size: self.batch,
+            max_deregister_batch_size: 0,
             idempotent_register: self.idempotent,
             ..Default::default()
         }
