@@ -58,7 +58,11 @@ async fn bulk_of_100_is_one_call_with_selfsigned_sha256_thumbprints() {
     // The service's limit whatever the quota: the engine's pacer wait does not count against
     // the attempt timeout, so no connector-side batch sizing (the old `batch_for`).
     assert_eq!(c.info().max_batch_size, 100);
-    assert_eq!(c.info().max_deregister_batch_size, 1, "one DELETE per device");
+    assert_eq!(
+        c.info().max_deregister_batch_size,
+        1,
+        "one DELETE per device"
+    );
     let mut cfg = env.hub_config();
     cfg.units = Some(10);
     let c = IotHubConnector::new(&cfg).unwrap();
