@@ -342,7 +342,8 @@ fn database_restart_mid_job_the_job_completes_when_it_is_back() {
     // A call made without its write-ahead record would be sent again as new on resume (its
     // device still `pending`) and refused as a duplicate; one with its record is looked up.
     assert_eq!(
-        cloud.stats()["duplicates_refused"], 0,
+        cloud.stats()["duplicates_refused"],
+        0,
         "a call was made without its write-ahead record: {}",
         cloud.stats()
     );
