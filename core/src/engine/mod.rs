@@ -32,7 +32,7 @@
 //! The journal is the queue: a run reads its input (the caller's devices, or the journal's
 //! pages on `resume`) a window at a time, joins each window with its journal records, and forms
 //! batches only as calls in flight make room. It holds at most
-//! `concurrency × batch + batch + window` devices whatever the size of the job, counted in a
+//! `(concurrency + 3) × batch + window` devices whatever the size of the job, counted in a
 //! [`HeldGauge`] ([`JobReport::peak_held`], [`Engine::held`]). See docs/adr/1500-engine-window.md.
 
 mod diff;
@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, SinkExt, StreamExt};
 use futures::stream::BoxStream;
 use serde::Serialize;
 
@@ -83,8 +83,9 @@ pub struct EngineOptions {
     /// Seeds the backoff jitter (tests); None draws from the OS.
     pub seed: Option<u64>,
     /// Devices the engine reads ahead of the calls in flight, from its input and the journal
-    /// (at least one batch). A run holds at most `concurrency × batch + batch + window`
-    /// devices, whatever the size of the job ([`JobReport::peak_held`]).
+    /// (at least one batch). A run holds at most `(concurrency + 3) × batch + window`
+    /// devices, whatever the size of the job ([`JobReport::peak_held`]): the calls in flight,
+    /// one batch queued, one being handed over, and the window with a batch being formed.
     pub window: usize,
 }
 
@@ -378,34 +379,43 @@ impl Engine {
             },
         };
         let run_ref = &run;
-        // Batches are formed as the calls in flight make room: a run or a shutdown that stops
-        // early leaves the rest of the input unread (and pending in the journal).
-        let batches = futures::stream::unfold(feed, move |mut feed| async move {
-            if run_ref.stopped() {
-                return None;
-            }
-            match feed.next_batch(batch).await {
-                Ok(Some(b)) => Some((Ok(b), feed)),
-                Ok(None) => None,
-                Err(e) => {
-                    feed.exhausted = true;
-                    feed.ahead.clear();
-                    Some((Err(e), feed))
+        // Batches are formed as the calls in flight make room (the channel holds one): a run or
+        // a shutdown that stops early leaves the rest of the input unread, pending in the
+        // journal. A producer and a channel rather than `unfold`: a closure taking the feed
+        // trips the compiler's higher-ranked lifetime checks on the run's `Send` future.
+        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Vec<Item>>>(0);
+        let produce = async move {
+            let mut feed = feed;
+            while !run_ref.stopped() {
+                match feed.next_batch(batch).await {
+                    Ok(Some(b)) => {
+                        if tx.send(Ok(b)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        break;
+                    }
                 }
             }
-        });
-        let first_error = batches
-            .map(|b| async move {
-                match b {
-                    Ok(b) => run_ref.batch(b).await,
-                    Err(e) => Err(e),
+        };
+        let consume = rx
+            .map(|b| {
+                async move {
+                    match b {
+                        Ok(b) => run_ref.batch(b).await,
+                        Err(e) => Err(e),
+                    }
                 }
+                .boxed()
             })
             .buffer_unordered(concurrency)
-            .fold(None, |first: Option<Error>, r| async move {
-                first.or(r.err())
-            })
-            .await;
+            .fold(None, |first: Option<Error>, r| {
+                futures::future::ready(first.or(r.err()))
+            });
+        let ((), first_error) = futures::join!(produce, consume);
         if let Some(e) = first_error {
             return Err(e);
         }

@@ -808,10 +808,11 @@ async fn a_quota_is_never_exceeded_and_is_used() {
     }
 }
 
-/// The devices a run may hold: the calls in flight, one batch being formed, and the window.
+/// The devices a run may hold: the calls in flight, one batch queued, one being handed over,
+/// and the window with a batch being formed.
 fn held_bound(o: &EngineOptions, batch: usize) -> usize {
     let window = o.window.max(batch);
-    o.concurrency * batch + batch + window
+    (o.concurrency + 3) * batch + window
 }
 
 #[tokio::test(start_paused = true)]
