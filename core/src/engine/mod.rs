@@ -45,8 +45,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::{FutureExt, SinkExt, StreamExt};
 use futures::stream::BoxStream;
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Serialize;
 
 use crate::connector::{

@@ -401,7 +401,12 @@ async fn pages(j: &dyn Journal) {
         identities.into_iter().map(|(_, d)| d).collect::<Vec<_>>(),
         devs
     );
-    assert!(j.devices_page(&id, Some(1_000), 5).await.unwrap().is_empty());
+    assert!(
+        j.devices_page(&id, Some(1_000), 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let stranger = cert(299);
     let ask = [

@@ -128,11 +128,15 @@ fn one_size(exe: &Path, dir: &Path, n: u64, concurrency: usize) -> anyhow::Resul
             ],
             None,
         ),
-        ("provision", {
-            let mut a = vec!["provision".to_owned(), s(&batch)];
-            a.extend(common_target.iter().cloned());
-            a
-        }, None),
+        (
+            "provision",
+            {
+                let mut a = vec!["provision".to_owned(), s(&batch)];
+                a.extend(common_target.iter().cloned());
+                a
+            },
+            None,
+        ),
         (
             "status",
             vec![
@@ -359,10 +363,8 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(n: u64) -> std::io::Result<Self> {
-        let p = std::env::temp_dir().join(format!(
-            "idbridge-bench-scale-{}-{n}",
-            std::process::id()
-        ));
+        let p =
+            std::env::temp_dir().join(format!("idbridge-bench-scale-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&p)?;
         Ok(TempDir(p))
     }
