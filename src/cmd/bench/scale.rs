@@ -2,13 +2,15 @@
 //! cloud, `status` (the job list, then one job's devices) and `deprovision`, each run as a child
 //! process of this very binary, reporting its wall time, CPU seconds and peak RSS.
 //!
-//! The devices are P-256 leaves signed by one generated root (passed with `--trust`), all with
-//! the CN "Infineon IoT Node" and distinct serials. The mock registry runs as its own process
-//! (`idbridge mock-cloud mock`), so the figures are idbridge's alone, not the cloud's; the
-//! target is unthrottled (`quota` 10⁹/s), so the run measures idbridge, not a quota.
+//! The devices are P-256 leaves (a key each) signed by one generated P-256 root (passed with
+//! `--trust`), all with the CN "Infineon IoT Node" and distinct serials. The mock registry runs
+//! as its own process (`idbridge mock-cloud mock`), so the figures are idbridge's alone, not the
+//! cloud's; the target is unthrottled (`quota` 10⁹/s), so the run measures idbridge, not a
+//! quota.
 //!
-//! Peak RSS is the child's `VmHWM`, sampled every 20 ms while it runs; CPU seconds are its user
-//! plus system time, read from `/proc` once it has exited and before it is reaped.
+//! Peak RSS and CPU seconds (user + system) are the kernel's figures for the child, through GNU
+//! time (`/usr/bin/time`) when the machine has it; else `VmHWM` sampled every 20 ms and the
+//! times read from `/proc` once the child has exited.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -189,22 +191,17 @@ fn one_size(exe: &Path, dir: &Path, n: u64, concurrency: usize) -> anyhow::Resul
 
 /// Runs `exe argv` to the end, prints its row; fails when it does not exit 0.
 fn step(exe: &Path, name: &str, argv: &[String], out: Option<&Path>, n: u64) -> anyhow::Result<()> {
-    let mut cmd = Command::new(exe);
-    cmd.args(argv)
-        .stdin(Stdio::null())
-        .env_remove("IDBRIDGE_CONFIG")
-        .env_remove("IDBRIDGE_JOURNAL");
-    match out {
-        Some(path) => cmd.stdout(Stdio::from(std::fs::File::create(path)?)),
-        None => cmd.stdout(Stdio::null()),
+    let out = match out {
+        Some(path) => Stdio::from(std::fs::File::create(path)?),
+        None => Stdio::null(),
     };
     let err_path = std::env::temp_dir().join(format!(
         "idbridge-bench-scale-{}-{}.stderr",
         std::process::id(),
         name.replace(' ', "-")
     ));
-    cmd.stderr(Stdio::from(std::fs::File::create(&err_path)?));
-    let m = measure(cmd).with_context(|| format!("running {name}"))?;
+    let err = Stdio::from(std::fs::File::create(&err_path)?);
+    let m = measure(exe, argv, out, err).with_context(|| format!("running {name}"))?;
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     let _ = std::fs::remove_file(&err_path);
     if !m.success {
@@ -231,9 +228,32 @@ struct Measured {
     peak_mib: f64,
 }
 
-/// Spawns `cmd` and follows it to its end: peak RSS sampled every 20 ms, CPU time read from
-/// the exited (not yet reaped) process.
-fn measure(mut cmd: Command) -> anyhow::Result<Measured> {
+/// Runs `exe argv` and follows it to its end. With GNU time (`/usr/bin/time`) the child's
+/// peak RSS and CPU time are the kernel's own (`wait4` rusage); without, peak RSS is `VmHWM`
+/// sampled every 20 ms (a short command may be under-read) and CPU time is read from the
+/// exited, not yet reaped, process.
+fn measure(exe: &Path, argv: &[String], out: Stdio, err: Stdio) -> anyhow::Result<Measured> {
+    let gnu_time = Path::new("/usr/bin/time");
+    let times =
+        std::env::temp_dir().join(format!("idbridge-bench-scale-{}.time", std::process::id()));
+    let mut cmd = if gnu_time.exists() {
+        let mut c = Command::new(gnu_time);
+        c.arg("-o")
+            .arg(&times)
+            .args(["-f", "%e %U %S %M"])
+            .arg(exe)
+            .args(argv);
+        c
+    } else {
+        let mut c = Command::new(exe);
+        c.args(argv);
+        c
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .env_remove("IDBRIDGE_CONFIG")
+        .env_remove("IDBRIDGE_JOURNAL");
     let t0 = Instant::now();
     let mut child = cmd.spawn()?;
     let pid = child.id().to_string();
@@ -254,9 +274,30 @@ fn measure(mut cmd: Command) -> anyhow::Result<Measured> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let status = child.wait()?;
+    let wall = t0.elapsed().as_secs_f64();
+    if gnu_time.exists() {
+        let text = std::fs::read_to_string(&times).unwrap_or_default();
+        let _ = std::fs::remove_file(&times);
+        // GNU time writes "Command exited with non-zero status N" first on a failure.
+        let f: Vec<f64> = text
+            .lines()
+            .last()
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [_, user, sys, kib] = f[..] {
+            return Ok(Measured {
+                success: status.success(),
+                wall,
+                cpu: user + sys,
+                peak_mib: kib / 1024.0,
+            });
+        }
+    }
     Ok(Measured {
         success: status.success(),
-        wall: t0.elapsed().as_secs_f64(),
+        wall,
         cpu,
         peak_mib: peak,
     })
@@ -294,11 +335,10 @@ fn generate(root: &Path, batch: &Path, n: u64) -> anyhow::Result<()> {
     let ca_cert = ca.self_signed(&root_key)?;
     std::fs::write(root, ca_cert.pem())?;
     let issuer = Issuer::new(ca, root_key);
-    // One leaf key for every device: distinct certificates (and device ids) without a key
-    // generation each.
-    let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut w = BufWriter::new(std::fs::File::create(batch)?);
     for i in 0..n {
+        // A key per device: idbridge refuses two certificates for one public key.
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name
             .push(DnType::CommonName, "Infineon IoT Node");
