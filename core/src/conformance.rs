@@ -505,7 +505,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::HashSet;
 
     use super::*;
     use crate::connector::{Capabilities, ListPage, RemoteDevice};
@@ -516,7 +516,7 @@ mod tests {
     /// lookup answers without acquiring on the pacer.
     #[derive(Debug)]
     struct Memory {
-        held: Mutex<BTreeMap<DeviceId, ()>>,
+        held: Mutex<HashSet<DeviceId>>,
         pace_lookup: bool,
         deregister: bool,
     }
@@ -524,7 +524,7 @@ mod tests {
     impl Memory {
         fn new(pace_lookup: bool, deregister: bool) -> Self {
             Memory {
-                held: Mutex::new(BTreeMap::new()),
+                held: Mutex::new(HashSet::new()),
                 pace_lookup,
                 deregister,
             }
@@ -556,9 +556,10 @@ mod tests {
                         device_id: Some(d.device_id.clone()),
                         ..RemoteDevice::named(d.device_id.short())
                     };
-                    match held.insert(d.device_id.clone(), ()) {
-                        None => RegisterOutcome::Created(remote),
-                        Some(()) => RegisterOutcome::AlreadyPresent(remote),
+                    if held.insert(d.device_id.clone()) {
+                        RegisterOutcome::Created(remote)
+                    } else {
+                        RegisterOutcome::AlreadyPresent(remote)
                     }
                 })
                 .collect())
@@ -574,9 +575,12 @@ mod tests {
             let mut held = lock(&self.held);
             Ok(devices
                 .iter()
-                .map(|d| match held.remove(&d.device_id) {
-                    Some(()) => DeregisterOutcome::Deleted,
-                    None => DeregisterOutcome::NotFound,
+                .map(|d| {
+                    if held.remove(&d.device_id) {
+                        DeregisterOutcome::Deleted
+                    } else {
+                        DeregisterOutcome::NotFound
+                    }
                 })
                 .collect())
         }
@@ -589,17 +593,19 @@ mod tests {
             if self.pace_lookup {
                 ctx.acquire("read").await;
             }
-            Ok(lock(&self.held).get(&device.device_id).map(|()| RemoteDevice {
-                device_id: Some(device.device_id.clone()),
-                ..RemoteDevice::named(device.device_id.short())
-            }))
+            Ok(lock(&self.held)
+                .contains(&device.device_id)
+                .then(|| RemoteDevice {
+                    device_id: Some(device.device_id.clone()),
+                    ..RemoteDevice::named(device.device_id.short())
+                }))
         }
 
         async fn list(&self, ctx: &CallContext, _cursor: Option<String>) -> Result<ListPage> {
             ctx.acquire("read").await;
             Ok(ListPage {
                 devices: lock(&self.held)
-                    .keys()
+                    .iter()
                     .map(|id| RemoteDevice::named(id.short()))
                     .collect(),
                 next: None,
