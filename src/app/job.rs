@@ -322,7 +322,14 @@ impl TargetRun {
         verifier: &Arc<Verifier>,
         progress: &dyn Progress,
     ) -> anyhow::Result<JobReport> {
-        let devices = super::resume::devices_to_send(self, &job.id, operation, verifier).await?;
+        let devices = super::resume::devices_to_send(
+            self,
+            self.observed.as_ref(),
+            &job.id,
+            operation,
+            verifier,
+        )
+        .await?;
         self.observed.check_job(&devices)?;
         Ok(self
             .engine

@@ -13,19 +13,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use idbridge_core::engine::DiffStatus;
 use idbridge_core::journal::{DeviceState, DeviceUpdate, Operation, Outcome};
 use idbridge_core::trust::Verifier;
-use idbridge_core::{DeviceId, DeviceIdentity, ErrorKind};
+use idbridge_core::{Connector, DeviceId, DeviceIdentity, ErrorKind};
 
 use super::inputs::judge;
 use super::job::TargetRun;
 
 /// The devices of job `job_id` to send on resume: its stored identities, for a provision job
 /// only those that `verifier` admits today. The others are recorded in the journal (see the
-/// module docs). Call it holding the job's lease.
+/// module docs); `connector` is the run's, for the lookups. Call it holding the job's lease.
 pub(crate) async fn devices_to_send(
     run: &TargetRun,
+    connector: &dyn Connector,
     job_id: &str,
     operation: Operation,
     verifier: &Arc<Verifier>,
@@ -74,7 +74,7 @@ pub(crate) async fn devices_to_send(
         }
     }
     if !in_doubt.is_empty() {
-        failed.extend(look_up(run, in_doubt).await?);
+        failed.extend(look_up(run, connector, in_doubt).await);
     }
     if !failed.is_empty() {
         journal.record(job_id, failed, true).await?;
@@ -106,52 +106,45 @@ pub fn reverify(
         .collect()
 }
 
-/// Devices whose call may have reached the target: looked up, then recorded `failed` with
-/// whether the target holds them, or left `unknown` when the lookup failed (never sent).
-/// Through `diff`, which also lists a target that can list: a rare path (a crash mid-call and
-/// a trust change since) that buys one lookup path, the engine's.
+/// Devices whose call may have reached the target: looked up (one attempt each, paced like the
+/// job's calls, through the same watched connector), then recorded `failed` with whether the
+/// target holds them, or left `unknown` when the lookup failed: never sent, tried again by the
+/// next `resume`. A rare path (a crash mid-call, then a trust change). Not `Engine::diff`: its
+/// future cannot be proven `Send`, and the service spawns jobs that share this code; when the
+/// engine has one call path for single calls (issue #9), this lookup belongs there.
 async fn look_up(
     run: &TargetRun,
+    connector: &dyn Connector,
     devices: Vec<(DeviceIdentity, u32, String)>,
-) -> anyhow::Result<Vec<DeviceUpdate>> {
-    let identities: Vec<DeviceIdentity> = devices.iter().map(|(d, _, _)| d.clone()).collect();
-    let report = run.engine.diff(&identities).await?;
-    let found: HashMap<&DeviceId, _> = report
-        .entries
-        .iter()
-        .filter_map(|e| e.device_id.as_ref().map(|id| (id, e)))
-        .collect();
-    Ok(devices
-        .iter()
-        .map(|(d, attempts, why)| match found.get(&d.device_id) {
-            Some(e) if e.status == DiffStatus::Missing => {
-                refusal(d, *attempts, format!("{why}; not provisioned"))
-            }
-            Some(e) if matches!(e.status, DiffStatus::Identical | DiffStatus::Different) => {
+) -> Vec<DeviceUpdate> {
+    let ctx = run.engine.context();
+    let mut out = Vec::with_capacity(devices.len());
+    for (d, attempts, why) in devices {
+        out.push(match connector.lookup(&ctx, &d).await {
+            Ok(None) => refusal(&d, attempts, format!("{why}; not provisioned")),
+            Ok(Some(remote)) => {
                 let mut u = refusal(
-                    d,
-                    *attempts,
+                    &d,
+                    attempts,
                     format!(
                         "{why}; the target holds it (a call reached it before the job \
                          stopped): remove it with `idbridge deprovision --include-invalid`"
                     ),
                 );
-                u.remote_name = e.remote.as_ref().map(|r| r.name.clone());
+                u.remote_name = Some(remote.name);
                 u
             }
-            other => {
-                let lookup = other
-                    .map(|e| e.details.join("; "))
-                    .unwrap_or_else(|| "no answer".to_owned());
-                let mut u = DeviceUpdate::state(d.device_id.clone(), DeviceState::Unknown, *attempts);
+            Err(e) => {
+                let mut u = DeviceUpdate::state(d.device_id.clone(), DeviceState::Unknown, attempts);
                 u.error_kind = Some(ErrorKind::InvalidInput.as_str().to_owned());
                 u.reason = Some(format!(
-                    "{why}; not sent again; whether the target holds it is unknown (lookup: {lookup})"
+                    "{why}; not sent again; whether the target holds it is unknown (lookup: {e})"
                 ));
                 u
             }
-        })
-        .collect())
+        });
+    }
+    out
 }
 
 /// A `failed` record for a refused device.
