@@ -49,7 +49,7 @@ fn enqueue(dir: &Path, file: &str, extra: &[&str]) -> String {
 fn records(dir: &Path, job: &str) -> Vec<serde_json::Value> {
     let o = run(dir, &["status", job, "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["job"]["devices"].as_array().unwrap().clone()
+    v["devices"].as_array().unwrap().clone()
 }
 
 fn fingerprints(cloud: &MockCloud) -> Vec<String> {
