@@ -720,12 +720,10 @@ mod tests {
             .catch_unwind()
             .await
             .expect_err("the suite must fail a connector that does not pace its calls");
-        let msg = failed
-            .downcast_ref::<String>()
-            .cloned()
-            .unwrap_or_default();
+        let msg = failed.downcast_ref::<String>().cloned().unwrap_or_default();
         assert!(
-            msg.contains("register_then_lookup") && msg.contains("lookup")
+            msg.contains("register_then_lookup")
+                && msg.contains("lookup")
                 && msg.contains("without `acquire`"),
             "{msg}"
         );

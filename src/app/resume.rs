@@ -70,7 +70,9 @@ pub(crate) async fn devices_to_send(
                 attempts,
                 format!("{why}; not provisioned"),
             )),
-            DeviceState::InFlight | DeviceState::Unknown => in_doubt.push((identity, attempts, why)),
+            DeviceState::InFlight | DeviceState::Unknown => {
+                in_doubt.push((identity, attempts, why))
+            }
         }
     }
     if !in_doubt.is_empty() {
@@ -135,7 +137,8 @@ async fn look_up(
                 u
             }
             Err(e) => {
-                let mut u = DeviceUpdate::state(d.device_id.clone(), DeviceState::Unknown, attempts);
+                let mut u =
+                    DeviceUpdate::state(d.device_id.clone(), DeviceState::Unknown, attempts);
                 u.error_kind = Some(ErrorKind::InvalidInput.as_str().to_owned());
                 u.reason = Some(format!(
                     "{why}; not sent again; whether the target holds it is unknown (lookup: {e})"

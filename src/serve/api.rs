@@ -909,8 +909,7 @@ mod tests {
     #[tokio::test]
     async fn slow_work_is_accepted_with_a_job_when_asked_and_status_reports_it() {
         let (t, body) = slow_request();
-        let (s, headers, v) =
-            call_with(&t, bearer(&t), &[("prefer", "respond-async")], body).await;
+        let (s, headers, v) = call_with(&t, bearer(&t), &[("prefer", "respond-async")], body).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(headers["preference-applied"], "respond-async");
         let job = v[0]["job"].as_str().unwrap().to_owned();

@@ -83,7 +83,11 @@ fn resume_verifies_every_stored_certificate_again() {
     assert_eq!(code(&o), 1, "one device failed: {}{err}", stdout(&o));
     let mut want = vec![ids[0].clone(), ids[2].clone(), ids[3].clone()];
     want.sort();
-    assert_eq!(fingerprints(&cloud), want, "the revoked device was not sent");
+    assert_eq!(
+        fingerprints(&cloud),
+        want,
+        "the revoked device was not sent"
+    );
     assert_eq!(cloud.stats()["creates"], 3);
     let recs = records(w, &job);
     let revoked = recs.iter().find(|r| r["device_id"] == ids[1]).unwrap();
@@ -147,16 +151,30 @@ fn resume_builds_the_target_from_its_own_config_not_the_journals() {
     let o = run(w, &["resume", &job, "--trust", "root.pem"]);
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(here.stats()["creates"], 2);
-    assert_eq!(ran_with.stats()["creates"], 0, "the stored path was not used");
+    assert_eq!(
+        ran_with.stats()["creates"],
+        0,
+        "the stored path was not used"
+    );
 
     // A config without the job's target says which config the job ran with.
     std::fs::write(w.join("empty.toml"), "").unwrap();
     let job = enqueue(w, "batch.pem", &["--config", "ran.toml"]);
     let o = run(
         w,
-        &["resume", &job, "--config", "empty.toml", "--trust", "root.pem"],
+        &[
+            "resume",
+            &job,
+            "--config",
+            "empty.toml",
+            "--trust",
+            "root.pem",
+        ],
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(code(&o), 2, "{err}");
-    assert!(err.contains("ran with --config") && err.contains("ran.toml"), "{err}");
+    assert!(
+        err.contains("ran with --config") && err.contains("ran.toml"),
+        "{err}"
+    );
 }

@@ -368,7 +368,14 @@ fn refused_while_held(url: &str) {
     assert!(matches!(claim.unwrap(), LeaseClaim::Granted(_)));
     let o = run(
         work.path(),
-        &["resume", &id, "--journal", url, "--trust", b.root.to_str().unwrap()],
+        &[
+            "resume",
+            &id,
+            "--journal",
+            url,
+            "--trust",
+            b.root.to_str().unwrap(),
+        ],
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_ne!(code(&o), 0);
@@ -378,7 +385,14 @@ fn refused_while_held(url: &str) {
         .unwrap();
     let o = run(
         work.path(),
-        &["resume", &id, "--journal", url, "--trust", b.root.to_str().unwrap()],
+        &[
+            "resume",
+            &id,
+            "--journal",
+            url,
+            "--trust",
+            b.root.to_str().unwrap(),
+        ],
     );
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     exactly_once(&cloud, 5);
