@@ -48,13 +48,10 @@ pub(crate) async fn devices_to_send(
     let mut send = Vec::with_capacity(judged.len());
     let mut failed = Vec::new();
     let mut in_doubt = Vec::new();
-    for j in judged {
-        let (identity, why) = match j {
-            Ok(identity) => {
-                send.push(identity);
-                continue;
-            }
-            Err(refused) => refused,
+    for (identity, why) in judged {
+        let Some(why) = why else {
+            send.push(identity);
+            continue;
         };
         let Some(&(state, attempts)) = records.get(&identity.device_id) else {
             continue;
@@ -84,26 +81,25 @@ pub(crate) async fn devices_to_send(
     Ok(send)
 }
 
-/// Each identity judged by `verifier` as an input would be: `Err((identity, why))` for those
-/// that may not be provisioned today.
+/// Each identity judged by `verifier` as an input would be, with why it may not be
+/// provisioned today (None: it may).
 pub fn reverify(
     verifier: &Verifier,
     identities: Vec<DeviceIdentity>,
-) -> Vec<Result<DeviceIdentity, (DeviceIdentity, String)>> {
+) -> Vec<(DeviceIdentity, Option<String>)> {
     identities
         .into_iter()
         .map(|identity| {
             let verdict = verifier.verify_identity(&identity, &[]);
-            match judge(identity.clone(), &verdict, false) {
-                Ok(identity) => Ok(identity),
-                Err(refused) => Err((
-                    identity,
+            let why = judge(identity.clone(), &verdict, false)
+                .err()
+                .map(|refused| {
                     format!(
                         "certificate no longer verifies ({}): {}",
                         refused.status, refused.reason
-                    ),
-                )),
-            }
+                    )
+                });
+            (identity, why)
         })
         .collect()
 }
