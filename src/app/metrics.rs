@@ -1,5 +1,5 @@
 //! Counters of a run in the Prometheus text format (`--metrics-listen`, ADR 1700): connector
-//! calls by target, API and result with their total seconds, and devices finished by outcome.
+//! calls by target, API and result (`ok`, `throttled`, `error`) with their total seconds, and devices finished by outcome.
 //!
 //! A few labelled counters behind one mutex, written out by hand like the service's `/metrics`:
 //! the exposition format is a dozen lines of text, and a registry crate would add a second

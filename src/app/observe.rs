@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use idbridge_core::connector::{
     CallContext, Capabilities, DeregisterOutcome, ListPage, RegisterOutcome, RemoteDevice,
 };
-use idbridge_core::{Connector, DeviceId, DeviceIdentity, Result};
+use idbridge_core::{Connector, DeviceId, DeviceIdentity, ErrorKind, Result};
 use tracing::Instrument;
 
 use super::metrics::Metrics;
@@ -110,7 +110,11 @@ impl Observed {
                         *f.entry((api, (*id).clone())).or_insert(0) += 1;
                     }
                 }
-                self.metrics.call(&self.target, api, "error", secs);
+                let result = match e.kind() {
+                    ErrorKind::RateLimited => "throttled",
+                    _ => "error",
+                };
+                self.metrics.call(&self.target, api, result, secs);
                 span.in_scope(|| tracing::info!(secs, error = %e, "call failed"));
             }
         }
@@ -185,5 +189,60 @@ impl Connector for Observed {
     async fn finish(&self, ctx: &CallContext) -> Result<()> {
         self.traced("finish", &[], ctx, self.inner.finish(ctx))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idbridge_core::Error;
+
+    /// A target that throttles every registration and refuses every lookup.
+    #[derive(Debug)]
+    struct Refusing;
+
+    #[async_trait]
+    impl Connector for Refusing {
+        fn info(&self) -> Capabilities {
+            Capabilities::default()
+        }
+
+        async fn register(
+            &self,
+            _: &CallContext,
+            _: &[DeviceIdentity],
+        ) -> Result<Vec<RegisterOutcome>> {
+            Err(Error::new(ErrorKind::RateLimited, "slow down"))
+        }
+
+        async fn lookup(
+            &self,
+            _: &CallContext,
+            _: &DeviceIdentity,
+        ) -> Result<Option<RemoteDevice>> {
+            Err(Error::new(ErrorKind::PermissionDenied, "not allowed"))
+        }
+
+        async fn health_check(&self, _: &CallContext) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn throttled_calls_are_counted_apart_from_failed_ones() {
+        let metrics = Arc::new(Metrics::default());
+        let observed = Observed::new(Arc::new(Refusing), "lab", Arc::clone(&metrics));
+        let ctx = CallContext::unpaced();
+        assert!(observed.register(&ctx, &[]).await.is_err());
+        assert!(observed.register(&ctx, &[]).await.is_err());
+        assert!(observed.health_check(&ctx).await.is_ok());
+        let text = metrics.render();
+        for line in [
+            "idbridge_connector_calls_total{target=\"lab\",api=\"register\",result=\"throttled\"} 2",
+            "idbridge_connector_calls_total{target=\"lab\",api=\"health_check\",result=\"ok\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains("result=\"error\""), "{text}");
     }
 }

@@ -47,13 +47,13 @@ struct BindArgs {
     /// The account token (binder or admin).
     #[arg(long, env = "IDBRIDGE_TOKEN", hide_env_values = true)]
     token: String,
-    /// The Product Batch ID.
-    #[arg(long, requires = "reel_id", conflicts_with = "qr")]
+    /// The Product Batch ID (alone: a batch imported whole).
+    #[arg(long, conflicts_with = "qr", required_unless_present = "qr")]
     batch_id: Option<String>,
-    /// The Reel ID.
+    /// The Reel ID (with the batch ID: one reel).
     #[arg(long, requires = "batch_id")]
     reel_id: Option<String>,
-    /// The scanned QR text instead of the two IDs.
+    /// The scanned QR text instead of the IDs.
     #[arg(long)]
     qr: Option<String>,
     /// manifest, manual or automatic (default: the account's).
@@ -72,7 +72,8 @@ struct ImportArgs {
     /// The Product Batch ID (default: from the bundle's file name).
     #[arg(long)]
     batch_id: Option<String>,
-    /// The Reel ID (default: from the bundle's file name).
+    /// The Reel ID (default: from the bundle's file name; none: the files are a whole batch,
+    /// claimed by its batch ID alone).
     #[arg(long)]
     reel_id: Option<String>,
     #[command(flatten)]

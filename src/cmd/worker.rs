@@ -12,6 +12,12 @@
 //! - the database going away fails the job's journal writes, so its calls stop (none is made
 //!   without its write-ahead record); the slot retries, and the job continues when the
 //!   database is back.
+//!
+//! With a `[service]` table in the config, a worker also runs the registration service's jobs
+//! (binds in automatic mode, "provision now", deprovisions) from the service's store, as
+//! `idbridge serve` does; `serve --no-jobs` front ends then only queue them. Each service job
+//! is held under its own lease (`service-job:ID`, TTL from `IDBRIDGE_LEASE_TTL`); SIGTERM stops
+//! them the same way: calls in flight finish, the lease is given back, another process resumes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,9 +90,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .name
         .clone()
         .unwrap_or_else(|| lease::owner_name("worker"));
+    let service = match &config.path {
+        Some(p) => idbridge::service::ServiceConfig::from_file(p)?,
+        None => None,
+    };
+    let service = match service {
+        Some(cfg) => {
+            use idbridge::service::{Service, jobs};
+            let svc = Service::open(cfg, config.trust.options()?, url.clone())
+                .await
+                .context("cannot open the registration service's store")?;
+            let resumed = jobs::resume_unfinished(&svc).await?;
+            tokio::spawn(jobs::run_queue(Arc::clone(&svc), jobs::queue_poll()));
+            eprintln!("idbridge worker: registration service jobs ({resumed} taken up at start)");
+            Some(svc)
+        }
+        None => None,
+    };
     let shutdown = Arc::new(AtomicBool::new(false));
     {
         let shutdown = Arc::clone(&shutdown);
+        let service = service.clone();
         tokio::spawn(async move {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -102,6 +126,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             eprintln!("idbridge worker: stopping: finishing the calls in flight");
             shutdown.store(true, Ordering::Release);
+            if let Some(svc) = &service {
+                svc.jobs.stop();
+            }
         });
     }
     eprintln!(
@@ -133,6 +160,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect();
     for s in slots {
         let _ = s.await;
+    }
+    if let Some(svc) = &service {
+        svc.jobs.stop();
+        svc.jobs.idle().await;
     }
     eprintln!("idbridge worker {name}: stopped");
     Ok(ExitCode::SUCCESS)

@@ -194,11 +194,14 @@ pub(super) async fn bind(
     let mut body = Map::new();
     if !scan.is_empty() {
         body.insert("qr".into(), json!(scan));
-    } else if !batch.is_empty() && !reel.is_empty() {
+    } else if !batch.is_empty() {
+        // A batch ID alone binds a batch imported whole (no reels).
         body.insert("batch_id".into(), json!(batch));
-        body.insert("reel_id".into(), json!(reel));
+        if !reel.is_empty() {
+            body.insert("reel_id".into(), json!(reel));
+        }
     } else {
-        let msg = "Scan the letter's QR code, or enter both the Product Batch ID and the Reel ID.";
+        let msg = "Scan the letter's QR code, or enter the Product Batch ID and the Reel ID.";
         return bind_error(&c, &s, StatusCode::BAD_REQUEST, msg.into()).await;
     }
     do_bind(&c, &s, body, &f.mode, &f.target).await

@@ -185,7 +185,7 @@ pub fn bind(ctx: &Ctx, targets: &[String], flash: Option<&Flash>) -> Markup {
                     label for="scan" { "QR code" }
                     p.hint #scan-hint { "Focus is here: scan with a handheld scanner (it types the code and presses Enter), or paste the QR text." }
                     input.scan #scan type="text" name="scan" autofocus autocomplete="off" spellcheck="false" aria-describedby="scan-hint";
-                    p.hint { "Or type the letter's two IDs:" }
+                    p.hint { "Or type the letter's two IDs (a batch delivered whole, without reels, needs only its batch ID):" }
                     div.row {
                         div {
                             label for="batch_id" { "Product Batch ID" }

@@ -70,7 +70,8 @@ impl Mode {
     }
 }
 
-/// `POST /api/v1/bindings`: `batch_id` + `reel_id`, or `qr`.
+/// `POST /api/v1/bindings`: `batch_id` + `reel_id` (a reel), `batch_id` alone (a batch imported
+/// whole), or `qr`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindRequest {

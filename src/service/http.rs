@@ -266,6 +266,9 @@ async fn metrics(State(svc): Svc) -> Response {
         g(&m.devices_failed),
         g(&m.retries),
     );
+    // Connector calls and throttles per target and API, as `--metrics-listen` shows them; a
+    // service target is labelled `svc/<account id>/<target name>` (ids, not account names).
+    let text = text + &crate::app::metrics::global().render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -659,7 +662,7 @@ async fn binding_view(
 }
 
 /// `(batch, reel)` from a scanned QR text: a URL or URI whose query has `batch`/`batch_id` and
-/// `reel`/`reel_id`.
+/// `reel`/`reel_id`; without a reel, the reel is empty (a whole batch).
 pub fn parse_qr(text: &str) -> Option<(String, String)> {
     let u = url::Url::parse(text.trim()).ok()?;
     let mut batch = None;
@@ -671,7 +674,8 @@ pub fn parse_qr(text: &str) -> Option<(String, String)> {
             _ => {}
         }
     }
-    Some((batch?, reel?))
+    let batch = batch.filter(|b| !b.trim().is_empty())?;
+    Some((batch, reel.unwrap_or_default()))
 }
 
 async fn bind(
@@ -703,20 +707,22 @@ async fn bind(
         return Err(e);
     }
     let (pair, via_qr) = match (&req.batch_id, &req.reel_id, &req.qr) {
-        (Some(b), Some(r), None) => ((b.clone(), r.clone()), false),
+        (Some(b), r, None) if !b.trim().is_empty() => {
+            ((b.clone(), r.clone().unwrap_or_default()), false)
+        }
         (None, None, Some(q)) => (
             parse_qr(q).ok_or_else(|| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "bad_qr",
-                    "the QR payload is not a URL with batch and reel in its query",
+                    "the QR payload is not a URL with a batch (and reel) in its query",
                 )
             })?,
             true,
         ),
         _ => {
             return Err(ApiError::bad(
-                "give batch_id and reel_id, or qr (and not both)",
+                "give batch_id (and reel_id for a reel), or qr (and not both)",
             ));
         }
     };
@@ -1026,8 +1032,9 @@ async fn manifest(
                 "this service has no signing_key: no signed manifest",
             ));
         };
-        // The signature covers the whole manifest: built page by page, signed once.
-        let mut payload = Vec::new();
+        // The signature covers the whole manifest: hashed page by page as it streams past,
+        // never held whole.
+        let mut signer = key.detached_signer();
         let mut stream = Box::pin(manifest_stream(
             Arc::clone(&svc),
             batch.id.clone(),
@@ -1035,9 +1042,9 @@ async fn manifest(
             header_line,
         ));
         while let Some(chunk) = stream.next().await {
-            payload.extend_from_slice(&chunk.map_err(anyhow::Error::from)?);
+            signer.update(&chunk.map_err(anyhow::Error::from)?);
         }
-        let jws = key.sign_detached(&payload).map_err(anyhow::Error::from)?;
+        let jws = signer.finish().map_err(anyhow::Error::from)?;
         return Ok(([(header::CONTENT_TYPE, ctype)], jws).into_response());
     }
     let stream = manifest_stream(Arc::clone(&svc), batch.id.clone(), format, header_line);
@@ -1185,12 +1192,22 @@ struct CursorQuery {
     cursor: Option<String>,
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobDevicesQuery {
+    #[serde(default)]
+    cursor: Option<String>,
+    /// Only devices in this state (`pending`, `in_flight`, `unknown`, `done`, `failed`).
+    #[serde(default)]
+    state: Option<String>,
+}
+
 async fn job_devices(
     State(svc): Svc,
     ci: ClientAddr,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<CursorQuery>,
+    Query(q): Query<JobDevicesQuery>,
 ) -> Result<Response> {
     let c = caller(&svc, &headers, addr(ci)).await?;
     let acct = account(&c, false)?;
@@ -1198,6 +1215,23 @@ async fn job_devices(
     let start: usize = match &q.cursor {
         Some(s) => s.parse().map_err(|_| ApiError::bad("bad cursor"))?,
         None => 0,
+    };
+    let wanted = match q.state.as_deref() {
+        None => None,
+        Some(w) => Some(
+            [
+                DeviceState::Pending,
+                DeviceState::InFlight,
+                DeviceState::Unknown,
+                DeviceState::Done,
+                DeviceState::Failed,
+            ]
+            .into_iter()
+            .find(|s| s.as_str() == w)
+            .ok_or_else(|| {
+                ApiError::bad("state is one of pending, in_flight, unknown, done, failed")
+            })?,
+        ),
     };
     let journal_job = j.journal_job.clone().or_else(|| {
         svc.jobs
@@ -1209,11 +1243,19 @@ async fn job_devices(
         None => Vec::new(),
     };
     let page = usize::try_from(PAGE).unwrap_or(500);
-    let devices: Vec<api::JobDevice> = records
+    // The cursor is a position in the job's devices (filtered or not), so that a page of
+    // failed devices continues after the last one it showed.
+    let picked: Vec<(usize, &_)> = records
         .iter()
+        .enumerate()
         .skip(start)
+        .filter(|(_, r)| wanted.is_none_or(|w| r.state == w))
         .take(page)
-        .map(|r| api::JobDevice {
+        .collect();
+    let next = picked.last().map_or(records.len(), |(i, _)| i + 1);
+    let devices: Vec<api::JobDevice> = picked
+        .into_iter()
+        .map(|(_, r)| api::JobDevice {
             device_id: r.device_id.to_string(),
             state: r.state.as_str().to_owned(),
             outcome: r.outcome.map(|o| o.as_str().to_owned()),
@@ -1225,9 +1267,12 @@ async fn job_devices(
             },
         })
         .collect();
-    let next = start + devices.len();
+    let more = devices.len() == page
+        && records[next.min(records.len())..]
+            .iter()
+            .any(|r| wanted.is_none_or(|w| r.state == w));
     Ok(axum::Json(api::JobDevices {
-        next_cursor: (next < records.len()).then(|| next.to_string()),
+        next_cursor: more.then(|| next.to_string()),
         devices,
     })
     .into_response())

@@ -52,6 +52,9 @@ pub struct Runner {
     targets: tokio::sync::Mutex<HashMap<String, Arc<TargetRun>>>,
     /// `serve --no-jobs`: jobs are recorded (queued) for other processes, never run here.
     disabled: AtomicBool,
+    /// Shutting down (a worker's SIGTERM): no new job or call starts here; the calls in flight
+    /// finish and are recorded; the jobs stay unfinished for another process.
+    stopping: AtomicBool,
 }
 
 impl std::fmt::Debug for Runner {
@@ -74,6 +77,30 @@ impl Runner {
     /// Whether this process runs jobs.
     pub fn enabled(&self) -> bool {
         !self.disabled.load(Ordering::Acquire)
+    }
+
+    /// Stops running jobs here: no job or call starts from now on, the calls in flight finish
+    /// and are recorded, and each job's lease is given back for another process to take the
+    /// job over. [`Runner::idle`] tells when the last one is out.
+    pub fn stop(&self) {
+        self.disabled.store(true, Ordering::Release);
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Runner::stop`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Waits until no job runs in this process.
+    pub async fn idle(&self) {
+        loop {
+            let busy = lock(&self.live).values().any(|tx| !tx.borrow().ended);
+            if !busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Whether `job` runs in this process now.
@@ -145,6 +172,10 @@ impl Progress for LiveProgress {
         _delay: std::time::Duration,
     ) {
         self.svc.metrics.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.svc.jobs.stopping()
     }
 }
 
@@ -219,8 +250,22 @@ pub fn spawn(svc: &Arc<Service>, job: JobRecord) {
                 return;
             }
         };
+        if svc.jobs.stopping() {
+            holder.release().await;
+            svc.jobs.forget(&id, &tx);
+            return;
+        }
         svc.metrics.jobs_started.fetch_add(1, Ordering::Relaxed);
         let result = run(&svc, &job, tx.clone()).await;
+        if result.is_err() && svc.jobs.stopping() {
+            // Stopped by shutdown, not failed: the job stays unfinished and its lease is given
+            // back, so another process resumes it at once.
+            tracing::warn!(job = %id, "stopped by shutdown; left for another process");
+            holder.release().await;
+            tx.send_modify(|l| l.ended = true);
+            svc.jobs.forget(&id, &tx);
+            return;
+        }
         if holder.lost() {
             // Our lease expired and another process took the job over: it records the end.
             tracing::warn!(job = %id, "lost the job's lease; another process finishes it");
@@ -257,6 +302,9 @@ pub fn spawn(svc: &Arc<Service>, job: JobRecord) {
 pub async fn run_queue(svc: Arc<Service>, poll: Duration) {
     loop {
         tokio::time::sleep(poll).await;
+        if svc.jobs.stopping() {
+            return;
+        }
         match svc.store.unfinished_jobs().await {
             Ok(jobs) => {
                 for j in jobs {

@@ -386,19 +386,8 @@ impl Service {
                 .first()
                 .map(|f| f.display().to_string())
                 .unwrap_or_default();
-            let (b, r) = match (&p.batch_id, &p.reel_id) {
-                (Some(b), Some(r)) => (b.clone(), r.clone()),
-                _ => match claim_from_file_name(&name) {
-                    Some((r, b)) => (
-                        p.batch_id.clone().unwrap_or(b),
-                        p.reel_id.clone().unwrap_or(r),
-                    ),
-                    None => anyhow::bail!(
-                        "[[service.preload]] {name}: give batch_id and reel_id (the file name \
-                         is not a Cloud ID bundle name)"
-                    ),
-                },
-            };
+            let (b, r) = claim_of(p.batch_id.clone(), p.reel_id.clone(), &name)
+                .with_context(|| format!("[[service.preload]] {name}"))?;
             if self
                 .store
                 .batch_by_claim(&self.key.claim_hash(&b, &r))
@@ -419,7 +408,8 @@ impl Service {
 
     /// Imports vendor files as one batch (reel): every certificate verified, the invalid ones
     /// recorded with the reason. The claim (batch ID, reel ID) comes from the arguments or
-    /// from a Cloud ID bundle file name `REELID_GUID_vX.Y.7z`.
+    /// from a Cloud ID bundle file name `REELID_GUID_vX.Y.7z`; a batch ID without a reel ID
+    /// imports a whole batch, claimed by its batch ID alone (see [`claim_of`]).
     pub async fn import(
         &self,
         files: Vec<PathBuf>,
@@ -427,22 +417,15 @@ impl Service {
         batch_id: Option<String>,
         reel_id: Option<String>,
     ) -> anyhow::Result<store::BatchRecord> {
-        let (batch_id, reel_id) = match (batch_id, reel_id) {
-            (Some(b), Some(r)) => (b, r),
-            (b, r) => {
-                let (fr, fb) = claim_from_file_name(display_name).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "{display_name}: give --batch-id and --reel-id (the file name is not a \
-                         Cloud ID bundle name REELID_GUID_vX.Y.7z)"
-                    )
-                })?;
-                (b.unwrap_or(fb), r.unwrap_or(fr))
-            }
-        };
-        anyhow::ensure!(
-            !batch_id.trim().is_empty() && !reel_id.trim().is_empty(),
-            "batch ID and reel ID must not be empty"
-        );
+        let (batch_id, reel_id) =
+            claim_of(batch_id, reel_id, display_name).with_context(|| display_name.to_owned())?;
+        if reel_id.trim().is_empty() && batch_id.trim().len() < 16 {
+            tracing::warn!(
+                file = %redact_claim(display_name, &batch_id, ""),
+                "a whole batch is claimed by its batch ID alone: this one is shorter than 16 \
+                 characters and may be guessed; prefer a random ID (a UUID)"
+            );
+        }
         let opts = IntakeOptions {
             trust: self.trust.clone(),
             ..IntakeOptions::default()
@@ -488,7 +471,12 @@ impl Service {
         };
         anyhow::ensure!(
             self.store.insert_batch(&batch, &rows).await?,
-            "this batch and reel are already imported"
+            "{}",
+            if reel_id.trim().is_empty() {
+                "this whole batch is already imported"
+            } else {
+                "this batch and reel are already imported"
+            }
         );
         Ok(batch)
     }
@@ -512,6 +500,34 @@ pub fn redact_claim(text: &str, batch_id: &str, reel_id: &str) -> String {
         }
     }
     out
+}
+
+/// The claim `(batch ID, reel ID)` of an import: the arguments where given, else a Cloud ID
+/// bundle's file name. A batch ID with no reel ID (given or in the name) is a whole batch: its
+/// reel ID is empty and the batch ID alone claims it. Vendors that ship reels (Infineon) print
+/// a letter per reel with both IDs, and such a batch is imported and claimed reel by reel, so
+/// that knowing a batch ID never claims another company's reel of the same batch; vendors that
+/// ship an order as one file (Microchip manifests, Espressif CSVs) are imported whole.
+pub fn claim_of(
+    batch_id: Option<String>,
+    reel_id: Option<String>,
+    file_name: &str,
+) -> anyhow::Result<(String, String)> {
+    let from_name = claim_from_file_name(file_name);
+    let (batch_id, reel_id) = match (batch_id, reel_id, from_name) {
+        (Some(b), Some(r), _) => (b, r),
+        (b, r, Some((fr, fb))) => (b.unwrap_or(fb), r.unwrap_or(fr)),
+        (Some(b), None, None) => (b, String::new()),
+        (None, _, None) => anyhow::bail!(
+            "give the batch ID (and the reel ID for a reel): the file name is not a Cloud ID \
+             bundle name REELID_GUID_vX.Y.7z"
+        ),
+    };
+    anyhow::ensure!(
+        !batch_id.trim().is_empty(),
+        "the batch ID must not be empty"
+    );
+    Ok((batch_id, reel_id))
 }
 
 /// `(reel ID, batch ID)` from a Cloud ID bundle name `REELID_GUID_vX.Y.7z` (path allowed).
@@ -543,6 +559,26 @@ mod tests {
         );
         assert_eq!(claim_from_file_name("manifest-infineon.7z"), None);
         assert_eq!(claim_from_file_name("batch.pem"), None);
+    }
+
+    #[test]
+    fn a_claim_is_a_reel_or_a_whole_batch() {
+        let bundle = "78211223032C7EFA_b41425b9-b42b-47fd-95c2-f981b4c61561_v1.2.7z";
+        let s = |v: &str| Some(v.to_owned());
+        let pair = |b: &str, r: &str| (b.to_owned(), r.to_owned());
+        assert_eq!(claim_of(s("B"), s("R"), "x.pem").unwrap(), pair("B", "R"));
+        assert_eq!(claim_of(s("B"), None, "x.pem").unwrap(), pair("B", ""));
+        assert_eq!(
+            claim_of(None, None, bundle).unwrap(),
+            pair("b41425b9-b42b-47fd-95c2-f981b4c61561", "78211223032C7EFA")
+        );
+        assert_eq!(
+            claim_of(s("B"), None, bundle).unwrap(),
+            pair("B", "78211223032C7EFA")
+        );
+        assert!(claim_of(None, s("R"), "x.pem").is_err());
+        assert!(claim_of(None, None, "x.pem").is_err());
+        assert!(claim_of(s("  "), None, "x.pem").is_err());
     }
 
     #[test]

@@ -177,8 +177,9 @@ async fn deprovision() {}
 async fn get_job() {}
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/devices", tag = "jobs",
-    params(("id" = String, Path), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = JobDevices), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path), ("cursor" = Option<String>, Query),
+        ("state" = Option<String>, Query, description = "only devices in this state: pending, in_flight, unknown, done, failed")),
+    responses((status = 200, body = JobDevices), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn job_devices() {}
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/events", tag = "jobs", params(("id" = String, Path)),

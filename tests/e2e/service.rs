@@ -29,6 +29,10 @@ pub(crate) async fn spawn_serve(
         .args(["--listen", "127.0.0.1:0"])
         .env_remove("IDBRIDGE_CONFIG")
         .env_remove("IDBRIDGE_JOURNAL")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -213,6 +217,30 @@ impl Service {
         devices
     }
 
+    /// Generates devices `serials` and imports them as a whole batch (no reel ID).
+    pub async fn import_whole(
+        &self,
+        file: &str,
+        serials: std::ops::Range<u64>,
+        batch: &str,
+    ) -> (Vec<TestDevice>, Output) {
+        let (devices, path) = self.fx.devices(file, serials);
+        let p = path.display().to_string();
+        let trust = self.fx.path("trust.pem").display().to_string();
+        let out = self
+            .cli(&[
+                "import",
+                &p,
+                "--batch-id",
+                batch,
+                "--trust",
+                &trust,
+                "--no-builtin-roots",
+            ])
+            .await;
+        (devices, out)
+    }
+
     /// One request; the answer's status and JSON (or text as a JSON string).
     pub async fn call(
         &self,
@@ -252,6 +280,11 @@ impl Service {
             .await
             .unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// The bearer token of the mock cloud's API.
+    pub fn cloud_token(&self) -> &'static str {
+        CLOUD_TOKEN
     }
 
     /// The target table of the mock cloud, as `PUT /api/v1/targets/{name}` takes it.
@@ -372,6 +405,14 @@ async fn automatic_mode_binds_by_qr_and_the_devices_land() {
     ] {
         assert!(m.contains(line), "{line} missing from\n{m}");
     }
+    // Connector calls per target (`svc/<account id>/<name>`) and API.
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("idbridge_connector_calls_total{target=\"svc/")
+                && l.contains("/cloud\",api=\"register\",result=\"ok\"}")
+        ),
+        "no register calls of target cloud in\n{m}"
+    );
     let (code, doc) = s.call("GET", "/api/v1/openapi.json", None, None).await;
     assert_eq!(code, 200);
     assert!(
@@ -764,8 +805,19 @@ async fn bad_requests_are_clear_4xx_and_change_nothing() {
             "bad_request",
         ),
         (r#"{"qr":"not a url at all"}"#, 400, "bad_qr"),
-        (r#"{"qr":"https://x.example/?batch=B-BAD"}"#, 400, "bad_qr"),
-        (r#"{"batch_id":"B-BAD"}"#, 400, "bad_request"),
+        (r#"{"qr":"https://x.example/?reel=R-BAD"}"#, 400, "bad_qr"),
+        (
+            r#"{"qr":"https://x.example/?batch=&reel=R-BAD"}"#,
+            400,
+            "bad_qr",
+        ),
+        (r#"{"reel_id":"R-BAD"}"#, 400, "bad_request"),
+        (r#"{"batch_id":" ","reel_id":"R-BAD"}"#, 400, "bad_request"),
+        (
+            r#"{"batch_id":"B-BAD","qr":"https://x.example/?batch=B"}"#,
+            400,
+            "bad_request",
+        ),
     ];
     for (body, want, code_want) in cases {
         let resp = s
@@ -902,10 +954,9 @@ async fn automatic_mode_into_the_mock_aws_iot_admits_bound_devices_only() {
     use idbridge_mock_clouds::tls::{Connect, connect_device};
 
     let aws = MockAws::start(AwsMockConfig::default()).await.unwrap();
-    // The service's own AWS credentials (an instance role in production).
+    // The service has no AWS credentials of its own: the account's target carries its key
+    // (sealed at rest, shown redacted).
     let env = [
-        ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID),
-        ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY),
         ("AWS_CONFIG_FILE", "/dev/null"),
         ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
     ]
@@ -928,10 +979,14 @@ async fn automatic_mode_into_the_mock_aws_iot_admits_bound_devices_only() {
                 "allow_http": true,
                 "create_policy": true,
                 "thing_name": "dev-{serial_hex}",
+                "access_key_id": TEST_ACCESS_KEY_ID,
+                "secret_access_key": TEST_SECRET_ACCESS_KEY,
             })),
         )
         .await;
     assert!(code == 200 || code == 201, "{code} {v}");
+    assert_eq!(v["config"]["secret_access_key"], "<redacted>", "{v}");
+    assert!(!v.to_string().contains(TEST_SECRET_ACCESS_KEY), "{v}");
     let (code, b) = s
         .call(
             "POST",
@@ -1199,4 +1254,76 @@ async fn the_label_qr_code_binds_its_batch() {
         )
         .await;
     assert_eq!((code, v["code"].as_str()), (404, Some("not_found")), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_imported_whole_is_bound_by_its_batch_id_alone() {
+    let s = start("").await;
+    let (whole, out) = s.import_whole("order.pem", 300..304, "ORDER-7").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reel = s.import("reel.pem", 310..312, "BATCH-R", "REEL-R").await;
+    let admin = admin_account(&s, "wholeco", "automatic").await;
+    let binder = s.token("wholeco", "binder").await;
+    // A batch imported reel by reel is not claimed by its batch ID alone.
+    let (code, v) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&binder),
+            Some(json!({"batch_id": "BATCH-R"})),
+        )
+        .await;
+    assert_eq!(code, 404, "{v}");
+    // The whole batch is, by its batch ID or by a QR code with no reel.
+    let (code, b) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&binder),
+            Some(json!({"qr": "https://labels.example/bind?batch=order-7"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    assert_eq!(b["devices"], 4, "{b}");
+    let j = s
+        .wait_job(&binder, b["job"]["id"].as_str().expect("automatic job"))
+        .await;
+    assert_eq!(j["counts"]["done"], 4, "{j}");
+    for d in &whole {
+        assert!(s.admitted(d).await, "device of the whole batch refused");
+    }
+    for d in &reel {
+        assert!(!s.admitted(d).await, "unbound reel admitted");
+    }
+    // Binding it again by its ID answers the same binding; importing it again is refused.
+    let (code, again) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&admin),
+            Some(json!({"batch_id": "ORDER-7"})),
+        )
+        .await;
+    assert_eq!((code, &again["id"]), (200, &b["id"]), "{again}");
+    let (_, out) = s.import_whole("order-again.pem", 300..304, "ORDER-7").await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("whole batch is already imported"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The reel is still bound with both IDs.
+    let (code, v) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&binder),
+            Some(json!({"batch_id": "BATCH-R", "reel_id": "REEL-R"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
 }

@@ -149,3 +149,110 @@ async fn serves_on_one_postgres_run_each_job_once_and_replace_a_killed_one() {
     second.kill().await;
     front.kill().await;
 }
+
+/// One `idbridge worker` on the service's current config (its `[service]` table and journal).
+async fn worker(s: &Service, name: &str) -> tokio::process::Child {
+    tokio::process::Command::new(bin())
+        .args(["worker", "--config"])
+        .arg(&s.config)
+        .args(["--name", name, "--poll", "0.2"])
+        .env_remove("IDBRIDGE_CONFIG")
+        .env_remove("IDBRIDGE_JOURNAL")
+        .env("IDBRIDGE_LEASE_TTL", "3")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_run_the_service_jobs_and_a_sigtermed_one_hands_its_job_over() {
+    let pg = LocalPostgres::shared().unwrap_or_else(|e| panic!("{e}"));
+    let db = pg.database().unwrap();
+    let mut s = start("").await;
+    s.config = s.fx.write(
+        "idbridge-pg.toml",
+        &format!(
+            "journal = \"{db}\"\n\n[service]\nallow_http = true\nstore = \"{db}\"\n\
+             key_file = \"service.key\"\nsigning_key = \"signing.pem\"\n"
+        ),
+    );
+    // HTTP only: the front end queues jobs; workers run them.
+    let front = Serve::start(&s, &["--no-jobs"]).await;
+    s.url = front.url.clone();
+    s.import("reel.pem", 1..41, "B-WK", "R-WK").await;
+    s.account("wkco", "automatic").await;
+    let admin = s.token("wkco", "admin").await;
+    s.put_cloud_target(&admin).await;
+    // Slow calls (3 s each, 16 at a time), so the job is mid-way at the SIGTERM.
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/_mock/latency", s.cloud.url))
+        .json(&json!({"fixed_ms": 3000, "jitter_ms": 0, "seed": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let mut first = worker(&s, "worker-a").await;
+    let (code, b) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&admin),
+            Some(json!({"batch_id": "B-WK", "reel_id": "R-WK"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    let job = b["job"]["id"].as_str().unwrap().to_owned();
+    for _ in 0..3000 {
+        if s.registry.stats().devices > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        s.registry.stats().devices > 0,
+        "the worker never ran the job"
+    );
+    // SIGTERM: the calls in flight finish and are recorded, the lease is given back.
+    let pid = first.id().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = first.wait().await.unwrap();
+    assert!(status.success(), "worker-a exited with {status}");
+    let mut err = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut first.stderr.take().unwrap(), &mut err)
+        .await
+        .unwrap();
+    assert!(
+        err.contains("left for another process") && !err.contains("service job failed"),
+        "worker-a: {err}"
+    );
+    let (_, v) = s
+        .call("GET", &format!("/api/v1/jobs/{job}"), Some(&admin), None)
+        .await;
+    assert_ne!(v["state"], "failed", "a stopped job is not failed: {v}");
+    let r = http
+        .delete(format!("{}/_mock/latency", s.cloud.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    // Another worker takes the job up and finishes it; nothing is registered twice.
+    let mut second = worker(&s, "worker-b").await;
+    let j = s.wait_job(&admin, &job).await;
+    assert_eq!(j["state"], "finished", "{j}");
+    assert_eq!(j["counts"]["done"], 40, "{j}");
+    let stats = s.registry.stats();
+    assert_eq!(stats.devices, 40);
+    assert_eq!(
+        stats.max_creates_per_device, 1,
+        "a device was registered twice: {stats:?}"
+    );
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
+    front.kill().await;
+}

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use idbridge_core::{DeviceIdentity, Error, ErrorKind, Quota, Result};
 use serde::Deserialize;
 
-/// Configuration of an AWS IoT target. Credentials are never here: they come from the standard
-/// AWS chain (environment, profile, SSO, web identity, instance role).
+/// Configuration of an AWS IoT target. Credentials come from the standard AWS chain
+/// (environment, profile, SSO, web identity, instance role) unless the table carries an access
+/// key of its own (`access_key_id` + `secret_access_key`): the registration service keeps one
+/// per account's target, sealed at rest, when the service itself has no role in that account.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsIotConfig {
@@ -22,6 +24,15 @@ pub struct AwsIotConfig {
     /// Named profile from `~/.aws/config`.
     #[serde(default)]
     pub profile: Option<String>,
+    /// An access key of this target's own, instead of the AWS chain (with `secret_access_key`).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// The secret of `access_key_id`; never printed.
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    /// A session token for temporary keys; never printed.
+    #[serde(default)]
+    pub session_token: Option<Secret>,
     /// Control-plane endpoint; otherwise `AWS_ENDPOINT_URL_IOT`, `AWS_ENDPOINT_URL`, or AWS's.
     #[serde(default)]
     pub endpoint_url: Option<String>,
@@ -61,6 +72,24 @@ pub struct AwsIotConfig {
     pub quota_burst: u32,
 }
 
+/// A secret string: never printed by `Debug`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret in clear, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 fn default_burst() -> u32 {
     2
 }
@@ -87,6 +116,9 @@ impl Default for AwsIotConfig {
             name: None,
             region: None,
             profile: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
             endpoint_url: None,
             allow_http: false,
             policy_name: default_policy(),
@@ -146,6 +178,24 @@ impl AwsIotConfig {
             && k != "aws-iot"
         {
             return Err(config(format!("kind is {k:?}, expected \"aws-iot\"")));
+        }
+        match (&self.access_key_id, &self.secret_access_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(config(
+                    "access_key_id and secret_access_key go together".to_owned(),
+                ));
+            }
+            (Some(_), Some(_)) if self.profile.is_some() => {
+                return Err(config(
+                    "give either profile or access_key_id + secret_access_key".to_owned(),
+                ));
+            }
+            (None, None) if self.session_token.is_some() => {
+                return Err(config(
+                    "session_token needs access_key_id and secret_access_key".to_owned(),
+                ));
+            }
+            _ => {}
         }
         if !valid_policy_name(&self.policy_name) {
             return Err(config(format!(
@@ -337,6 +387,38 @@ mod tests {
         assert_eq!(reg.per_second, 100.0);
         let ap = q.iter().find(|q| q.api == "AttachPolicy").unwrap();
         assert_eq!(ap.per_second, 15.0);
+    }
+
+    #[test]
+    fn an_access_key_of_its_own_is_never_printed_and_comes_whole() {
+        let c: AwsIotConfig = toml::from_str(
+            r#"access_key_id = "AKIAEXAMPLE"
+               secret_access_key = "wJalrXUtnFEMI/K7MDENG"
+               session_token = "FwoGZXIvYXdzEBY""#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("wJalrXUtnFEMI") && !shown.contains("FwoGZX"),
+            "{shown}"
+        );
+        let bad = |t: &str| {
+            toml::from_str::<AwsIotConfig>(t)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(r#"access_key_id = "AKIA""#).contains("go together"));
+        assert!(bad(r#"secret_access_key = "s""#).contains("go together"));
+        assert!(bad(r#"session_token = "t""#).contains("session_token needs"));
+        assert!(
+            bad(r#"profile = "p"
+                   access_key_id = "AKIA"
+                   secret_access_key = "s""#)
+            .contains("either profile")
+        );
     }
 
     #[test]

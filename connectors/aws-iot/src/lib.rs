@@ -55,7 +55,17 @@ impl AwsIot {
     /// Builds the connector with the standard AWS chain (env, profile, SSO, web identity,
     /// instance role), the configured or environment region and endpoint. SDK retries are off.
     pub async fn connect(cfg: AwsIotConfig) -> Result<Self> {
-        Self::load(cfg, None).await
+        let own = match (&cfg.access_key_id, &cfg.secret_access_key) {
+            (Some(id), Some(secret)) => Some(aws_sdk_iot::config::Credentials::new(
+                id,
+                secret.expose(),
+                cfg.session_token.as_ref().map(|t| t.expose().to_owned()),
+                None,
+                "idbridge-target",
+            )),
+            _ => None,
+        };
+        Self::load(cfg, own).await
     }
 
     /// Like [`AwsIot::connect`] but with fixed credentials instead of the AWS chain: for mock

@@ -1,7 +1,7 @@
 //! Detached JWS (RFC 7515 appendix F) with ES256: `BASE64URL(header)..BASE64URL(signature)`,
 //! the payload being the manifest file's bytes.
 
-use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::digest;
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
     UnparsedPublicKey,
@@ -64,18 +64,69 @@ impl SigningKey {
 
     /// Signs `payload`, returning the detached compact JWS.
     pub fn sign_detached(&self, payload: &[u8]) -> Result<String> {
+        let mut signer = self.detached_signer();
+        signer.update(payload);
+        signer.finish()
+    }
+
+    /// A signer fed the payload piece by piece, for a manifest too large to hold: the JWS
+    /// signing input (`header.BASE64URL(payload)`) is hashed as it streams past.
+    pub fn detached_signer(&self) -> DetachedSigner<'_> {
         let header = serde_json::json!({
             "alg": "ES256",
             "typ": "idbridge-manifest+jws",
             "kid": self.kid,
         });
-        let h = B64.encode(header.to_string());
-        let input = format!("{h}.{}", B64.encode(payload));
+        let header = B64.encode(header.to_string());
+        let mut hash = digest::Context::new(&digest::SHA256);
+        hash.update(header.as_bytes());
+        hash.update(b".");
+        DetachedSigner {
+            key: self,
+            header,
+            hash,
+            carry: Vec::new(),
+        }
+    }
+}
+
+/// A detached JWS over a payload given in pieces ([`SigningKey::detached_signer`]).
+pub struct DetachedSigner<'a> {
+    key: &'a SigningKey,
+    header: String,
+    hash: digest::Context,
+    /// Payload bytes not yet base64-encoded (fewer than 3 between calls).
+    carry: Vec<u8>,
+}
+
+impl std::fmt::Debug for DetachedSigner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DetachedSigner({})", self.key.kid)
+    }
+}
+
+impl DetachedSigner<'_> {
+    /// The next piece of the payload.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.carry.extend_from_slice(piece);
+        // Base64 of whole 3-byte groups concatenates to the base64 of the whole.
+        let whole = self.carry.len() / 3 * 3;
+        if whole > 0 {
+            self.hash
+                .update(B64.encode(&self.carry[..whole]).as_bytes());
+            self.carry.drain(..whole);
+        }
+    }
+
+    /// The detached compact JWS `header..signature`.
+    pub fn finish(mut self) -> Result<String> {
+        self.hash.update(B64.encode(&self.carry).as_bytes());
         let sig = self
+            .key
             .pair
-            .sign(&SystemRandom::new(), input.as_bytes())
+            .sign_digest(&self.hash.finish())
             .map_err(|_| Error::new(ErrorKind::Unexpected, "ES256 signing failed"))?;
-        Ok(format!("{h}..{}", B64.encode(sig.as_ref())))
+        Ok(format!("{}..{}", self.header, B64.encode(sig.as_ref())))
     }
 }
 
@@ -127,5 +178,39 @@ mod tests {
         assert!(!format!("{key:?}").contains("PRIVATE"));
         let err = SigningKey::from_pem("nope", "k.pem").unwrap_err();
         assert!(err.to_string().contains("k.pem"));
+    }
+
+    #[test]
+    fn a_payload_signed_in_pieces_verifies_as_a_whole() {
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let key = SigningKey::from_pem(&kp.serialize_pem(), "test key").unwrap();
+        let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        // Piece sizes that cut base64 groups everywhere, empty pieces included.
+        for sizes in [
+            &[1usize][..],
+            &[2, 0, 5],
+            &[3],
+            &[999, 1],
+            &[1000],
+            &[4, 1, 1, 7],
+        ] {
+            let mut signer = key.detached_signer();
+            let mut at = 0;
+            for size in sizes.iter().cycle() {
+                if at >= payload.len() {
+                    break;
+                }
+                let end = (at + size).min(payload.len());
+                signer.update(&payload[at..end]);
+                at = end;
+            }
+            let jws = signer.finish().unwrap();
+            verify_detached(&payload, &jws, &key.public_point())
+                .unwrap_or_else(|e| panic!("pieces {sizes:?}: {e}"));
+            assert!(verify_detached(&payload[1..], &jws, &key.public_point()).is_err());
+        }
+        // An empty payload too.
+        let jws = key.detached_signer().finish().unwrap();
+        verify_detached(b"", &jws, &key.public_point()).unwrap();
     }
 }

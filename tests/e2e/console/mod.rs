@@ -687,8 +687,56 @@ async fn console_targets_are_tested_before_saving_and_secrets_stay_write_only() 
 }
 
 /// Every form control of the page has a label, nothing is wider than the screen, the page has
-/// its language and one heading.
+/// its language and one heading, and every visible text meets WCAG 2 AA contrast against the
+/// background it is drawn on (4.5:1, 3:1 for large text), as the browser computed the styles.
 async fn check_page(b: &Browser, page: &str) {
+    let low = b
+        .client
+        .execute(
+            r#"
+            const rgb = (c) => {
+              const m = c.match(/rgba?\(([^)]+)\)/);
+              if (!m) { return null; }
+              const p = m[1].split(/[ ,\/]+/).filter((x) => x).map(parseFloat);
+              return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
+            };
+            const lum = (c) => {
+              const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+              return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+            };
+            const background = (el) => {
+              for (let e = el; e; e = e.parentElement) {
+                const c = rgb(getComputedStyle(e).backgroundColor);
+                if (c && c.a > 0) { return c; }
+              }
+              return {r: 255, g: 255, b: 255, a: 1};
+            };
+            const low = [];
+            let checked = 0;
+            for (const el of document.body.querySelectorAll('*')) {
+              const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+              if (!own || !el.getClientRects().length) { continue; }
+              const st = getComputedStyle(el);
+              if (st.visibility === 'hidden' || el.closest('[hidden]')) { continue; }
+              const fg = rgb(st.color);
+              const bg = background(el);
+              const [hi, lo] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+              const ratio = (hi + 0.05) / (lo + 0.05);
+              const size = parseFloat(st.fontSize);
+              const large = size >= 24 || (size >= 18.66 && parseInt(st.fontWeight, 10) >= 700);
+              checked += 1;
+              if (ratio < (large ? 3 : 4.5)) {
+                low.push(`${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''} "${el.textContent.trim().slice(0, 30)}" ${st.color} on ${JSON.stringify(bg)}: ${ratio.toFixed(2)}`);
+              }
+            }
+            return {low, checked};
+            "#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(low["low"], json!([]), "{page}: text below WCAG AA contrast");
+    assert!(low["checked"].as_u64().unwrap() > 3, "{page}: {low}");
     let v = b
         .client
         .execute(
@@ -842,5 +890,104 @@ async fn console_bind_explains_wrong_ids_already_bound_a_bad_qr_and_the_attempt_
     b.wait_text("Too many failed attempts. Wait").await;
     b.screenshot("attempt-limit.png").await;
     assert!(api_bindings(&s, &binder).await.is_empty());
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_job_page_names_each_failed_device_with_its_error() {
+    let s = start("").await;
+    // A batch delivered whole (no reel), bound by its batch ID alone.
+    let (devices, out) = s.import_whole("order-e.pem", 400..404, "ORDER-E").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The cloud already holds a device under the first one's name with another certificate:
+    // that device fails with the cloud's reason, the others land.
+    let clash = super::interop::device_id(&devices[0]);
+    let (other, _) = s.fx.devices("other.pem", 990..991);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/devices", s.cloud.url))
+        .bearer_auth(s.cloud_token())
+        .json(&json!({"name": clash, "certificate_pem": other[0].cert_pem}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let _admin = account(&s, "acme", "automatic").await;
+    let binder = s.token("acme", "binder").await;
+    let b = Browser::start("console_job_device_errors", true).await;
+    sign_in(&b, &s.url, &binder).await;
+    let c = &b.client;
+    c.find(Locator::Id("batch_id"))
+        .await
+        .unwrap()
+        .send_keys("ORDER-E")
+        .await
+        .unwrap();
+    click(&b, "#scan-form button[type=submit]").await;
+    b.wait_text("State: finished").await;
+    assert_eq!(text_of(&b, "#done").await, "3");
+    assert_eq!(text_of(&b, "#failed").await, "1");
+    let errors = b.wait_text("Device errors").await;
+    let table = text_of(&b, "#errors tbody").await;
+    assert!(
+        table.contains(&clash),
+        "the failed device is named: {table}\n{errors}"
+    );
+    assert_eq!(table.lines().count(), 1, "only the failed device: {table}");
+    assert!(
+        table.trim().len() > clash.len() + 5,
+        "the failed device carries its error: {table}"
+    );
+    b.screenshot("job-errors.png").await;
+    // The same list through the API, filtered by state; a bad state is a 400.
+    let job = path(&b)
+        .await
+        .trim_start_matches("/console/jobs/")
+        .to_owned();
+    let (code, v) = s
+        .call(
+            "GET",
+            &format!("/api/v1/jobs/{job}/devices?state=failed"),
+            Some(&binder),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let failed = v["devices"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{v}");
+    assert_eq!(failed[0]["device_id"], clash.as_str());
+    assert!(
+        failed[0]["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{v}"
+    );
+    let (code, v) = s
+        .call(
+            "GET",
+            &format!("/api/v1/jobs/{job}/devices?state=done"),
+            Some(&binder),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (code, v["devices"].as_array().map(Vec::len)),
+        (200, Some(3)),
+        "{v}"
+    );
+    let (code, v) = s
+        .call(
+            "GET",
+            &format!("/api/v1/jobs/{job}/devices?state=nope"),
+            Some(&binder),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
     b.close().await;
 }
