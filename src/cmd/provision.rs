@@ -126,6 +126,14 @@ pub struct OutputArgs {
     pub output: Output,
 }
 
+impl OutputArgs {
+    /// Whether an output prints the per-device report rows (CSV on stdout, or `--report`):
+    /// only then are they built ([`print_report`] takes them for nothing else).
+    pub fn wants_rows(&self) -> bool {
+        self.output == Output::Csv || self.report.is_some()
+    }
+}
+
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -197,7 +205,7 @@ pub async fn run_deprovision(args: DeprovisionArgs) -> anyhow::Result<ExitCode> 
 async fn execute(
     operation: Operation,
     ctx: &TargetRun,
-    inputs: Inputs,
+    mut inputs: Inputs,
     out: &OutputArgs,
     enqueue: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -229,19 +237,29 @@ async fn execute(
     super::progress::catch_interrupt();
     out.serve_metrics().await?;
     let progress = CliProgress::new(operation);
-    let report = ctx
-        .run_job(operation, inputs.devices.clone(), &progress)
-        .await?;
+    // The identities stay for the per-device rows only when an output prints them; otherwise
+    // the engine takes them and drops each once its device is done.
+    let wants_rows = out.wants_rows();
+    let devices = if wants_rows {
+        inputs.devices.clone()
+    } else {
+        std::mem::take(&mut inputs.devices)
+    };
+    let report = ctx.run_job(operation, devices, &progress).await?;
     progress.done();
     let interrupted = progress.interrupted();
-    let rows = report_rows(
-        ctx.engine.journal().as_ref(),
-        Some(&report),
-        &inputs.devices,
-        &inputs.refused,
-        &progress.finished_at(),
-    )
-    .await?;
+    let rows = if wants_rows {
+        report_rows(
+            ctx.engine.journal().as_ref(),
+            Some(&report),
+            &inputs.devices,
+            &inputs.refused,
+            &progress.finished_at(),
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
     print_report(Some(&report), &inputs.refused, &rows, out)?;
     Ok(interrupted.unwrap_or_else(|| exit_code(&report, &inputs.refused)))
 }

@@ -12,6 +12,9 @@ use idbridge_core::trust::Verifier;
 use super::input::TrustArgs;
 use super::provision::{CliProgress, Output, OutputArgs, exit_code, print_report, report_rows};
 
+/// Device records per journal read of `status JOB`.
+const PAGE: usize = 10_000;
+
 /// Arguments of `idbridge status`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -153,19 +156,42 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let Some(info) = journal.job(id).await? else {
                 anyhow::bail!("no job {id} in the journal {url}");
             };
-            let devices = journal.devices(id).await?;
+            // Every format but JSON (one document) streams the job a page at a time.
+            let page = |after: Option<u64>| journal.devices_page(id, after, PAGE);
             match args.output {
                 Output::Csv => {
-                    let identities = journal.identities(id).await?;
-                    let rows = app::report::rows(
-                        Some((&info, &devices)),
-                        &identities,
-                        &[],
-                        &Default::default(),
-                    );
-                    app::report::write_csv(&mut w, &rows)?;
+                    let mut csv = csv::Writer::from_writer(&mut w);
+                    let mut after = None;
+                    let mut rows = 0usize;
+                    loop {
+                        let devices = page(after).await?;
+                        let Some(last) = devices.last() else { break };
+                        // Certificates share the devices' positions: the same page of both.
+                        let identities: Vec<_> = journal
+                            .identities_page(id, after, PAGE)
+                            .await?
+                            .into_iter()
+                            .map(|(_, d)| d)
+                            .collect();
+                        after = Some(last.seq);
+                        for row in app::report::rows(
+                            Some((&info, &devices)),
+                            &identities,
+                            &[],
+                            &Default::default(),
+                        ) {
+                            csv.serialize(row)?;
+                            rows += 1;
+                        }
+                    }
+                    csv.flush()?;
+                    drop(csv);
+                    if rows == 0 {
+                        app::report::write_csv(&mut w, &[])?;
+                    }
                 }
                 Output::Json => {
+                    let devices = journal.devices(id).await?;
                     serde_json::to_writer_pretty(
                         &mut w,
                         &serde_json::json!({"job": info, "devices": devices}),
@@ -173,9 +199,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     writeln!(w)?;
                 }
                 Output::Jsonl => {
-                    for d in &devices {
-                        serde_json::to_writer(&mut w, d)?;
-                        writeln!(w)?;
+                    let mut after = None;
+                    loop {
+                        let devices = page(after).await?;
+                        let Some(last) = devices.last() else { break };
+                        after = Some(last.seq);
+                        for d in &devices {
+                            serde_json::to_writer(&mut w, d)?;
+                            writeln!(w)?;
+                        }
                     }
                     serde_json::to_writer(&mut w, &info)?;
                     writeln!(w)?;
@@ -186,17 +218,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         "{:<14} {:<10} {:<16} {:>3} {:<30} REASON",
                         "DEVICE", "STATE", "OUTCOME", "TRY", "SOURCE"
                     )?;
-                    for d in &devices {
-                        writeln!(
-                            w,
-                            "{:<14} {:<10} {:<16} {:>3} {:<30} {}",
-                            d.device_id.short(),
-                            d.state.as_str(),
-                            d.outcome.map_or("", |o| o.as_str()),
-                            d.attempts,
-                            d.source,
-                            d.reason.as_deref().unwrap_or("")
-                        )?;
+                    let mut after = None;
+                    loop {
+                        let devices = page(after).await?;
+                        let Some(last) = devices.last() else { break };
+                        after = Some(last.seq);
+                        for d in &devices {
+                            writeln!(
+                                w,
+                                "{:<14} {:<10} {:<16} {:>3} {:<30} {}",
+                                d.device_id.short(),
+                                d.state.as_str(),
+                                d.outcome.map_or("", |o| o.as_str()),
+                                d.attempts,
+                                d.source,
+                                d.reason.as_deref().unwrap_or("")
+                            )?;
+                        }
                     }
                     let c = info.counts;
                     writeln!(
@@ -264,15 +302,19 @@ pub async fn run_resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
     progress.done();
     let interrupted = progress.interrupted();
     let journal = ctx.engine.journal();
-    let identities = journal.identities(&info.id).await?;
-    let rows = report_rows(
-        journal.as_ref(),
-        Some(&report),
-        &identities,
-        &[],
-        &progress.finished_at(),
-    )
-    .await?;
+    let rows = if args.out.wants_rows() {
+        let identities = journal.identities(&info.id).await?;
+        report_rows(
+            journal.as_ref(),
+            Some(&report),
+            &identities,
+            &[],
+            &progress.finished_at(),
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
     print_report(Some(&report), &[], &rows, &args.out)?;
     Ok(interrupted.unwrap_or_else(|| exit_code(&report, &[])))
 }

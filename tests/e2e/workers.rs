@@ -323,7 +323,9 @@ fn database_restart_mid_job_the_job_completes_when_it_is_back() {
     let work = tempfile::tempdir().unwrap();
     write_config(
         work.path(),
-        &mock_target("lab", &cloud.url, "[targets.lab.engine]\nrate = 40\n"),
+        // 120 devices at 20/s: 6 s of work, so the stop below lands mid-job even when the
+        // machine is slow to run `pg_ctl stop`.
+        &mock_target("lab", &cloud.url, "[targets.lab.engine]\nrate = 20\n"),
     );
     let b = batch(120);
     enqueue(work.path(), &b, "lab", &url);

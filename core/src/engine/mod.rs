@@ -26,25 +26,34 @@
 //! `unknown`; before sending it again the engine calls `lookup`: found and identical is done
 //! (`already_present`), absent is sent again. After a crash, `in_flight` devices are treated the
 //! same way. Batch calls report per-device outcomes and only failed devices are retried.
+//!
+//! # Memory
+//!
+//! The journal is the queue: a run reads its input (the caller's devices, or the journal's
+//! pages on `resume`) a window at a time, joins each window with its journal records, and forms
+//! batches only as calls in flight make room. It holds at most
+//! `(concurrency + 3) × batch + window` devices whatever the size of the job, counted in a
+//! [`HeldGauge`] ([`JobReport::peak_held`], [`Engine::held`]). See docs/adr/1500-engine-window.md.
 
 mod diff;
 mod pacer;
 mod retry;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::stream::BoxStream;
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Serialize;
 
 use crate::connector::{
     CallContext, Capabilities, Connector, DeregisterOutcome, Quota, RegisterOutcome, RemoteDevice,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::identity::DeviceIdentity;
+use crate::identity::{DeviceId, DeviceIdentity};
 use crate::journal::{
     DeviceRecord, DeviceState, DeviceUpdate, JobSpec, JobState, Journal, OpenedJob, Operation,
     Outcome, StateCounts,
@@ -73,7 +82,15 @@ pub struct EngineOptions {
     pub retry: RetryPolicy,
     /// Seeds the backoff jitter (tests); None draws from the OS.
     pub seed: Option<u64>,
+    /// Devices the engine reads ahead of the calls in flight, from its input and the journal
+    /// (at least one batch). A run holds at most `(concurrency + 3) × batch + window`
+    /// devices, whatever the size of the job ([`JobReport::peak_held`]): the calls in flight,
+    /// one batch queued, one being handed over, and the window with a batch being formed.
+    pub window: usize,
 }
+
+/// The default [`EngineOptions::window`].
+pub const DEFAULT_WINDOW: usize = 1024;
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -85,6 +102,7 @@ impl Default for EngineOptions {
             attempt_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             seed: None,
+            window: DEFAULT_WINDOW,
         }
     }
 }
@@ -139,6 +157,9 @@ pub struct JobReport {
     pub counts: StateCounts,
     /// Every device, in input order.
     pub devices: Vec<DeviceRecord>,
+    /// The most devices this run held in memory at once (read ahead or in flight): bounded by
+    /// concurrency, batch size and window, not by the size of the job.
+    pub peak_held: usize,
 }
 
 impl JobReport {
@@ -156,6 +177,7 @@ pub struct Engine {
     opts: EngineOptions,
     caps: Capabilities,
     pacer: Arc<RatePacer>,
+    held: Arc<HeldGauge>,
 }
 
 impl Engine {
@@ -173,6 +195,7 @@ impl Engine {
         }
         Engine {
             pacer: Arc::new(RatePacer::new(&quotas)),
+            held: Arc::new(HeldGauge::default()),
             connector,
             journal,
             opts,
@@ -231,7 +254,10 @@ impl Engine {
         self.journal.open_job(&spec, devices).await
     }
 
-    /// Continues job `job_id` with the identities stored in the journal.
+    /// Continues job `job_id` with the identities stored in the journal, read a page (one
+    /// window) at a time as the run needs them. Each page is checked by the connector's
+    /// `check_job` as it is read (the whole job was checked when it was opened); the first page
+    /// before anything runs.
     pub async fn resume(&self, job_id: &str, progress: &dyn Progress) -> Result<JobReport> {
         let info = self.journal.job(job_id).await?.ok_or_else(|| {
             Error::new(
@@ -239,13 +265,30 @@ impl Engine {
                 format!("no job {job_id} in the journal"),
             )
         })?;
-        let devices = self.journal.identities(job_id).await?;
-        self.connector.check_job(&devices)?;
+        let page = self.opts.window.max(1);
+        let first = self.journal.identities_page(&info.id, None, page).await?;
+        let after = if first.len() < page {
+            None
+        } else {
+            first.last().map(|(seq, _)| Some(*seq))
+        };
+        let first: Vec<DeviceIdentity> = first.into_iter().map(|(_, d)| d).collect();
+        self.connector.check_job(&first)?;
+        let rest = stored_identities(
+            self.journal.clone(),
+            self.connector.clone(),
+            info.id.clone(),
+            after,
+            page,
+        );
+        let devices = futures::stream::iter(first.into_iter().map(Ok))
+            .chain(rest)
+            .boxed();
         let opened = OpenedJob {
             id: info.id.clone(),
             resumed: true,
         };
-        self.run(
+        self.run_stream(
             &opened,
             info.spec.operation,
             &info.spec.target,
@@ -265,28 +308,30 @@ impl Engine {
         devices: Vec<DeviceIdentity>,
         progress: &dyn Progress,
     ) -> Result<JobReport> {
-        let records = self.journal.devices(&job.id).await?;
-        let mut by_id: HashMap<_, _> = records
-            .into_iter()
-            .map(|r| (r.device_id.clone(), r))
-            .collect();
-        let total = by_id.len() as u64;
-        let mut done = 0u64;
-        let mut work = Vec::new();
-        for identity in devices {
-            let Some(rec) = by_id.remove(&identity.device_id) else {
-                continue;
-            };
-            match rec.state {
-                DeviceState::Done => done += 1,
-                state => work.push(Item {
-                    identity,
-                    attempts: rec.attempts,
-                    unknown: state.needs_reconcile(),
-                    error: None,
-                }),
-            }
-        }
+        let devices = futures::stream::iter(devices.into_iter().map(Ok)).boxed();
+        self.run_stream(job, operation, target, devices, progress)
+            .await
+    }
+
+    /// As [`Engine::run`], taking the job's identities from a stream as the run needs them:
+    /// the engine holds only the devices in flight and a window ahead (joined with their
+    /// journal records a window at a time), so its memory does not grow with the job. Each
+    /// device is worked on once, in input order; devices the job does not have are skipped.
+    pub async fn run_stream(
+        &self,
+        job: &OpenedJob,
+        operation: Operation,
+        target: &str,
+        devices: BoxStream<'_, Result<DeviceIdentity>>,
+        progress: &dyn Progress,
+    ) -> Result<JobReport> {
+        let before = self
+            .journal
+            .job(&job.id)
+            .await?
+            .map(|info| info.counts)
+            .unwrap_or_default();
+        let (total, done) = (before.total(), before.done);
         progress.started(&job.id, total, done);
         let run = Run {
             engine: self,
@@ -295,7 +340,9 @@ impl Engine {
             backoff: Backoff::new(
                 self.opts.retry.clone(),
                 self.opts.seed,
-                self.opts.retry.budget_for(work.len()),
+                self.opts
+                    .retry
+                    .budget_for(usize::try_from(total - done).unwrap_or(usize::MAX)),
             ),
             abort: AtomicBool::new(false),
             abort_reason: std::sync::Mutex::new(None),
@@ -317,20 +364,63 @@ impl Engine {
         if self.caps.max_concurrency > 0 {
             concurrency = concurrency.min(self.caps.max_concurrency);
         }
-        let mut batches = Vec::with_capacity(work.len() / batch + 1);
-        let mut it = work.into_iter().peekable();
-        while it.peek().is_some() {
-            batches.push(it.by_ref().take(batch).collect::<Vec<_>>());
-        }
-        let results: Vec<Result<()>> = futures::stream::iter(batches)
-            .map(|b| run.batch(b))
+        let held = Arc::new(HeldGauge::default());
+        let feed = Feed {
+            journal: self.journal.as_ref(),
+            job: &job.id,
+            input: devices,
+            ahead: VecDeque::new(),
+            seen: Seen::default(),
+            exhausted: false,
+            window: self.opts.window.max(batch),
+            held: HeldCounters {
+                run: held.clone(),
+                engine: self.held.clone(),
+            },
+        };
+        let run_ref = &run;
+        // Batches are formed as the calls in flight make room (the channel holds one): a run or
+        // a shutdown that stops early leaves the rest of the input unread, pending in the
+        // journal. A producer and a channel rather than `unfold`: a closure taking the feed
+        // trips the compiler's higher-ranked lifetime checks on the run's `Send` future.
+        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Vec<Item>>>(0);
+        let produce = async move {
+            let mut feed = feed;
+            while !run_ref.stopped() {
+                match feed.next_batch(batch).await {
+                    Ok(Some(b)) => {
+                        if tx.send(Ok(b)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        break;
+                    }
+                }
+            }
+        };
+        let consume = rx
+            .map(|b| {
+                async move {
+                    match b {
+                        Ok(b) => run_ref.batch(b).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                .boxed()
+            })
             .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        for r in results {
-            r?;
+            .fold(None, |first: Option<Error>, r| {
+                futures::future::ready(first.or(r.err()))
+            });
+        let ((), first_error) = futures::join!(produce, consume);
+        if let Some(e) = first_error {
+            return Err(e);
         }
         self.journal.flush().await?;
+        let peak_held = held.peak();
         let mut aborted = run
             .abort_reason
             .lock()
@@ -369,6 +459,7 @@ impl Engine {
                         aborted: Some(format!("finishing the target failed: {e}")),
                         counts,
                         devices,
+                        peak_held,
                     });
                 }
             }
@@ -382,7 +473,14 @@ impl Engine {
             aborted,
             counts,
             devices,
+            peak_held,
         })
+    }
+
+    /// Devices held by every run of this engine now (read ahead or in flight), and the most
+    /// held at once since it was made.
+    pub fn held(&self) -> &HeldGauge {
+        &self.held
     }
 
     /// One call outside a batch (lookup, list, finish), with the engine's retry loop.
@@ -419,6 +517,193 @@ struct Item {
     /// A call may have reached the cloud without its answer: lookup before sending again.
     unknown: bool,
     error: Option<Error>,
+    /// Counted in the gauges while the engine holds the device.
+    _held: Held,
+}
+
+/// A count of devices held in memory, now and at most.
+#[derive(Debug, Default)]
+pub struct HeldGauge {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl HeldGauge {
+    /// Devices held now.
+    pub fn now(&self) -> usize {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    /// The most devices held at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    fn add(&self) {
+        let n = self.now.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self) {
+        self.now.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One device in the run's and the engine's gauges, from when the engine reads it from its
+/// input until it is dropped (skipped, or its batch is over).
+#[derive(Debug)]
+struct Held {
+    run: Arc<HeldGauge>,
+    engine: Arc<HeldGauge>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.run.sub();
+        self.engine.sub();
+    }
+}
+
+/// Makes [`Held`] tokens for one run.
+#[derive(Debug)]
+struct HeldCounters {
+    run: Arc<HeldGauge>,
+    engine: Arc<HeldGauge>,
+}
+
+impl HeldCounters {
+    fn hold(&self) -> Held {
+        self.run.add();
+        self.engine.add();
+        Held {
+            run: self.run.clone(),
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+/// The work of one run: the caller's input read a window at a time, joined with the journal,
+/// devices already done (or not in the job, or repeated) dropped.
+struct Feed<'a> {
+    journal: &'a dyn Journal,
+    job: &'a str,
+    input: BoxStream<'a, Result<DeviceIdentity>>,
+    /// Devices read and still to be batched: fewer than one batch plus one window.
+    ahead: VecDeque<Item>,
+    /// The input positions (journal `seq`) already taken, so a repeated device runs once.
+    seen: Seen,
+    exhausted: bool,
+    window: usize,
+    held: HeldCounters,
+}
+
+impl Feed<'_> {
+    /// The next batch of up to `n` devices, None at the end of the input.
+    async fn next_batch(&mut self, n: usize) -> Result<Option<Vec<Item>>> {
+        while self.ahead.len() < n && !self.exhausted {
+            self.refill().await?;
+        }
+        if self.ahead.is_empty() {
+            return Ok(None);
+        }
+        let k = n.min(self.ahead.len());
+        Ok(Some(self.ahead.drain(..k).collect()))
+    }
+
+    /// Reads up to one window of the input and joins it with its journal records.
+    async fn refill(&mut self) -> Result<()> {
+        let mut chunk = Vec::with_capacity(self.window.min(4096));
+        while chunk.len() < self.window {
+            match self.input.next().await {
+                Some(Ok(d)) => chunk.push((d, self.held.hold())),
+                Some(Err(e)) => return Err(e),
+                None => {
+                    self.exhausted = true;
+                    break;
+                }
+            }
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<DeviceId> = chunk.iter().map(|(d, _)| d.device_id.clone()).collect();
+        let records = self.journal.records_of(self.job, &ids).await?;
+        let mut by_id: HashMap<DeviceId, DeviceRecord> = records
+            .into_iter()
+            .map(|r| (r.device_id.clone(), r))
+            .collect();
+        for (identity, held) in chunk {
+            let Some(rec) = by_id.remove(&identity.device_id) else {
+                continue;
+            };
+            if !self.seen.insert(rec.seq) || rec.state == DeviceState::Done {
+                continue;
+            }
+            self.ahead.push_back(Item {
+                identity,
+                attempts: rec.attempts,
+                unknown: rec.state.needs_reconcile(),
+                error: None,
+                _held: held,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A set of input positions: one bit per device of the job, not a device.
+#[derive(Debug, Default)]
+struct Seen(Vec<u64>);
+
+impl Seen {
+    /// Adds `seq`; false when it was there.
+    fn insert(&mut self, seq: u64) -> bool {
+        let (word, bit) = (usize::try_from(seq / 64).unwrap_or(usize::MAX), seq % 64);
+        if word >= self.0.len() {
+            self.0.resize(word.saturating_add(1), 0);
+        }
+        let Some(w) = self.0.get_mut(word) else {
+            return true;
+        };
+        let fresh = *w & (1 << bit) == 0;
+        *w |= 1 << bit;
+        fresh
+    }
+}
+
+/// A job's identities from the journal a page at a time after position `after`, each page
+/// checked by the connector.
+fn stored_identities(
+    journal: Arc<dyn Journal>,
+    connector: Arc<dyn Connector>,
+    job: String,
+    after: Option<Option<u64>>,
+    page: usize,
+) -> BoxStream<'static, Result<DeviceIdentity>> {
+    use futures::TryStreamExt;
+    futures::stream::try_unfold(after, move |cursor| {
+        let (journal, connector, job) = (journal.clone(), connector.clone(), job.clone());
+        async move {
+            let Some(after) = cursor else {
+                return Ok(None);
+            };
+            let rows = journal.identities_page(&job, after, page).await?;
+            let next = if rows.len() < page {
+                None
+            } else {
+                rows.last().map(|(seq, _)| Some(*seq))
+            };
+            let devices: Vec<DeviceIdentity> = rows.into_iter().map(|(_, d)| d).collect();
+            if devices.is_empty() {
+                return Ok(None);
+            }
+            connector.check_job(&devices)?;
+            Ok(Some((devices, next)))
+        }
+    })
+    .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok)))
+    .try_flatten()
+    .boxed()
 }
 
 /// One run of one job.
@@ -446,6 +731,12 @@ fn is_fatal(e: &Error) -> bool {
 }
 
 impl Run<'_> {
+    /// Whether no further call may start: the target refused all work, or the run was
+    /// cancelled (shutdown, lease lost).
+    fn stopped(&self) -> bool {
+        self.abort.load(Ordering::Acquire) || self.progress.cancelled()
+    }
+
     /// The register-side write-ahead: needed when sending twice could create twice.
     fn write_ahead(&self) -> bool {
         self.operation == Operation::Provision && !self.engine.caps.idempotent_register

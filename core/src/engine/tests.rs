@@ -807,3 +807,108 @@ async fn a_quota_is_never_exceeded_and_is_used() {
         );
     }
 }
+
+/// The devices a run may hold: the calls in flight, one batch queued, one being handed over,
+/// and the window with a batch being formed.
+fn held_bound(o: &EngineOptions, batch: usize) -> usize {
+    let window = o.window.max(batch);
+    (o.concurrency + 3) * batch + window
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_holds_a_bounded_window_and_sends_each_device_once() {
+    let cloud = FakeCloud::new(3, false);
+    let devs = devices(60);
+    // The input repeats devices, near (same window) and far (a later window).
+    let mut input = devs.clone();
+    input.insert(2, devs[1].clone());
+    input.extend(devs[..10].iter().cloned());
+    let s = journal();
+    let o = EngineOptions {
+        concurrency: 2,
+        window: 8,
+        ..opts()
+    };
+    let e = engine(&cloud, &s, o.clone());
+    let opened = e
+        .open(Operation::Provision, "t", &input, serde_json::Value::Null)
+        .await
+        .unwrap();
+    let mut u = DeviceUpdate::state(devs[5].device_id.clone(), DeviceState::Done, 1);
+    u.outcome = Some(Outcome::Created);
+    s.journal.record(&opened.id, vec![u], true).await.unwrap();
+    let r = e
+        .run(&opened, Operation::Provision, "t", input, &NoProgress)
+        .await
+        .unwrap();
+    assert!(r.all_done(), "{r:?}");
+    assert_eq!(r.counts.total(), 60);
+    for (i, d) in devs.iter().enumerate() {
+        let want = usize::from(i != 5);
+        assert_eq!(cloud.calls_with(d), want, "device {i}");
+        assert_eq!(cloud.creates(d), u32::from(i != 5), "device {i}");
+    }
+    assert!(
+        (1..=held_bound(&o, 3)).contains(&r.peak_held),
+        "held at most {} of 60",
+        r.peak_held
+    );
+    assert_eq!(e.held().now(), 0, "nothing held after the run");
+    assert_eq!(e.held().peak(), r.peak_held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_reads_the_journal_a_page_at_a_time() {
+    let cloud = FakeCloud::new(2, false);
+    let devs = devices(40);
+    let s = journal();
+    let o = EngineOptions {
+        concurrency: 3,
+        window: 4,
+        ..opts()
+    };
+    let e = engine(&cloud, &s, o.clone());
+    let opened = e
+        .open(Operation::Provision, "t", &devs, serde_json::Value::Null)
+        .await
+        .unwrap();
+    // An earlier run finished the first ten and crashed with the 13th in flight, after the
+    // cloud created it.
+    let mut marks: Vec<_> = devs[..10]
+        .iter()
+        .map(|d| {
+            let mut u = DeviceUpdate::state(d.device_id.clone(), DeviceState::Done, 1);
+            u.outcome = Some(Outcome::Created);
+            u
+        })
+        .collect();
+    marks.push(DeviceUpdate::state(
+        devs[12].device_id.clone(),
+        DeviceState::InFlight,
+        1,
+    ));
+    s.journal.record(&opened.id, marks, true).await.unwrap();
+    cloud
+        .registered
+        .lock()
+        .unwrap()
+        .insert(devs[12].device_id.clone(), 1);
+    let r = e.resume(&opened.id, &NoProgress).await.unwrap();
+    assert!(r.all_done(), "{r:?}");
+    assert!(r.resumed);
+    for (i, d) in devs.iter().enumerate() {
+        let sent = usize::from(i >= 10 && i != 12);
+        assert_eq!(cloud.calls_with(d), sent, "device {i}");
+    }
+    assert_eq!(
+        cloud.creates(&devs[12]),
+        1,
+        "found by lookup, not created again"
+    );
+    assert_eq!(record(&r, &devs[12]).outcome, Some(Outcome::AlreadyPresent));
+    assert!(
+        (1..=held_bound(&o, 2)).contains(&r.peak_held),
+        "held at most {} of 40",
+        r.peak_held
+    );
+}

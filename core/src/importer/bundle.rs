@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, Cursor, Read};
 
-use sevenz_rust2::{ArchiveReader, EntryDecision, Password};
+use sevenz_rust2::{Archive, BlockDecoder, Password};
 
 use super::{
     EntryError, ImportOptions, Imported, Items, Limits, Record, apply_infineon_name, source,
@@ -23,9 +23,10 @@ pub(crate) fn open(
     opts: &ImportOptions,
 ) -> Items {
     let limits = opts.limits;
+    let outer = redact_guids(&name);
     let fatal = |msg: String| -> Items {
         Box::new(std::iter::once(Err(EntryError::fatal(
-            source(&name, None, None),
+            source(&outer, None, None),
             msg,
         ))))
     };
@@ -42,13 +43,15 @@ pub(crate) fn open(
             limits.max_archive_file
         ));
     }
+    // One budget for every byte decoded from this input, outer and inner archives alike.
+    let mut budget = Budget::new(limits.max_decompressed);
     // Entries of the outer archive we want: (name, bytes).
-    let entries = match read_entries(bytes, &limits, |entry| {
+    let entries = match read_entries(bytes, &limits, &mut budget, |entry| {
         entry.ends_with(".7z") && slot_of_archive(entry).is_some_and(|s| opts.slot.includes(s))
             || entry.to_ascii_lowercase().ends_with(".pem")
     }) {
         Ok(e) => e,
-        Err(msg) => return fatal(format!("not a readable 7z archive: {msg}")),
+        Err(msg) => return fatal(msg),
     };
     let (archives, pems): (Vec<_>, Vec<_>) =
         entries.into_iter().partition(|(n, _)| n.ends_with(".7z"));
@@ -63,53 +66,100 @@ pub(crate) fn open(
         .enumerate()
         .map(|(i, (entry, data))| {
             pem_entry(
-                &format!("{}!{entry}", redact_guids(&name)),
+                &format!("{outer}!{}", redact_guids(&entry)),
                 i as u64,
                 &data,
                 None,
             )
         })
         .collect();
-    let outer = redact_guids(&name);
+    let mut exhausted = false;
     let nested = archives.into_iter().flat_map(move |(inner, data)| {
         let batch = batch_of_archive(&inner).map(|guid| BatchRef::new(&guid));
         let inner_name = format!("{outer}!{}", redact_guids(&inner));
-        match read_entries(data, &limits, |e| e.to_ascii_lowercase().ends_with(".pem")) {
+        if exhausted {
+            // An earlier inner archive ran out of budget: the rest are not read either.
+            return Vec::new();
+        }
+        match read_entries(data, &limits, &mut budget, |e| {
+            e.to_ascii_lowercase().ends_with(".pem")
+        }) {
             Ok(pems) => pems
                 .into_iter()
                 .enumerate()
                 .map(|(i, (entry, data))| {
                     pem_entry(
-                        &format!("{inner_name}!{entry}"),
+                        &format!("{inner_name}!{}", redact_guids(&entry)),
                         i as u64,
                         &data,
                         batch.clone(),
                     )
                 })
                 .collect::<Vec<_>>(),
-            Err(msg) => vec![Err(EntryError::fatal(
-                source(&inner_name, None, None),
-                format!("inner archive unreadable: {msg}"),
-            ))],
+            Err(msg) => {
+                exhausted = budget.exhausted;
+                vec![Err(EntryError::fatal(
+                    source(&inner_name, None, None),
+                    format!("inner archive refused: {msg}"),
+                ))]
+            }
         }
     });
     Box::new(direct.into_iter().chain(nested))
 }
 
-/// Reads the entries of a 7z whose name passes `want`, within `limits`.
+/// What may still be decompressed from one input, across all its nesting levels.
+struct Budget {
+    limit: u64,
+    left: u64,
+    /// A charge was refused: nothing more of this input is decoded.
+    exhausted: bool,
+}
+
+impl Budget {
+    fn new(limit: u64) -> Self {
+        Budget {
+            limit,
+            left: limit,
+            exhausted: false,
+        }
+    }
+
+    /// Takes `bytes` from the budget, or says why not (and takes nothing).
+    fn charge(&mut self, bytes: u64) -> Result<(), String> {
+        if bytes > self.left {
+            self.exhausted = true;
+            return Err(format!(
+                "it needs {bytes} bytes decompressed, more than the {} left of this input's \
+                 limit of {} bytes decompressed in total (all nesting levels together)",
+                self.left, self.limit
+            ));
+        }
+        self.left -= bytes;
+        Ok(())
+    }
+}
+
+/// Reads the entries of a 7z whose name passes `want`, within `limits`, charging `budget`.
+///
+/// Everything is decided from the header before a byte is decoded: every wanted entry's
+/// declared size against `Limits::max_entry`, and the bytes that must be decoded to reach
+/// the wanted entries (in a solid block, the entries before them too) against the budget.
+/// Blocks holding no wanted entry are never decoded, nor is a block past its last wanted
+/// entry. The decoder never yields more than an entry declares (a surplus is an error), so
+/// the declared sizes bound the work and the memory. Messages name entries with batch GUIDs
+/// redacted.
 fn read_entries(
     bytes: Vec<u8>,
     limits: &Limits,
+    budget: &mut Budget,
     want: impl Fn(&str) -> bool,
 ) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let mut archive = ArchiveReader::new_with_memory_limit(
-        Cursor::new(bytes),
-        Password::empty(),
-        MEMORY_LIMIT_KB,
-    )
-    .map_err(|e| e.to_string())?;
-    archive.set_thread_count(1);
-    let files = &archive.archive().files;
+    let password = Password::empty();
+    let mut cursor = Cursor::new(bytes);
+    let archive = Archive::read_with_memory_limit(&mut cursor, &password, MEMORY_LIMIT_KB)
+        .map_err(|e| format!("not a readable 7z archive: {e}"))?;
+    let files = &archive.files;
     if files.len() > limits.max_archive_entries {
         return Err(format!(
             "{} entries, more than the limit of {}",
@@ -117,43 +167,90 @@ fn read_entries(
             limits.max_archive_entries
         ));
     }
-    let mut total: u64 = 0;
-    for f in files.iter().filter(|f| want(&f.name)) {
-        if f.size > limits.max_entry {
-            return Err(format!(
-                "entry {:?} declares {} bytes, more than the limit of {}",
-                f.name, f.size, limits.max_entry
-            ));
-        }
-        total = total.saturating_add(f.size);
-    }
-    if total > limits.max_decompressed {
-        return Err(format!(
-            "entries declare {total} bytes in total, more than the limit of {}",
-            limits.max_decompressed
-        ));
-    }
-    let mut out = Vec::new();
-    let mut decompressed: u64 = 0;
-    archive
-        .for_each_entries_with_decision(|entry, data| {
-            if entry.is_directory || !want(&entry.name) {
-                // Not wanted (README, the keys archive): never read; solid blocks are decoded
-                // through by the library but nothing is kept.
-                return Ok(EntryDecision::Continue);
+    let block_of = &archive.stream_map.file_block_index;
+    let wanted = |i: usize| {
+        let f = &files[i];
+        !f.is_directory && want(&f.name)
+    };
+    // Per block: how many wanted entries it holds, and the bytes decoded up to its last one.
+    let mut plan: Vec<(usize, u64)> = vec![(0, 0); archive.blocks.len()];
+    let mut pending: Vec<u64> = vec![0; archive.blocks.len()];
+    let mut empty = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let block = match block_of.get(i).copied().flatten() {
+            Some(b) if f.has_stream && b < plan.len() => b,
+            _ => {
+                if wanted(i) {
+                    empty.push(f.name.clone());
+                }
+                continue;
             }
-            let mut buf = Vec::new();
-            data.take(limits.max_entry + 1).read_to_end(&mut buf)?;
-            decompressed += buf.len() as u64;
-            if buf.len() as u64 > limits.max_entry || decompressed > limits.max_decompressed {
-                return Err(sevenz_rust2::Error::Other(
-                    format!("entry {:?} decompresses beyond the size limit", entry.name).into(),
+        };
+        // Bytes decoded through, counted once a later wanted entry makes them necessary.
+        pending[block] = pending[block].saturating_add(f.size);
+        if wanted(i) {
+            if f.size > limits.max_entry {
+                return Err(format!(
+                    "entry {:?} declares {} bytes, more than the limit of {} per entry",
+                    redact_guids(&f.name),
+                    f.size,
+                    limits.max_entry
                 ));
             }
-            out.push((entry.name.clone(), buf));
-            Ok(EntryDecision::Continue)
-        })
-        .map_err(|e| e.to_string())?;
+            let (count, cost) = &mut plan[block];
+            *count += 1;
+            *cost = cost.saturating_add(pending[block]);
+            pending[block] = 0;
+        }
+    }
+    let cost = plan
+        .iter()
+        .fold(0u64, |sum, (_, cost)| sum.saturating_add(*cost));
+    budget.charge(cost)?;
+
+    let mut out = Vec::new();
+    for (block, (mut count, _)) in plan.into_iter().enumerate() {
+        if count == 0 {
+            // Nothing wanted (README, the keys archive): never decoded.
+            continue;
+        }
+        let decoder = BlockDecoder::new_with_memory_limit(
+            1,
+            MEMORY_LIMIT_KB,
+            block,
+            &archive,
+            &password,
+            &mut cursor,
+        );
+        decoder
+            .for_each_entries(&mut |entry, data| {
+                if !entry.has_stream || entry.is_directory || !want(&entry.name) {
+                    // Before a wanted entry in a solid block: decoded through (and checked
+                    // against its CRC) by the library, nothing kept.
+                    return Ok(true);
+                }
+                // Reading to the end checks the CRC and that nothing follows the declared
+                // size; the declared size was checked against `max_entry` above.
+                let mut buf = Vec::new();
+                data.take(limits.max_entry + 1).read_to_end(&mut buf)?;
+                if buf.len() as u64 > limits.max_entry {
+                    return Err(sevenz_rust2::Error::Other(
+                        format!(
+                            "entry {:?} decompresses beyond the limit of {} per entry",
+                            redact_guids(&entry.name),
+                            limits.max_entry
+                        )
+                        .into(),
+                    ));
+                }
+                out.push((entry.name.clone(), buf));
+                count -= 1;
+                // Past the last wanted entry, the rest of the block is not decoded.
+                Ok(count > 0)
+            })
+            .map_err(|e| format!("not a readable 7z archive: {e}"))?;
+    }
+    out.extend(empty.into_iter().map(|name| (name, Vec::new())));
     Ok(out)
 }
 

@@ -169,7 +169,9 @@ impl FromStr for Slot {
 pub struct Limits {
     /// Most entries in one 7z archive.
     pub max_archive_entries: usize,
-    /// Most bytes decompressed from one archive, in total.
+    /// Most bytes decompressed from one input in total, all nesting levels together (a Cloud
+    /// ID bundle's inner archives, then their entries), checked against declared sizes before
+    /// anything is decoded.
     pub max_decompressed: u64,
     /// Largest single entry (a certificate file, a nested archive) in bytes.
     pub max_entry: u64,

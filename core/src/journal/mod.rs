@@ -461,6 +461,30 @@ pub trait Journal: Send + Sync + fmt::Debug {
     /// resume a job without its input files. Batch IDs are not stored, so `batch` is None.
     async fn identities(&self, id: &str) -> Result<Vec<DeviceIdentity>>;
 
+    /// Up to `limit` of a job's device records after input position `after` (from the start
+    /// when None), in input order: [`Journal::devices`] a page at a time, for reports and
+    /// `status` of jobs too large to hold.
+    async fn devices_page(
+        &self,
+        id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>>;
+
+    /// The records of the devices `ids` of a job (those it has), in no particular order: the
+    /// engine joins each window of its input with the journal this way.
+    async fn records_of(&self, id: &str, ids: &[DeviceId]) -> Result<Vec<DeviceRecord>>;
+
+    /// Up to `limit` of a job's identities after input position `after` (from the start when
+    /// None), in input order, each with its position: [`Journal::identities`] a page at a time,
+    /// so `resume` of a large job holds one page.
+    async fn identities_page(
+        &self,
+        id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeviceIdentity)>>;
+
     /// Records device updates; see the trait docs for `durable`.
     async fn record(&self, id: &str, updates: Vec<DeviceUpdate>, durable: bool) -> Result<()>;
 

@@ -27,7 +27,7 @@ use super::{
     LeaseClaim, OpenedJob, Outcome, StateCounts, job_lease, schema, target_lease,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::identity::{DeviceIdentity, Source, VendorAttributes};
+use crate::identity::{DeviceId, DeviceIdentity, Source, VendorAttributes};
 
 /// How the PostgreSQL journal connects.
 #[derive(Debug, Clone)]
@@ -189,7 +189,7 @@ impl Journal for PostgresJournal {
         let rows = inner
             .run("read certificates", || async {
                 sqlx::query(
-                    "SELECT device_id, der, source_json, vendor_json FROM certificates
+                    "SELECT seq, device_id, der, source_json, vendor_json FROM certificates
                      WHERE job = $1 ORDER BY seq",
                 )
                 .bind(id)
@@ -197,29 +197,78 @@ impl Journal for PostgresJournal {
                 .await
             })
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let id: String = r
-                .try_get(0)
-                .map_err(|e| inner.error("read certificates", e))?;
-            let der: Vec<u8> = r
-                .try_get(1)
-                .map_err(|e| inner.error("read certificates", e))?;
-            let source_json: String = r.try_get(2).unwrap_or_default();
-            let vendor_json: String = r.try_get(3).unwrap_or_default();
-            let source: Source = serde_json::from_str(&source_json).unwrap_or_default();
-            let mut identity = DeviceIdentity::from_der(der, source)?;
-            if identity.device_id.as_str() != id {
-                return Err(Error::new(
-                    ErrorKind::Unexpected,
-                    format!("journal row {id} holds a different certificate"),
-                ));
-            }
-            identity.vendor =
-                serde_json::from_str::<VendorAttributes>(&vendor_json).unwrap_or_default();
-            out.push(identity);
+        rows.iter()
+            .map(|r| identity_row(inner, r).map(|(_, d)| d))
+            .collect()
+    }
+
+    async fn devices_page(
+        &self,
+        id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>> {
+        let inner = &self.inner;
+        let rows = inner
+            .run("read devices", || async {
+                sqlx::query(
+                    "SELECT device_id, seq, state, outcome, attempts, error_kind, reason,
+                     request_id, remote_name, resources, source FROM devices WHERE job = $1
+                     AND seq > $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(id)
+                .bind(after_param(after))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&inner.pool)
+                .await
+            })
+            .await?;
+        rows.iter().map(device_record).collect()
+    }
+
+    async fn records_of(&self, id: &str, ids: &[DeviceId]) -> Result<Vec<DeviceRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let inner = &self.inner;
+        let keys: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
+        let rows = inner
+            .run("read devices", || async {
+                sqlx::query(
+                    "SELECT device_id, seq, state, outcome, attempts, error_kind, reason,
+                     request_id, remote_name, resources, source FROM devices
+                     WHERE device_id = ANY($2) AND job = $1",
+                )
+                .bind(id)
+                .bind(&keys)
+                .fetch_all(&inner.pool)
+                .await
+            })
+            .await?;
+        rows.iter().map(device_record).collect()
+    }
+
+    async fn identities_page(
+        &self,
+        id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeviceIdentity)>> {
+        let inner = &self.inner;
+        let rows = inner
+            .run("read certificates", || async {
+                sqlx::query(
+                    "SELECT seq, device_id, der, source_json, vendor_json FROM certificates
+                     WHERE job = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(id)
+                .bind(after_param(after))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&inner.pool)
+                .await
+            })
+            .await?;
+        rows.iter().map(|r| identity_row(inner, r)).collect()
     }
 
     async fn record(&self, id: &str, updates: Vec<DeviceUpdate>, durable: bool) -> Result<()> {
@@ -747,6 +796,36 @@ async fn load_jobs(
         });
     }
     Ok(out)
+}
+
+/// One certificate row (seq, device_id, der, source_json, vendor_json) as an identity.
+fn identity_row(inner: &Inner, r: &PgRow) -> Result<(u64, DeviceIdentity)> {
+    let seq: i64 = r
+        .try_get(0)
+        .map_err(|e| inner.error("read certificates", e))?;
+    let id: String = r
+        .try_get(1)
+        .map_err(|e| inner.error("read certificates", e))?;
+    let der: Vec<u8> = r
+        .try_get(2)
+        .map_err(|e| inner.error("read certificates", e))?;
+    let source_json: String = r.try_get(3).unwrap_or_default();
+    let vendor_json: String = r.try_get(4).unwrap_or_default();
+    let source: Source = serde_json::from_str(&source_json).unwrap_or_default();
+    let mut identity = DeviceIdentity::from_der(der, source)?;
+    if identity.device_id.as_str() != id {
+        return Err(Error::new(
+            ErrorKind::Unexpected,
+            format!("journal row {id} holds a different certificate"),
+        ));
+    }
+    identity.vendor = serde_json::from_str::<VendorAttributes>(&vendor_json).unwrap_or_default();
+    Ok((u64::try_from(seq).unwrap_or(0), identity))
+}
+
+/// `seq > $n` for a page after `after` (every row when None).
+fn after_param(after: Option<u64>) -> i64 {
+    after.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX))
 }
 
 fn device_record(r: &PgRow) -> Result<DeviceRecord> {

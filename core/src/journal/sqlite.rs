@@ -23,7 +23,7 @@ use super::{
     LeaseClaim, OpenedJob, Outcome, StateCounts, job_lease, schema, target_lease,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::identity::{DeviceIdentity, Source, VendorAttributes};
+use crate::identity::{DeviceId, DeviceIdentity, Source, VendorAttributes};
 
 /// The SQLite journal. Cheap to share (`Arc`); dropping the last handle stops its thread after
 /// committing what was queued.
@@ -152,6 +152,43 @@ impl Journal for SqliteJournal {
         let path = self.path.clone();
         self.exec(move |c| load_identities(c, &id).map_err(|e| db_error(&path, e)))
             .await?
+    }
+
+    async fn devices_page(
+        &self,
+        id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>> {
+        let id = id.to_owned();
+        let path = self.path.clone();
+        self.exec(move |c| load_devices_page(c, &id, after, limit).map_err(|e| db_error(&path, e)))
+            .await?
+    }
+
+    async fn records_of(&self, id: &str, ids: &[DeviceId]) -> Result<Vec<DeviceRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id = id.to_owned();
+        let ids = ids.to_vec();
+        let path = self.path.clone();
+        self.exec(move |c| load_records_of(c, &id, &ids).map_err(|e| db_error(&path, e)))
+            .await?
+    }
+
+    async fn identities_page(
+        &self,
+        id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeviceIdentity)>> {
+        let id = id.to_owned();
+        let path = self.path.clone();
+        self.exec(move |c| {
+            load_identities_page(c, &id, after, limit).map_err(|e| db_error(&path, e))
+        })
+        .await?
     }
 
     async fn record(&self, id: &str, updates: Vec<DeviceUpdate>, durable: bool) -> Result<()> {
@@ -683,37 +720,18 @@ fn load_jobs(c: &mut Connection, only: Option<&str>) -> rusqlite::Result<Result<
     Ok(Ok(out))
 }
 
+/// The columns [`device_row`] reads, in its order.
+const DEVICE_COLUMNS: &str = "device_id, seq, state, outcome, attempts, error_kind, reason, \
+    request_id, remote_name, resources, source";
+
 fn load_devices(c: &mut Connection, job: &str) -> rusqlite::Result<Result<Vec<DeviceRecord>>> {
-    let mut st = c.prepare(
-        "SELECT device_id, seq, state, outcome, attempts, error_kind, reason, request_id,
-         remote_name, resources, source FROM devices WHERE job = ?1 ORDER BY seq",
-    )?;
+    let mut st = c.prepare(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE job = ?1 ORDER BY seq"
+    ))?;
     let mut rows = st.query(params![job])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        let id: String = r.get(0)?;
-        let state: String = r.get(2)?;
-        let outcome: Option<String> = r.get(3)?;
-        let resources: Option<String> = r.get(9)?;
-        let rec = (|| -> Result<DeviceRecord> {
-            Ok(DeviceRecord {
-                device_id: id.parse()?,
-                seq: u64::try_from(r.get::<_, i64>(1).unwrap_or(0)).unwrap_or(0),
-                state: state.parse()?,
-                outcome: outcome.as_deref().map(str::parse).transpose()?,
-                attempts: r.get::<_, u32>(4).unwrap_or(0),
-                error_kind: r.get(5).unwrap_or(None),
-                reason: r.get(6).unwrap_or(None),
-                request_id: r.get(7).unwrap_or(None),
-                remote_name: r.get(8).unwrap_or(None),
-                resources: resources
-                    .as_deref()
-                    .and_then(|s| serde_json::from_str(s).ok())
-                    .unwrap_or_default(),
-                source: r.get(10).unwrap_or_default(),
-            })
-        })();
-        match rec {
+        match device_row(r) {
             Ok(rec) => out.push(rec),
             Err(e) => return Ok(Err(e)),
         }
@@ -721,34 +739,140 @@ fn load_devices(c: &mut Connection, job: &str) -> rusqlite::Result<Result<Vec<De
     Ok(Ok(out))
 }
 
+fn load_devices_page(
+    c: &mut Connection,
+    job: &str,
+    after: Option<u64>,
+    limit: usize,
+) -> rusqlite::Result<Result<Vec<DeviceRecord>>> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE job = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+    ))?;
+    let mut rows = st.query(params![job, after_param(after), limit_param(limit)])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        match device_row(r) {
+            Ok(rec) => out.push(rec),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    Ok(Ok(out))
+}
+
+fn load_records_of(
+    c: &mut Connection,
+    job: &str,
+    ids: &[DeviceId],
+) -> rusqlite::Result<Result<Vec<DeviceRecord>>> {
+    // One indexed point query per device (`devices_key` is device id first): a window of the
+    // engine's input costs a window of index probes.
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?1 AND job = ?2"
+    ))?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let mut rows = st.query(params![id.as_str(), job])?;
+        if let Some(r) = rows.next()? {
+            match device_row(r) {
+                Ok(rec) => out.push(rec),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// One row of [`DEVICE_COLUMNS`]; an `Err` inside is a row this version cannot read.
+fn device_row(r: &rusqlite::Row<'_>) -> Result<DeviceRecord> {
+    let id: String = r.get(0).map_err(row_error)?;
+    let state: String = r.get(2).map_err(row_error)?;
+    let outcome: Option<String> = r.get(3).map_err(row_error)?;
+    let resources: Option<String> = r.get(9).map_err(row_error)?;
+    Ok(DeviceRecord {
+        device_id: id.parse()?,
+        seq: u64::try_from(r.get::<_, i64>(1).unwrap_or(0)).unwrap_or(0),
+        state: state.parse()?,
+        outcome: outcome.as_deref().map(str::parse).transpose()?,
+        attempts: r.get::<_, u32>(4).unwrap_or(0),
+        error_kind: r.get(5).unwrap_or(None),
+        reason: r.get(6).unwrap_or(None),
+        request_id: r.get(7).unwrap_or(None),
+        remote_name: r.get(8).unwrap_or(None),
+        resources: resources
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default(),
+        source: r.get(10).unwrap_or_default(),
+    })
+}
+
 fn load_identities(c: &mut Connection, job: &str) -> rusqlite::Result<Result<Vec<DeviceIdentity>>> {
     let mut st = c.prepare(
-        "SELECT device_id, der, source_json, vendor_json FROM certificates WHERE job = ?1
+        "SELECT seq, device_id, der, source_json, vendor_json FROM certificates WHERE job = ?1
          ORDER BY seq",
     )?;
     let mut rows = st.query(params![job])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        let id: String = r.get(0)?;
-        let der: Vec<u8> = r.get(1)?;
-        let source_json: String = r.get(2)?;
-        let vendor_json: String = r.get(3)?;
-        let source: Source = serde_json::from_str(&source_json).unwrap_or_default();
-        let mut identity = match DeviceIdentity::from_der(der, source) {
-            Ok(i) => i,
+        match identity_row(r) {
+            Ok((_, identity)) => out.push(identity),
             Err(e) => return Ok(Err(e)),
-        };
-        if identity.device_id.as_str() != id {
-            return Ok(Err(Error::new(
-                ErrorKind::Unexpected,
-                format!("journal row {id} holds a different certificate"),
-            )));
         }
-        identity.vendor =
-            serde_json::from_str::<VendorAttributes>(&vendor_json).unwrap_or_default();
-        out.push(identity);
     }
     Ok(Ok(out))
+}
+
+fn load_identities_page(
+    c: &mut Connection,
+    job: &str,
+    after: Option<u64>,
+    limit: usize,
+) -> rusqlite::Result<Result<Vec<(u64, DeviceIdentity)>>> {
+    let mut st = c.prepare_cached(
+        "SELECT seq, device_id, der, source_json, vendor_json FROM certificates WHERE job = ?1
+         AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let mut rows = st.query(params![job, after_param(after), limit_param(limit)])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        match identity_row(r) {
+            Ok(x) => out.push(x),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// One certificate row (seq, device_id, der, source_json, vendor_json) as an identity.
+fn identity_row(r: &rusqlite::Row<'_>) -> Result<(u64, DeviceIdentity)> {
+    let seq = u64::try_from(r.get::<_, i64>(0).map_err(row_error)?).unwrap_or(0);
+    let id: String = r.get(1).map_err(row_error)?;
+    let der: Vec<u8> = r.get(2).map_err(row_error)?;
+    let source_json: String = r.get(3).map_err(row_error)?;
+    let vendor_json: String = r.get(4).map_err(row_error)?;
+    let source: Source = serde_json::from_str(&source_json).unwrap_or_default();
+    let mut identity = DeviceIdentity::from_der(der, source)?;
+    if identity.device_id.as_str() != id {
+        return Err(Error::new(
+            ErrorKind::Unexpected,
+            format!("journal row {id} holds a different certificate"),
+        ));
+    }
+    identity.vendor = serde_json::from_str::<VendorAttributes>(&vendor_json).unwrap_or_default();
+    Ok((seq, identity))
+}
+
+/// `seq > ?` for a page after `after` (every row when None).
+fn after_param(after: Option<u64>) -> i64 {
+    after.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX))
+}
+
+fn limit_param(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn row_error(e: rusqlite::Error) -> Error {
+    Error::new(ErrorKind::Unexpected, "unreadable journal row").with_source(e)
 }
 
 fn now() -> String {

@@ -363,8 +363,67 @@ async fn racing_claims(j: &dyn Journal) {
     assert_eq!(got.len(), 3, "every target claimed once");
 }
 
+/// Pages of records and identities cover the job once, in input order (positions with gaps where
+/// the input repeated a device); records by id return exactly the job's devices asked for.
+async fn pages(j: &dyn Journal) {
+    let devs: Vec<_> = (200..207).map(cert).collect();
+    let mut input = devs.clone();
+    input.insert(3, devs[1].clone());
+    let id = j.open_job(&spec("pages", &devs), &input).await.unwrap().id;
+    let mut u = DeviceUpdate::state(devs[5].device_id.clone(), DeviceState::Done, 1);
+    u.outcome = Some(Outcome::Created);
+    j.record(&id, vec![u], true).await.unwrap();
+
+    let mut records = Vec::new();
+    let mut after = None;
+    loop {
+        let page = j.devices_page(&id, after, 3).await.unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = Some(last.seq);
+        records.extend(page);
+    }
+    assert_eq!(records, j.devices(&id).await.unwrap());
+    assert_eq!(records.len(), 7);
+    assert_eq!(records[5].state, DeviceState::Done);
+
+    let mut identities = Vec::new();
+    let mut after = None;
+    loop {
+        let page = j.identities_page(&id, after, 2).await.unwrap();
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        identities.extend(page);
+    }
+    let seqs: Vec<u64> = identities.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, records.iter().map(|r| r.seq).collect::<Vec<_>>());
+    assert_eq!(
+        identities.into_iter().map(|(_, d)| d).collect::<Vec<_>>(),
+        devs
+    );
+    assert!(
+        j.devices_page(&id, Some(1_000), 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let stranger = cert(299);
+    let ask = [
+        devs[6].device_id.clone(),
+        stranger.device_id.clone(),
+        devs[5].device_id.clone(),
+    ];
+    let mut got = j.records_of(&id, &ask).await.unwrap();
+    got.sort_by_key(|r| r.seq);
+    assert_eq!(got, vec![records[5].clone(), records[6].clone()]);
+    assert!(j.records_of(&id, &[]).await.unwrap().is_empty());
+    assert!(j.records_of("job-none", &ask).await.unwrap().is_empty());
+}
+
 async fn conformance(j: Arc<dyn Journal>) {
     jobs_devices_and_updates(&*j).await;
+    pages(&*j).await;
     many_updates(&*j).await;
     lease_expiry(&*j).await;
     claims(&*j).await;

@@ -14,6 +14,7 @@ pub mod latency;
 pub mod quota;
 #[cfg(feature = "http")]
 pub mod receiver;
+pub mod scale;
 pub mod service;
 pub mod workers;
 
@@ -39,6 +40,9 @@ enum Bench {
     /// A 4,000-device reel into mock AWS IoT, IoT Hub and DPS answering after an injected
     /// latency (0/20/50/100 ms ± jitter) at a raised quota: wall time against the quota floor.
     Latency(latency::Args),
+    /// Generated devices through `inspect`, `provision` into the mock cloud, `status` and
+    /// `deprovision`, each a child process: wall time, CPU-s and peak RSS of each.
+    Scale(scale::Args),
     /// `idbridge serve` throughput: certificates/s and p50/p99 latency per request for
     /// batches of 1, 100 and 4,000 into the unthrottled in-process mock cloud.
     #[cfg(feature = "http")]
@@ -71,6 +75,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::Workers(a) => workers::run(a).await,
         Bench::Latency(a) => latency::run(a).await,
         Bench::Service(a) => service::run(a).await,
+        Bench::Scale(a) => scale::run(a).await,
         #[cfg(feature = "http")]
         Bench::Receiver(a) => receiver::run(a).await,
         #[cfg(feature = "aws-iot")]
