@@ -279,7 +279,8 @@ pub async fn run_resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
         // The path the job ran with is a hint for the operator, never loaded from here.
         match info.spec.params.get("config").and_then(|v| v.as_str()) {
             Some(ran_with) => e.context(format!(
-                "job {} ran with --config {ran_with}; resume reads the config named on its                  command line: pass --config",
+                "job {} ran with --config {ran_with}; resume reads the config named on its \
+                 command line: pass --config",
                 info.id
             )),
             None => e,
