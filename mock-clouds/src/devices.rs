@@ -5,8 +5,9 @@
 //! its key through a mock's device endpoint.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ECDSA_P521_SHA512, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384,
+    PKCS_ECDSA_P521_SHA512, RevokedCertParams, SerialNumber,
 };
 
 /// A generated vendor PKI: root and intermediate.
@@ -102,9 +103,7 @@ impl TestPki {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name.push(DnType::CommonName, cn);
-        // Serial bytes with a leading non-zero nibble below 0x80 so the DER is positive.
-        let mut bytes = vec![0x1f];
-        bytes.extend_from_slice(&serial.to_be_bytes());
+        let bytes = serial_bytes(serial);
         p.serial_number = Some(SerialNumber::from_slice(&bytes));
         p.not_before = rcgen::date_time_ymd(2024, 1, 1);
         p.not_after = rcgen::date_time_ymd(2044, 1, 1);
@@ -121,6 +120,28 @@ impl TestPki {
         })
     }
 
+    /// A CRL of the intermediate CA revoking the devices with `serials` (as given to
+    /// [`TestPki::device`]), PEM.
+    pub fn crl(&self, serials: &[u64]) -> anyhow::Result<String> {
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2050, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&serial_bytes(*s)),
+                    revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.ca)?.pem()?)
+    }
+
     /// `n` devices with serials `first..first+n`, and all their certificates as one PEM bundle.
     pub fn batch(&self, first: u64, n: u64) -> anyhow::Result<(Vec<TestDevice>, String)> {
         let mut devices = Vec::with_capacity(n as usize);
@@ -132,6 +153,13 @@ impl TestPki {
         }
         Ok((devices, bundle))
     }
+}
+
+/// Serial bytes with a leading non-zero nibble below 0x80 so the DER is positive.
+fn serial_bytes(serial: u64) -> Vec<u8> {
+    let mut bytes = vec![0x1f];
+    bytes.extend_from_slice(&serial.to_be_bytes());
+    bytes
 }
 
 #[cfg(test)]

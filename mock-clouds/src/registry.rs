@@ -14,7 +14,8 @@
 //! | `GET /v1/health` | 200 |
 //!
 //! Errors are `{"error": CODE, "message": ...}` with an `x-request-id` header. Every `/v1` call
-//! counts against the quota; a throttled call changes nothing. `GET /_mock/stats` (no auth)
+//! counts against the quota, which runs on a [`MockClock`] (a test freezes and advances it
+//! instead of sleeping a window out); a throttled call changes nothing. `GET /_mock/stats` (no auth)
 //! reports what the registry saw, for tests: creates per device, duplicates refused, throttled
 //! calls and the most calls that arrived in any one second.
 
@@ -28,8 +29,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
+use crate::clock::MockClock;
 use crate::server::{RunningServer, serve};
 use crate::tls::{DeviceEndpoint, DeviceHello, TestCa, device_endpoint};
 
@@ -96,6 +97,7 @@ pub struct Stats {
 pub struct Registry {
     state: Arc<Mutex<Inner>>,
     config: RegistryConfig,
+    clock: MockClock,
 }
 
 #[derive(Debug, Default)]
@@ -105,8 +107,9 @@ struct Inner {
     creates: HashMap<String, u32>,
     duplicates: u64,
     throttled: u64,
-    arrivals: Vec<Instant>,
-    window: VecDeque<Instant>,
+    /// Arrival times on the registry's clock.
+    arrivals: Vec<Duration>,
+    window: VecDeque<Duration>,
     next_id: u64,
 }
 
@@ -116,7 +119,13 @@ impl Registry {
         Registry {
             state: Arc::default(),
             config,
+            clock: MockClock::default(),
         }
+    }
+
+    /// The clock the quota runs on: freeze and advance it instead of sleeping.
+    pub fn clock(&self) -> &MockClock {
+        &self.clock
     }
 
     /// Its router, for [`serve`].
@@ -154,7 +163,7 @@ impl Registry {
         let mut max = 0usize;
         let mut lo = 0usize;
         for hi in 0..s.arrivals.len() {
-            while s.arrivals[hi].duration_since(s.arrivals[lo]) >= Duration::from_secs(1) {
+            while s.arrivals[hi].saturating_sub(s.arrivals[lo]) >= Duration::from_secs(1) {
                 lo += 1;
             }
             max = max.max(hi - lo + 1);
@@ -205,7 +214,7 @@ impl Registry {
             s.next_id += 1;
             format!("req-{:08}", s.next_id)
         };
-        let now = Instant::now();
+        let now = self.clock.now();
         {
             let mut s = self.lock();
             s.arrivals.push(now);
@@ -213,7 +222,7 @@ impl Registry {
                 while s
                     .window
                     .front()
-                    .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+                    .is_some_and(|t| now.saturating_sub(*t) >= Duration::from_secs(1))
                 {
                     s.window.pop_front();
                 }
@@ -477,6 +486,8 @@ mod tests {
             token: "t".into(),
             quota: Some(2),
         });
+        // Stopped: however slow the machine, the three calls fall in one second.
+        reg.clock().freeze();
         let h = {
             let mut h = HeaderMap::new();
             h.insert("authorization", "Bearer t".parse().unwrap());
@@ -492,6 +503,12 @@ mod tests {
             (st.requests, st.throttled, st.max_requests_in_any_second),
             (3, 1, 3)
         );
+        // A second later (by hand, no sleep) the window has room again.
+        reg.clock().advance(Duration::from_millis(999));
+        assert!(reg.admit(&h).is_err(), "still the same second");
+        reg.clock().advance(Duration::from_millis(1));
+        assert!(reg.admit(&h).is_ok());
+        assert_eq!(reg.stats().max_requests_in_any_second, 4);
         let bad = Registry::new(RegistryConfig::default());
         let r = bad.admit(&HeaderMap::new()).unwrap_err();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);

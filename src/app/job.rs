@@ -9,6 +9,7 @@ use idbridge_core::engine::{DiffReport, Engine, EngineOptions, JobReport, Progre
 use idbridge_core::journal::DeviceUpdate;
 use idbridge_core::journal::{self, Journal, OpenedJob, Operation};
 use idbridge_core::lease::{self, LeasedProgress};
+use idbridge_core::trust::Verifier;
 use idbridge_core::{Connector, DeviceIdentity};
 use tracing::Instrument;
 
@@ -185,7 +186,7 @@ impl TargetRun {
             .engine
             .open(operation, &self.target.name, &devices, params)
             .await?;
-        self.run_leased(&opened, operation, Some(devices), progress)
+        self.run_leased(&opened, operation, Devices::Given(devices), progress)
             .await
     }
 
@@ -202,10 +203,13 @@ impl TargetRun {
             .await?)
     }
 
-    /// Finishes job `job_id` with the certificates stored in the journal.
+    /// Finishes job `job_id` with the certificates stored in the journal. A provision job's
+    /// certificates are verified again by `verifier` (today's trust store) first: one that no
+    /// longer verifies is recorded failed with the reason and never sent (`app::resume`).
     pub async fn resume_job(
         &self,
         job_id: &str,
+        verifier: &Arc<Verifier>,
         progress: &dyn Progress,
     ) -> anyhow::Result<JobReport> {
         let info = self
@@ -218,19 +222,23 @@ impl TargetRun {
             id: info.id,
             resumed: true,
         };
-        self.run_leased(&opened, info.spec.operation, None, progress)
-            .await
+        self.run_leased(
+            &opened,
+            info.spec.operation,
+            Devices::Stored(verifier),
+            progress,
+        )
+        .await
     }
 
     /// Runs an opened job holding its leases (ADR 1200): refused, naming the holder, when
     /// another live process (or another request of this one) runs the same job; waits while
-    /// another drives the same target, so one pacer holds the target's quota. `devices` None
-    /// resumes with the identities stored in the journal.
+    /// another drives the same target, so one pacer holds the target's quota.
     async fn run_leased(
         &self,
         job: &OpenedJob,
         operation: Operation,
-        devices: Option<Vec<DeviceIdentity>>,
+        devices: Devices<'_>,
         progress: &dyn Progress,
     ) -> anyhow::Result<JobReport> {
         static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -278,8 +286,11 @@ impl TargetRun {
             job_id = %job.id,
             operation = operation.as_str(),
             target_name = %self.target.name,
-            devices = devices.as_ref().map_or(0, Vec::len),
-            resumed = job.resumed || devices.is_none(),
+            devices = match &devices {
+                Devices::Given(d) => d.len(),
+                Devices::Stored(_) => 0,
+            },
+            resumed = job.resumed || matches!(devices, Devices::Stored(_)),
         );
         let counted = Counted {
             inner: &leased,
@@ -287,16 +298,43 @@ impl TargetRun {
             operation,
         };
         let report = match devices {
-            Some(d) => {
-                self.engine
-                    .run(job, operation, &self.target.name, d, &counted)
+            Devices::Given(d) => self
+                .engine
+                .run(job, operation, &self.target.name, d, &counted)
+                .instrument(span)
+                .await
+                .map_err(anyhow::Error::from),
+            Devices::Stored(verifier) => {
+                self.run_stored(job, operation, verifier, &counted)
                     .instrument(span)
                     .await
             }
-            None => self.engine.resume(&job.id, &counted).instrument(span).await,
         };
         holder.release().await;
-        Ok(report?)
+        report
+    }
+
+    /// Runs job `job` with its stored identities, verified again (`app::resume`).
+    async fn run_stored(
+        &self,
+        job: &OpenedJob,
+        operation: Operation,
+        verifier: &Arc<Verifier>,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<JobReport> {
+        let devices = super::resume::devices_to_send(
+            self,
+            self.observed.as_ref(),
+            &job.id,
+            operation,
+            verifier,
+        )
+        .await?;
+        self.observed.check_job(&devices)?;
+        Ok(self
+            .engine
+            .run(job, operation, &self.target.name, devices, progress)
+            .await?)
     }
 
     /// The backfill plan for `devices`: missing, identical, different, extra.
@@ -316,6 +354,12 @@ impl TargetRun {
         self.observed.set_lookup_hook(None);
         Ok(r?)
     }
+}
+
+/// The devices of a run: given by the caller, or those stored with the job, verified again.
+enum Devices<'a> {
+    Given(Vec<DeviceIdentity>),
+    Stored(&'a Arc<Verifier>),
 }
 
 /// Progress that also counts finished devices into the metrics.

@@ -27,6 +27,7 @@ pub mod job;
 pub mod metrics;
 pub mod observe;
 pub mod report;
+pub mod resume;
 pub mod targets;
 
 pub use config::{Config, DEFAULT_JOURNAL, DEMO, EngineSection, TargetConfig};

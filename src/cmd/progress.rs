@@ -73,7 +73,8 @@ impl CliProgress {
             Some(job) => eprintln!(
                 "idbridge: interrupted: {done} of {total} devices finished; calls in flight were \
                  recorded (or left unknown, to be looked up first). Finish with:\n  \
-                 idbridge resume {job}\n(or run the same command again)"
+                 idbridge resume {job}\n(with this run's --config and trust flags: resume \
+                 verifies every certificate again; or run the same command again)"
             ),
             None => eprintln!("idbridge: interrupted before the job started"),
         }

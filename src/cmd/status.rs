@@ -4,9 +4,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use idbridge::app::{self, Config, EngineOverrides, TargetRun};
 use idbridge_core::journal::JobState;
+use idbridge_core::trust::Verifier;
 
+use super::input::TrustArgs;
 use super::provision::{CliProgress, Output, OutputArgs, exit_code, print_report, report_rows};
 
 /// Device records per journal read of `status JOB`.
@@ -45,6 +48,10 @@ pub struct ResumeArgs {
     #[arg(long, value_name = "R")]
     rate: Option<f64>,
 
+    /// How the stored certificates are judged again (with the config's `[trust]` table).
+    #[command(flatten)]
+    trust: TrustArgs,
+
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -52,7 +59,7 @@ pub struct ResumeArgs {
 /// Where the journal is.
 #[derive(Debug, Clone, clap::Args)]
 pub struct JournalArgs {
-    /// The config file (default: ./idbridge.toml when present; for `resume`, the job's own).
+    /// The config file (default: ./idbridge.toml when present).
     #[arg(long, env = "IDBRIDGE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -257,8 +264,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Runs `resume`: rebuilds the job's target from the config it ran with (secrets from the
-/// environment again) and finishes it with the certificates stored in the journal.
+/// Runs `resume`: rebuilds the job's target from the config of this command line (`--config`,
+/// else the default one; never a path stored in the journal), secrets from the environment
+/// again, and finishes the job with the certificates stored in the journal, each verified again
+/// against the trust store of this command line (`[trust]` and the trust flags).
 pub async fn run_resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.journal.config.as_deref())?;
     let url = args.journal.url(&config);
@@ -266,18 +275,21 @@ pub async fn run_resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
     let Some(info) = journal.job(&args.job).await? else {
         anyhow::bail!("no job {} in the journal {url}", args.job);
     };
-    let config_path = args.journal.config.clone().or_else(|| {
-        info.spec
-            .params
-            .get("config")
-            .and_then(|v| v.as_str())
-            .map(PathBuf::from)
-    });
-    let config = match &config_path {
-        Some(p) => Config::load(Some(p))?,
-        None => config,
-    };
-    let target = config.target(&info.spec.target)?;
+    let target = config.target(&info.spec.target).map_err(|e| {
+        // The path the job ran with is a hint for the operator, never loaded from here.
+        match info.spec.params.get("config").and_then(|v| v.as_str()) {
+            Some(ran_with) => e.context(format!(
+                "job {} ran with --config {ran_with}; resume reads the config named on its \
+                 command line: pass --config",
+                info.id
+            )),
+            None => e,
+        }
+    })?;
+    let verifier = std::sync::Arc::new(
+        Verifier::from_options(&args.trust.options_with(&config.trust)?)
+            .context("cannot load the trust store")?,
+    );
     let overrides = EngineOverrides {
         concurrency: args.concurrency,
         rate: args.rate,
@@ -287,7 +299,7 @@ pub async fn run_resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
     super::progress::catch_interrupt();
     args.out.serve_metrics().await?;
     let progress = CliProgress::new(info.spec.operation);
-    let report = ctx.resume_job(&info.id, &progress).await?;
+    let report = ctx.resume_job(&info.id, &verifier, &progress).await?;
     progress.done();
     let interrupted = progress.interrupted();
     let journal = ctx.engine.journal();

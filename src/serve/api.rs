@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Extension, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,6 +27,10 @@ pub const MAX_REF_CHARS: usize = 256;
 
 /// Infineon's message for a certificate that does not decode (verbatim, typo included).
 pub const MSG_CANNOT_DECODE: &str = "Cannot decode certitifcate";
+
+/// The message of an item still in progress at the sync deadline, for a caller that did not
+/// opt into `ACCEPTED` (a v1 sender knows only `SUCCESS` and `ERROR`).
+pub const MSG_UNFINISHED: &str = "Not finished within the receiver's time bound; provisioning goes on, provision again to confirm";
 
 /// Everything the handlers share.
 #[derive(Clone)]
@@ -92,6 +96,7 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
 async fn interop(
     State(s): State<AppState>,
     grant: Option<Extension<Grant>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     // The authentication layer always sets it; without one nothing is allowed.
@@ -134,7 +139,7 @@ async fn interop(
             &json!({"action": "info", "compatibilityVersion": 1, "extensions": ["status", "deprovision"]}),
         ),
         Some(Some("provision")) => match allowed(&grant, Scope::Provision) {
-            Ok(()) => provision(&s, &req).await,
+            Ok(()) => provision(&s, &req, prefers_async(&headers)).await,
             Err(r) => *r,
         },
         Some(Some("deprovision")) => match allowed(&grant, Scope::Deprovision) {
@@ -263,7 +268,23 @@ fn pem_der(bytes: &[u8]) -> Option<Vec<u8>> {
         .map(|b| b.into_contents())
 }
 
-async fn provision(s: &AppState, req: &Value) -> Response {
+/// Whether the caller opted into asynchronous answers: `Prefer: respond-async` (RFC 7240).
+/// Only such a caller is answered `ACCEPTED`; a v1 sender expects `SUCCESS` or `ERROR`.
+fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|pref| pref.split(';').next())
+        .any(|token| token.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+/// Runs the request as a job and waits for it up to `sync_deadline_secs`. Items unfinished by
+/// then are answered `ACCEPTED` with the job id when the caller opted in (`asynchronous`),
+/// else `ERROR` with code `outcome_unknown` (and the job id): the job goes on either way, and
+/// provisioning again is idempotent.
+async fn provision(s: &AppState, req: &Value, asynchronous: bool) -> Response {
     let entries = match parse_certs(req, s.cfg.max_certs) {
         Ok(e) => e,
         Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
@@ -318,15 +339,36 @@ async fn provision(s: &AppState, req: &Value) -> Response {
         .wait(Duration::from_secs(s.cfg.sync_deadline_secs))
         .await;
     if !finished {
-        tracing::info!(job = %job.id, "answering ACCEPTED for unfinished items");
+        let answered = if asynchronous { "ACCEPTED" } else { "ERROR" };
+        tracing::info!(job = %job.id, answered, "unfinished items at the sync deadline; the job goes on");
     }
-    let answer = job.snapshot(|r| ItemResult {
-        reference: r.to_owned(),
-        status: "ACCEPTED".into(),
-        job: Some(job.id.clone()),
-        ..Default::default()
+    let answer = job.snapshot(|r| {
+        if asynchronous {
+            ItemResult {
+                reference: r.to_owned(),
+                status: "ACCEPTED".into(),
+                job: Some(job.id.clone()),
+                ..Default::default()
+            }
+        } else {
+            ItemResult {
+                reference: r.to_owned(),
+                status: "ERROR".into(),
+                message: Some(MSG_UNFINISHED.into()),
+                code: Some("outcome_unknown".into()),
+                job: Some(job.id.clone()),
+                ..Default::default()
+            }
+        }
     });
-    json_response(StatusCode::OK, &answer)
+    let mut resp = json_response(StatusCode::OK, &answer);
+    if asynchronous && resp.status() == StatusCode::OK {
+        resp.headers_mut().insert(
+            "preference-applied",
+            HeaderValue::from_static("respond-async"),
+        );
+    }
+    resp
 }
 
 async fn deprovision(s: &AppState, req: &Value) -> Response {
@@ -560,9 +602,23 @@ mod tests {
     }
 
     async fn call(t: &T, auth: Option<String>, body: Vec<u8>) -> (StatusCode, Value) {
+        let (status, _, v) = call_with(t, auth, &[], body).await;
+        (status, v)
+    }
+
+    /// [`call`] with extra request headers; also returns the answer's headers.
+    async fn call_with(
+        t: &T,
+        auth: Option<String>,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, HeaderMap, Value) {
         let mut req = Request::post("/interop").header("content-type", "application/json");
         if let Some(a) = auth {
             req = req.header("authorization", a);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         let resp = t
             .app
@@ -571,6 +627,7 @@ mod tests {
             .await
             .unwrap();
         let status = resp.status();
+        let answer_headers = resp.headers().clone();
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
             .await
             .unwrap();
@@ -581,7 +638,7 @@ mod tests {
         {
             assert_eq!(id.as_str().map(str::len), Some(16), "{id}");
         }
-        (status, v)
+        (status, answer_headers, v)
     }
 
     fn bearer(t: &T) -> Option<String> {
@@ -796,8 +853,26 @@ mod tests {
         assert_eq!(*t.backend.seen.lock().unwrap(), vec!["good".to_owned()]);
     }
 
-    #[tokio::test]
-    async fn slow_work_is_accepted_with_a_job_and_status_reports_it() {
+    #[test]
+    fn respond_async_is_read_as_rfc_7240_says() {
+        let prefers = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("prefer", HeaderValue::from_str(v).unwrap());
+            }
+            prefers_async(&h)
+        };
+        assert!(prefers(&["respond-async"]));
+        assert!(prefers(&["Respond-Async"]));
+        assert!(prefers(&["wait=10, respond-async"]));
+        assert!(prefers(&["handling=lenient", "respond-async; x=1"]));
+        assert!(!prefers(&[]));
+        assert!(!prefers(&["return=minimal", "wait=5"]));
+        assert!(!prefers(&["respond-asynchronously"]));
+    }
+
+    /// Three slow certificates: the sync deadline (0 s) passes before any is done.
+    fn slow_request() -> (T, Vec<u8>) {
         let cfg = ServeConfig {
             sync_deadline_secs: 0,
             chunk_size: 1,
@@ -809,8 +884,34 @@ mod tests {
             .map(|i| json!({"ref": format!("r{i}"), "cert": cert_b64(&pki.device(i).unwrap().cert_pem)}))
             .collect();
         let body = json!({"action": "provision", "certs": certs});
-        let (s, v) = call(&t, bearer(&t), body.to_string().into_bytes()).await;
+        (t, body.to_string().into_bytes())
+    }
+
+    /// A v1 sender (no `Prefer: respond-async`) is never answered `ACCEPTED`: an item
+    /// unfinished at the deadline is an `ERROR` it understands, and the job still finishes.
+    #[tokio::test]
+    async fn v1_callers_get_success_or_error_never_accepted() {
+        let (t, body) = slow_request();
+        let (s, headers, v) = call_with(&t, bearer(&t), &[], body).await;
         assert_eq!(s, StatusCode::OK);
+        assert!(headers.get("preference-applied").is_none());
+        let items = v.as_array().unwrap();
+        assert_eq!(items.len(), 3, "{v}");
+        for r in items {
+            assert_eq!(r["status"], "ERROR", "{v}");
+            assert_eq!(r["message"], MSG_UNFINISHED, "{v}");
+            assert_eq!(r["code"], "outcome_unknown", "{v}");
+        }
+        let job = v[0]["job"].as_str().unwrap().to_owned();
+        wait_for_job(&t, &job).await;
+    }
+
+    #[tokio::test]
+    async fn slow_work_is_accepted_with_a_job_when_asked_and_status_reports_it() {
+        let (t, body) = slow_request();
+        let (s, headers, v) = call_with(&t, bearer(&t), &[("prefer", "respond-async")], body).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(headers["preference-applied"], "respond-async");
         let job = v[0]["job"].as_str().unwrap().to_owned();
         assert!(
             v.as_array()
@@ -819,12 +920,24 @@ mod tests {
                 .all(|r| r["status"] == "ACCEPTED"),
             "{v}"
         );
+        wait_for_job(&t, &job).await;
+        let (s, _) = call(
+            &t,
+            bearer(&t),
+            br#"{"action":"status","job":"nope"}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+
+    /// Polls `status` until the job is done; every item then succeeded. A hang guard only.
+    async fn wait_for_job(t: &T, job: &str) {
         let status = json!({"action": "status", "job": job})
             .to_string()
             .into_bytes();
         let mut done = false;
-        for _ in 0..50 {
-            let (_, v) = call(&t, bearer(&t), status.clone()).await;
+        for _ in 0..600 {
+            let (_, v) = call(t, bearer(t), status.clone()).await;
             if v["done"] == true {
                 assert!(
                     v["results"]
@@ -840,13 +953,6 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(done, "job never finished");
-        let (s, _) = call(
-            &t,
-            bearer(&t),
-            br#"{"action":"status","job":"nope"}"#.to_vec(),
-        )
-        .await;
-        assert_eq!(s, StatusCode::NOT_FOUND);
     }
 
     /// Each issuer may do only what its scopes say; deprovision is off by default.

@@ -69,8 +69,9 @@ pub struct ServeConfig {
     #[serde(default = "default_max_certs")]
     pub max_certs: usize,
     /// How long a `provision` request may take before the unfinished items are answered
-    /// `ACCEPTED` with a job id (callers time out; Lambda receivers run up to 300 s, HTTP
-    /// clients commonly 30 s).
+    /// `ERROR` (`outcome_unknown`), or `ACCEPTED` to a caller that sent
+    /// `Prefer: respond-async`, with a job id (callers time out; Lambda receivers run up to
+    /// 300 s, HTTP clients commonly 30 s).
     #[serde(default = "default_sync")]
     pub sync_deadline_secs: u64,
     /// Certificates handed to the engine per step of a job (results become visible to

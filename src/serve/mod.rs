@@ -8,8 +8,10 @@
 //! engine into every target).
 //!
 //! Bound: a `provision` request is answered within `sync_deadline_secs` (default 20 s). Items
-//! finished by then carry their final result; the rest are answered `ACCEPTED` with a `job`
-//! id, and `{"action":"status","job":ID}` reports every item's final state once done.
+//! finished by then carry their final result; the rest are answered `ERROR` with code
+//! `outcome_unknown` (a v1 sender knows only `SUCCESS`/`ERROR`), or `ACCEPTED` when the caller
+//! sent `Prefer: respond-async`, both with a `job` id; `{"action":"status","job":ID}` reports
+//! every item's final state once done (docs/interop-receiver.md).
 
 pub mod api;
 pub mod auth;

@@ -177,7 +177,7 @@ async fn standalone_mock_cloud_azure_serves_both_services() {
     ] {
         let cfg = idbridge_azure::AzureConfig {
             kind: Some(kind.into()),
-            connection_string: Some(idbridge_azure::Secret::new(desc[cs].as_str().unwrap())),
+            connection_string: Some(secrecy::SecretString::from(desc[cs].as_str().unwrap())),
             ca_file: Some(ca.clone()),
             ..Default::default()
         };

@@ -118,8 +118,12 @@ fn crash_until_done(
     while !finished && runs < 200 {
         runs += 1;
         // Mostly `resume JOB` (no inputs to re-read); every fourth run the same command again.
+        // resume verifies every certificate again: with the command's trust flags.
         let args: Vec<String> = match (&job, runs % 4) {
-            (Some(j), 0..=2) => vec!["resume".into(), j.clone()],
+            (Some(j), 0..=2) => ["resume".to_owned(), j.clone()]
+                .into_iter()
+                .chain(trust_flags(command))
+                .collect(),
             _ => command.to_vec(),
         };
         let killing = kills < KILLS;
@@ -306,4 +310,13 @@ fn kill_9_at_random_moments_into_the_manifest_target() {
         kills, KILLS,
         "only {kills} kills landed before the job finished"
     );
+}
+
+/// The `--trust FILE` pairs of a command line.
+fn trust_flags(command: &[String]) -> Vec<String> {
+    command
+        .windows(2)
+        .filter(|w| w[0] == "--trust")
+        .flat_map(|w| w.to_vec())
+        .collect()
 }

@@ -22,6 +22,7 @@ mod ops_docs;
 mod ops_guard;
 mod provision;
 mod quota;
+mod resume;
 #[cfg(feature = "http")]
 mod serve;
 #[cfg(feature = "http")]

@@ -414,7 +414,7 @@ fn ctrl_c_stops_a_provision_cleanly_and_resume_finishes_it_with_nothing_twice() 
         &format!("{}/_mock/latency", cloud.url),
         r#"{"fixed_ms":0,"jitter_ms":0,"seed":1}"#,
     );
-    let o = run(w, &["resume", &job]);
+    let o = run(w, &["resume", &job, "--trust", b.root.to_str().unwrap()]);
     assert_eq!(code(&o), 0, "{}", text(&o));
     let stats = cloud.stats();
     assert_eq!(stats["devices"], N, "{stats}");

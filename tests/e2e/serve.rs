@@ -203,47 +203,107 @@ async fn bad_requests_are_400_and_oversized_413() {
     assert!(s.registry.devices().is_empty());
 }
 
+/// Past the sync bound a v1 sender (CIRRENT) still gets only `SUCCESS`/`ERROR`: unfinished
+/// items are `ERROR` with code `outcome_unknown`; only a caller that sent
+/// `Prefer: respond-async` gets `ACCEPTED` and a job to poll. Both jobs finish either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn beyond_the_sync_bound_items_are_accepted_and_status_finishes_them() {
+async fn beyond_the_sync_bound_v1_senders_get_errors_and_async_callers_accepted() {
     let s = start("sync_deadline_secs = 0\nchunk_size = 50").await;
     let (devices, _) = s.fx.devices("batch.pem", 100..400);
-    let certs: Vec<Value> = devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| json!({"ref": format!("r{i}"), "cert": cert(&d.cert_pem)}))
-        .collect();
+    let certs = |range: std::ops::Range<usize>| -> Vec<Value> {
+        range
+            .map(|i| json!({"ref": format!("r{i}"), "cert": cert(&devices[i].cert_pem)}))
+            .collect()
+    };
     // With a sync bound of 0 s the answer does not wait for the job: items past the bound
-    // come back ACCEPTED (asserted below), however slow the machine.
-    let (code, res) = s
-        .post(s.bearer(), &json!({"action": "provision", "certs": certs}))
-        .await;
+    // are unfinished (asserted below), however slow the machine.
+    let (code, headers, v1) = post_with(
+        &s,
+        &[],
+        &json!({"action": "provision", "certs": certs(0..100)}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v1}");
+    assert!(headers.get("preference-applied").is_none());
+    let items = v1.as_array().unwrap();
+    assert_eq!(items.len(), 100);
+    for r in items {
+        match r["status"].as_str() {
+            Some("SUCCESS") => {}
+            Some("ERROR") => assert_eq!(r["code"], "outcome_unknown", "{r}"),
+            _ => panic!("a v1 sender knows only SUCCESS and ERROR: {r}"),
+        }
+    }
+    let v1_job = items
+        .iter()
+        .find(|r| r["status"] == "ERROR")
+        .expect("some items beyond the bound")["job"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (code, headers, res) = post_with(
+        &s,
+        &[("prefer", "respond-async")],
+        &json!({"action": "provision", "certs": certs(100..300)}),
+    )
+    .await;
     assert_eq!(code, 200, "{res}");
+    assert_eq!(headers["preference-applied"], "respond-async");
     let items = res.as_array().unwrap();
-    assert_eq!(items.len(), 300);
-    let job = items
+    assert_eq!(items.len(), 200);
+    assert!(
+        items
+            .iter()
+            .all(|r| r["status"] == "ACCEPTED" || r["status"] == "SUCCESS"),
+        "{res}"
+    );
+    let async_job = items
         .iter()
         .find(|r| r["status"] == "ACCEPTED")
         .expect("some items beyond the bound")["job"]
         .as_str()
         .unwrap()
         .to_owned();
-    // A hang guard only (no rate or duration is asserted): generous for a loaded machine.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let (_, st) = s
-            .post(s.bearer(), &json!({"action": "status", "job": job}))
-            .await;
-        if st["done"] == true {
-            let results = st["results"].as_array().unwrap();
-            assert_eq!(results.len(), 300);
-            assert!(results.iter().all(|r| r["status"] == "SUCCESS"), "{st}");
-            break;
+    for (job, n) in [(v1_job, 100), (async_job, 200)] {
+        // A hang guard only (no rate or duration is asserted): generous for a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let (_, st) = s
+                .post(s.bearer(), &json!({"action": "status", "job": job}))
+                .await;
+            if st["done"] == true {
+                let results = st["results"].as_array().unwrap();
+                assert_eq!(results.len(), n);
+                assert!(results.iter().all(|r| r["status"] == "SUCCESS"), "{st}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "job never finished: {st}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(Instant::now() < deadline, "job never finished: {st}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(s.registry.devices().len(), 300);
+    assert!(admitted(s.devices.addr, s.ca.cert_pem(), &devices[0]).await);
     assert!(admitted(s.devices.addr, s.ca.cert_pem(), &devices[299]).await);
+}
+
+/// POSTs `body` to `/interop` with a valid token and `headers`; status, headers and JSON.
+async fn post_with(
+    s: &super::serve_support::Served,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = s
+        .http
+        .post(format!("{}/interop", s.url))
+        .header("authorization", s.bearer().unwrap())
+        .json(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let (code, headers) = (resp.status().as_u16(), resp.headers().clone());
+    (code, headers, resp.json().await.unwrap())
 }
 
 /// Two targets: success only when both hold the device; a failure in one is the item's ERROR.

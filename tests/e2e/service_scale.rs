@@ -84,7 +84,7 @@ async fn serves_on_one_postgres_run_each_job_once_and_replace_a_killed_one() {
     let http = reqwest::Client::new();
     let r = http
         .post(format!("{}/_mock/latency", s.cloud.url))
-        .json(&json!({"fixed_ms": 1500, "jitter_ms": 0, "seed": 1}))
+        .json(&json!({"fixed_ms": 4000, "jitter_ms": 0, "seed": 1}))
         .send()
         .await
         .unwrap();
@@ -184,11 +184,11 @@ async fn workers_run_the_service_jobs_and_a_sigtermed_one_hands_its_job_over() {
     s.account("wkco", "automatic").await;
     let admin = s.token("wkco", "admin").await;
     s.put_cloud_target(&admin).await;
-    // Slow calls (3 s each, 16 at a time), so the job is mid-way at the SIGTERM.
+    // Slow calls (4 s each, 16 at a time), so the job is mid-way at the SIGTERM.
     let http = reqwest::Client::new();
     let r = http
         .post(format!("{}/_mock/latency", s.cloud.url))
-        .json(&json!({"fixed_ms": 3000, "jitter_ms": 0, "seed": 1}))
+        .json(&json!({"fixed_ms": 4000, "jitter_ms": 0, "seed": 1}))
         .send()
         .await
         .unwrap();

@@ -323,7 +323,9 @@ fn database_restart_mid_job_the_job_completes_when_it_is_back() {
     let work = tempfile::tempdir().unwrap();
     write_config(
         work.path(),
-        &mock_target("lab", &cloud.url, "[targets.lab.engine]\nrate = 40\n"),
+        // 120 devices at 20/s: 6 s of work, so the stop below lands mid-job even when the
+        // machine is slow to run `pg_ctl stop`.
+        &mock_target("lab", &cloud.url, "[targets.lab.engine]\nrate = 20\n"),
     );
     let b = batch(120);
     enqueue(work.path(), &b, "lab", &url);
@@ -366,14 +368,34 @@ fn refused_while_held(url: &str) {
         journal::now_ms(),
     ));
     assert!(matches!(claim.unwrap(), LeaseClaim::Granted(_)));
-    let o = run(work.path(), &["resume", &id, "--journal", url]);
+    let o = run(
+        work.path(),
+        &[
+            "resume",
+            &id,
+            "--journal",
+            url,
+            "--trust",
+            b.root.to_str().unwrap(),
+        ],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_ne!(code(&o), 0);
     assert!(err.contains("worker:elsewhere:4242"), "{err}");
     assert_eq!(cloud.stats()["creates"], 0, "nothing ran twice");
     rt.block_on(j.release_lease(&journal::job_lease(&id), "worker:elsewhere:4242"))
         .unwrap();
-    let o = run(work.path(), &["resume", &id, "--journal", url]);
+    let o = run(
+        work.path(),
+        &[
+            "resume",
+            &id,
+            "--journal",
+            url,
+            "--trust",
+            b.root.to_str().unwrap(),
+        ],
+    );
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     exactly_once(&cloud, 5);
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use idbridge_core::{DeviceIdentity, Error, ErrorKind, Quota, Result};
+use secrecy::SecretString;
 use serde::Deserialize;
 
 /// Configuration of an AWS IoT target. Credentials come from the standard AWS chain
@@ -29,10 +30,10 @@ pub struct AwsIotConfig {
     pub access_key_id: Option<String>,
     /// The secret of `access_key_id`; never printed.
     #[serde(default)]
-    pub secret_access_key: Option<Secret>,
+    pub secret_access_key: Option<SecretString>,
     /// A session token for temporary keys; never printed.
     #[serde(default)]
-    pub session_token: Option<Secret>,
+    pub session_token: Option<SecretString>,
     /// Control-plane endpoint; otherwise `AWS_ENDPOINT_URL_IOT`, `AWS_ENDPOINT_URL`, or AWS's.
     #[serde(default)]
     pub endpoint_url: Option<String>,
@@ -70,24 +71,6 @@ pub struct AwsIotConfig {
     /// AWS's per-second token buckets.
     #[serde(default = "default_burst")]
     pub quota_burst: u32,
-}
-
-/// A secret string: never printed by `Debug`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret in clear, for the one place that uses it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 fn default_burst() -> u32 {

@@ -15,6 +15,7 @@ use idbridge_core::{
     CallContext, Capabilities, Connector, DeregisterOutcome, DeviceIdentity, Error, ErrorKind,
     ListPage, RegisterOutcome, RemoteDevice, Result,
 };
+use secrecy::ExposeSecret;
 use tokio::sync::OnceCell;
 
 pub use config::{AwsIotConfig, DEFAULT_QUOTAS, PrincipalType};
@@ -58,8 +59,10 @@ impl AwsIot {
         let own = match (&cfg.access_key_id, &cfg.secret_access_key) {
             (Some(id), Some(secret)) => Some(aws_sdk_iot::config::Credentials::new(
                 id,
-                secret.expose(),
-                cfg.session_token.as_ref().map(|t| t.expose().to_owned()),
+                secret.expose_secret(),
+                cfg.session_token
+                    .as_ref()
+                    .map(|t| t.expose_secret().to_owned()),
                 None,
                 "idbridge-target",
             )),

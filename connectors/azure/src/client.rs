@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use idbridge_core::{Error, ErrorKind, Result};
 use reqwest::Method;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -87,7 +88,7 @@ impl Client {
                     .or_else(|| {
                         cfg.connection_string
                             .as_ref()
-                            .and_then(|c| ConnectionString::parse(c.expose()).ok())
+                            .and_then(|c| ConnectionString::parse(c.expose_secret()).ok())
                             .map(|c| c.host_name)
                     })
                     .ok_or_else(|| bad("entra auth needs host_name (the service's host)".into()))?;
@@ -101,7 +102,7 @@ impl Client {
                 )
             }
             (None, Some(cs)) => {
-                let cs = ConnectionString::parse(cs.expose())?;
+                let cs = ConnectionString::parse(cs.expose_secret())?;
                 (
                     cs.host_name.clone(),
                     Auth::Sas(Box::new(SasSigner::new(
@@ -200,7 +201,7 @@ impl Client {
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "client_credentials")
             .append_pair("client_id", &e.cfg.client_id)
-            .append_pair("client_secret", e.cfg.client_secret.expose())
+            .append_pair("client_secret", e.cfg.client_secret.expose_secret())
             .append_pair("scope", e.scope)
             .finish();
         let started = Instant::now();

@@ -10,6 +10,7 @@ use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use idbridge_core::{DeviceIdentity, Error, ErrorKind, Result};
+use secrecy::SecretString;
 use serde::Deserialize;
 
 /// Default IoT Hub service api-version (Python azure-iot-hub 2.7.0, Node azure-iothub 1.16.6).
@@ -21,29 +22,6 @@ pub const IOT_HUB_CONNECTION_STRING_ENV: &str = "IOTHUB_CONNECTION_STRING";
 /// Environment variable read when a DPS target has no `connection_string`.
 pub const DPS_CONNECTION_STRING_ENV: &str = "PROVISIONING_CONNECTION_STRING";
 
-/// A secret string: `Debug` and `Display` never show it.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    /// The secret in clear, for the one place that uses it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 /// Microsoft Entra ID client credentials, an alternative to the connection string's SAS key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,7 +31,7 @@ pub struct EntraConfig {
     /// Application (client) id.
     pub client_id: String,
     /// Client secret.
-    pub client_secret: Secret,
+    pub client_secret: SecretString,
     /// Token authority; default `https://login.microsoftonline.com`.
     #[serde(default)]
     pub authority_host: Option<String>,
@@ -69,7 +47,7 @@ pub struct AzureConfig {
     /// The service connection string (`HostName=…;SharedAccessKeyName=…;SharedAccessKey=…`);
     /// default: `$IOTHUB_CONNECTION_STRING` / `$PROVISIONING_CONNECTION_STRING`.
     #[serde(default)]
-    pub connection_string: Option<Secret>,
+    pub connection_string: Option<SecretString>,
     /// Entra ID credentials instead of SAS; then `host_name` names the service.
     #[serde(default)]
     pub entra: Option<EntraConfig>,
@@ -95,7 +73,7 @@ pub struct AzureConfig {
     /// (Azure's documented deprovisioning steps); a device assigned to a hub not listed here
     /// cannot be unprovisioned and fails with a configuration error naming the hub.
     #[serde(default)]
-    pub linked_hubs: Vec<Secret>,
+    pub linked_hubs: Vec<SecretString>,
     /// DPS: `hashed`, `geoLatency`, `static` or `custom`.
     #[serde(default)]
     pub allocation_policy: Option<String>,

@@ -25,7 +25,7 @@ pub mod dps;
 pub mod error;
 pub mod iot_hub;
 
-pub use config::{AzureConfig, ConnectionString, EntraConfig, Secret};
+pub use config::{AzureConfig, ConnectionString, EntraConfig};
 pub use dps::DpsConnector;
 pub use iot_hub::IotHubConnector;
 

@@ -35,7 +35,7 @@ async fn conformance_suite() {
     conformance::throttling_is_rate_limited(&c, &devs[3].1).await;
     let mut bad = env.dps_config();
     let cs = env.mock.dps_connection_string();
-    bad.connection_string = Some(idbridge_azure::Secret::new(format!(
+    bad.connection_string = Some(secrecy::SecretString::from(format!(
         "{}AAAA=",
         &cs[..cs.len() - 5]
     )));

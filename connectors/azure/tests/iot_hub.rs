@@ -4,12 +4,13 @@
 
 mod common;
 
-use idbridge_azure::{AzureConfig, EntraConfig, IotHubConnector, Secret};
+use idbridge_azure::{AzureConfig, EntraConfig, IotHubConnector};
 use idbridge_core::conformance;
 use idbridge_core::{CallContext, Connector, DeregisterOutcome, ErrorKind, RegisterOutcome};
 use idbridge_mock_clouds::azure::{AzureMockConfig, ENTRA_CLIENT_ID, ENTRA_TENANT, QuotaSettings};
 use idbridge_mock_clouds::tls::{Connect, connect_device};
 use idbridge_mock_clouds::{Fault, FaultRule, TestPki};
+use secrecy::SecretString;
 
 fn ctx() -> CallContext {
     CallContext::unpaced()
@@ -42,7 +43,7 @@ async fn conformance_suite() {
         &wrong_key[..wrong_key.rfind('=').unwrap() - 4],
         "AAAA="
     );
-    bad.connection_string = Some(Secret::new(wrong_key));
+    bad.connection_string = Some(SecretString::from(wrong_key));
     let bad = IotHubConnector::new(&bad).unwrap();
     conformance::bad_credentials_are_permanent(&bad, &devs[3].1).await;
     assert_eq!(env.mock.hub().device_count(), 2, "devices 0 and 1 remain");
@@ -363,7 +364,9 @@ async fn read_only_policy_and_bad_api_version_are_permanent_errors() {
         .map(|d| d.1)
         .collect();
     let mut cfg = env.hub_config();
-    cfg.connection_string = Some(Secret::new(env.mock.hub_read_only_connection_string()));
+    cfg.connection_string = Some(SecretString::from(
+        env.mock.hub_read_only_connection_string(),
+    ));
     let ro = IotHubConnector::new(&cfg).unwrap();
     ro.health_check(&ctx()).await.expect("reads are allowed");
     let e = ro.register(&ctx(), &ids).await.unwrap_err();
@@ -395,7 +398,7 @@ async fn entra_client_credentials_work_and_a_wrong_secret_is_refused() {
         entra: Some(EntraConfig {
             tenant_id: ENTRA_TENANT.into(),
             client_id: ENTRA_CLIENT_ID.into(),
-            client_secret: Secret::new(secret),
+            client_secret: SecretString::from(secret),
             authority_host: Some(env.mock.hub_url().to_owned()),
         }),
         ca_file: Some(env.ca_file.path().to_owned()),

@@ -54,7 +54,8 @@ pub struct ItemResult {
     /// The request's `ref`.
     #[serde(rename = "ref")]
     pub reference: String,
-    /// `SUCCESS` or `ERROR`; idbridge receivers also answer `ACCEPTED` (queued, see `job`),
+    /// `SUCCESS` or `ERROR`; idbridge receivers also answer `ACCEPTED` (queued, see `job`;
+    /// only to a caller that sent `Prefer: respond-async`),
     /// `PENDING` (in a job `status`) and `NOT_FOUND` (deprovision of an unknown device).
     pub status: String,
     /// Where the device connects (SUCCESS only; may be null).

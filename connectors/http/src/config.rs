@@ -3,12 +3,14 @@
 //!
 //! Secrets (the JWT signing key, the webhook secret) are given as `env:VAR` (read from the
 //! environment), a file path (signing key only) or, for the webhook secret, the literal
-//! `whsec_...` value. They are held in [`Secret`], whose `Debug` never prints them.
+//! `whsec_...` value. They are held in [`SecretString`] (the `secrecy` crate), whose `Debug`
+//! never prints them.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use idbridge_core::{Error, ErrorKind, Result};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Most bytes of JSON one interop request may carry by default. Infineon's AWS receiver runs
@@ -92,28 +94,6 @@ pub struct WebhookConfig {
     pub batch_size: usize,
 }
 
-/// A secret value; `Debug` and `Display` print `<redacted>`.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The value. Only for the code that signs with it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 impl fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secret = if self.secret.starts_with("env:") {
@@ -135,7 +115,7 @@ impl fmt::Debug for WebhookConfig {
 
 impl InteropConfig {
     /// Checks the values and reads the signing key PEM.
-    pub fn validate(&self) -> Result<Secret> {
+    pub fn validate(&self) -> Result<SecretString> {
         check_url(&self.base_url, self.allow_http, "base_url")?;
         if self.audience.trim().is_empty() {
             return Err(config_err("`audience` must not be empty"));
@@ -155,7 +135,7 @@ impl InteropConfig {
 
 impl WebhookConfig {
     /// Checks the values and resolves the secret.
-    pub fn validate(&self) -> Result<Secret> {
+    pub fn validate(&self) -> Result<SecretString> {
         check_url(&self.url, self.allow_http, "url")?;
         if self.batch_size == 0 {
             return Err(config_err("`batch_size` must be at least 1"));
@@ -164,14 +144,14 @@ impl WebhookConfig {
             return Err(config_err("`requests_per_second` must be positive"));
         }
         let secret = match self.secret.strip_prefix("env:") {
-            Some(var) => Secret(std::env::var(var).map_err(|_| {
+            Some(var) => SecretString::from(std::env::var(var).map_err(|_| {
                 config_err(format!(
                     "`secret` names environment variable {var}, which is not set"
                 ))
             })?),
-            None => Secret(self.secret.clone()),
+            None => SecretString::from(self.secret.as_str()),
         };
-        if !secret.0.starts_with("whsec_") {
+        if !secret.expose_secret().starts_with("whsec_") {
             return Err(config_err(
                 "`secret` must be a Standard Webhooks secret of the form whsec_<base64>",
             ));
@@ -180,16 +160,16 @@ impl WebhookConfig {
     }
 }
 
-fn read_key_source(source: &str, key: &str) -> Result<Secret> {
+fn read_key_source(source: &str, key: &str) -> Result<SecretString> {
     if let Some(var) = source.strip_prefix("env:") {
-        return std::env::var(var).map(Secret).map_err(|_| {
+        return std::env::var(var).map(SecretString::from).map_err(|_| {
             config_err(format!(
                 "`{key}` names environment variable {var}, which is not set"
             ))
         });
     }
     std::fs::read_to_string(source)
-        .map(Secret)
+        .map(SecretString::from)
         .map_err(|e| config_err(format!("`{key}`: cannot read {source}: {e}")))
 }
 
@@ -265,8 +245,8 @@ mod tests {
 
     #[test]
     fn secret_debug_is_redacted() {
-        let s = Secret::new("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
-        assert_eq!(format!("{s:?}"), "<redacted>");
+        let s = SecretString::from("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
+        assert!(!format!("{s:?}").contains("whsec_"), "{s:?}");
     }
 
     #[test]

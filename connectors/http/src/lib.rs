@@ -35,10 +35,11 @@ use idbridge_core::{
     CallContext, Capabilities, Connector, DeregisterOutcome, DeviceIdentity, Error, ErrorKind,
     Quota, RegisterOutcome, RemoteDevice, Result,
 };
+use secrecy::ExposeSecret;
 use tokio::sync::OnceCell;
 
 pub use client::{CertItem, InfoResponse, ItemResult};
-pub use config::{InteropConfig, Secret, WebhookConfig};
+pub use config::{InteropConfig, WebhookConfig};
 pub use sign::{JwtSigner, WebhookKey};
 
 use client::{InteropClient, StatusRequest, StatusResponse, WebhookClient, parse_json};
@@ -71,7 +72,12 @@ impl InteropConnector {
     /// Builds the connector of target `name`; reads the signing key.
     pub fn new(name: &str, cfg: InteropConfig) -> Result<Self> {
         let key = cfg.validate()?;
-        let signer = JwtSigner::new(key.expose(), &cfg.issuer, &cfg.audience, cfg.token_ttl_secs)?;
+        let signer = JwtSigner::new(
+            key.expose_secret(),
+            &cfg.issuer,
+            &cfg.audience,
+            cfg.token_ttl_secs,
+        )?;
         let http = client::http_client(
             cfg.ca_file.as_deref(),
             Duration::from_secs(cfg.timeout_secs),
@@ -410,7 +416,7 @@ impl WebhookConnector {
     /// Builds the connector of target `name`; resolves the secret.
     pub fn new(name: &str, cfg: WebhookConfig) -> Result<Self> {
         let secret = cfg.validate()?;
-        let key = WebhookKey::from_whsec(secret.expose())?;
+        let key = WebhookKey::from_whsec(secret.expose_secret())?;
         let http = client::http_client(
             cfg.ca_file.as_deref(),
             Duration::from_secs(cfg.timeout_secs),

@@ -3,9 +3,9 @@
 use idbridge_core::{
     CallContext, DeviceId, DeviceIdentity, Error, ErrorKind, RemoteDevice, Result,
 };
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::config::Secret;
 use crate::error::{parse_error, transport_error};
 
 /// The API name passed to the engine's pacer for every call.
@@ -16,7 +16,7 @@ pub const API: &str = "devices";
 pub struct Client {
     http: reqwest::Client,
     base: url::Url,
-    token: Secret,
+    token: SecretString,
 }
 
 impl std::fmt::Debug for Client {
@@ -67,7 +67,7 @@ pub enum Created {
 
 impl Client {
     /// A client for `base` (`http://127.0.0.1:PORT`).
-    pub fn new(base: &str, token: Secret) -> Result<Self> {
+    pub fn new(base: &str, token: SecretString) -> Result<Self> {
         let base = url::Url::parse(base).map_err(|e| {
             Error::new(ErrorKind::ConfigInvalid, format!("bad mock url {base:?}")).with_source(e)
         })?;
@@ -94,7 +94,7 @@ impl Client {
     ) -> Result<(u16, Option<String>, Option<String>, String)> {
         ctx.acquire(API).await;
         let resp = req
-            .bearer_auth(self.token.expose())
+            .bearer_auth(self.token.expose_secret())
             .send()
             .await
             .map_err(|e| transport_error(operation, e))?;

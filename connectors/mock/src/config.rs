@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use secrecy::SecretString;
 use serde::Deserialize;
 
 /// Keys of a `kind = "mock"` target.
@@ -17,7 +18,7 @@ pub struct MockConfig {
     pub url: Option<String>,
     /// The bearer token (use `"${IDBRIDGE_MOCK_TOKEN}"`). Default `mock-token`.
     #[serde(default)]
-    pub token: Option<Secret>,
+    pub token: Option<SecretString>,
     /// Plain `http://` URLs are refused unless this is true (the standalone mock speaks HTTP).
     #[serde(default)]
     pub allow_http: bool,
@@ -41,37 +42,16 @@ impl fmt::Debug for MockConfig {
     }
 }
 
-/// A secret string: never printed by `Debug` or `Display`.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    /// The secret in clear, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
 
     #[test]
     fn debug_hides_the_token() {
         let c: MockConfig = serde_json::from_str(r#"{"token": "hunter2"}"#).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
-        assert_eq!(c.token.unwrap().expose(), "hunter2");
+        assert_eq!(c.token.unwrap().expose_secret(), "hunter2");
     }
 }

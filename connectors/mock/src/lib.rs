@@ -22,9 +22,10 @@ use idbridge_core::{
 };
 use idbridge_mock_clouds::server::RunningServer;
 use idbridge_mock_clouds::{Registry, RegistryConfig};
+use secrecy::{ExposeSecret, SecretString};
 
 pub use client::Client;
-pub use config::{MockConfig, Secret};
+pub use config::MockConfig;
 
 /// The default pace, calls per second.
 pub const DEFAULT_QUOTA: f64 = 100.0;
@@ -44,7 +45,7 @@ impl MockConnector {
         let token = config
             .token
             .clone()
-            .unwrap_or_else(|| Secret::new("mock-token"));
+            .unwrap_or_else(|| SecretString::from("mock-token"));
         let quota = config.quota.unwrap_or(DEFAULT_QUOTA);
         if !(quota.is_finite() && quota > 0.0) {
             return Err(Error::new(
@@ -68,7 +69,7 @@ impl MockConnector {
             }
             None => {
                 let registry = Registry::new(RegistryConfig {
-                    token: token.expose().to_owned(),
+                    token: token.expose_secret().to_owned(),
                     quota: config.server_quota,
                 });
                 let server = registry.serve("127.0.0.1:0").await.map_err(|e| {

@@ -3,9 +3,10 @@
 
 use idbridge_core::conformance;
 use idbridge_core::{CallContext, Connector, DeviceIdentity, ErrorKind, RegisterOutcome, Source};
-use idbridge_mock::{MockConfig, MockConnector, Secret};
+use idbridge_mock::{MockConfig, MockConnector};
 use idbridge_mock_clouds::server::{Fault, FaultRule, RunningServer};
 use idbridge_mock_clouds::{Registry, RegistryConfig, TestPki};
+use secrecy::SecretString;
 
 fn devices(n: u64) -> Vec<DeviceIdentity> {
     let pki = TestPki::infineon_like().unwrap();
@@ -25,7 +26,7 @@ async fn remote(token: &str) -> (RunningServer, Registry, MockConnector) {
     let server = reg.serve("127.0.0.1:0").await.unwrap();
     let c = MockConnector::new(MockConfig {
         url: Some(server.url.clone()),
-        token: Some(Secret::new(token)),
+        token: Some(SecretString::from(token)),
         allow_http: true,
         ..Default::default()
     })

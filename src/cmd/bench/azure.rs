@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_trait::async_trait;
 use futures::StreamExt;
-use idbridge_azure::{AzureConfig, DpsConnector, IotHubConnector, Secret};
+use idbridge_azure::{AzureConfig, DpsConnector, IotHubConnector};
 use idbridge_core::connector::Pacer;
 use idbridge_core::engine::{Engine, EngineOptions, NoProgress};
 use idbridge_core::journal::{self, Operation};
 use idbridge_core::{CallContext, Connector, DeviceIdentity, RegisterOutcome, Source};
 use idbridge_mock_clouds::TestPki;
 use idbridge_mock_clouds::azure::{AzureMock, AzureMockConfig};
+use secrecy::SecretString;
 
 /// Which Azure service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -99,12 +100,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let connector: Arc<dyn Connector> = match args.service {
         Service::IotHub => {
             cfg.kind = Some("azure-iot-hub".into());
-            cfg.connection_string = Some(Secret::new(mock.hub_connection_string()));
+            cfg.connection_string = Some(SecretString::from(mock.hub_connection_string()));
             Arc::new(IotHubConnector::new(&cfg)?)
         }
         Service::Dps => {
             cfg.kind = Some("azure-dps".into());
-            cfg.connection_string = Some(Secret::new(mock.dps_connection_string()));
+            cfg.connection_string = Some(SecretString::from(mock.dps_connection_string()));
             Arc::new(DpsConnector::new(&cfg)?)
         }
     };

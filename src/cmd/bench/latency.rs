@@ -185,8 +185,9 @@ async fn one(
             }
             #[cfg(feature = "azure")]
             "azure-hub" | "dps" => {
-                use idbridge_azure::{AzureConfig, DpsConnector, IotHubConnector, Secret};
+                use idbridge_azure::{AzureConfig, DpsConnector, IotHubConnector};
                 use idbridge_mock_clouds::azure::{AzureMock, AzureMockConfig};
+                use secrecy::SecretString;
                 let per_minute = args.rate * 60.0;
                 let hub = target == "azure-hub";
                 let mut mock_cfg = AzureMockConfig::default();
@@ -204,12 +205,12 @@ async fn one(
                 };
                 let c: Arc<dyn Connector> = if hub {
                     cfg.kind = Some("azure-iot-hub".into());
-                    cfg.connection_string = Some(Secret::new(mock.hub_connection_string()));
+                    cfg.connection_string = Some(SecretString::from(mock.hub_connection_string()));
                     mock.hub_latency().set(latency);
                     Arc::new(IotHubConnector::new(&cfg)?)
                 } else {
                     cfg.kind = Some("azure-dps".into());
-                    cfg.connection_string = Some(Secret::new(mock.dps_connection_string()));
+                    cfg.connection_string = Some(SecretString::from(mock.dps_connection_string()));
                     mock.dps_latency().set(latency);
                     Arc::new(DpsConnector::new(&cfg)?)
                 };

@@ -4,10 +4,11 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use idbridge_azure::{AzureConfig, Secret};
+use idbridge_azure::AzureConfig;
 use idbridge_core::{DeviceIdentity, Source};
 use idbridge_mock_clouds::azure::{AzureMock, AzureMockConfig};
 use idbridge_mock_clouds::{TestDevice, TestPki};
+use secrecy::SecretString;
 
 pub struct Env {
     pub mock: AzureMock,
@@ -25,7 +26,7 @@ impl Env {
     pub fn hub_config(&self) -> AzureConfig {
         AzureConfig {
             kind: Some("azure-iot-hub".into()),
-            connection_string: Some(Secret::new(self.mock.hub_connection_string())),
+            connection_string: Some(SecretString::from(self.mock.hub_connection_string())),
             ca_file: Some(self.ca_file.path().to_owned()),
             ..Default::default()
         }
@@ -34,10 +35,10 @@ impl Env {
     pub fn dps_config(&self) -> AzureConfig {
         AzureConfig {
             kind: Some("azure-dps".into()),
-            connection_string: Some(Secret::new(self.mock.dps_connection_string())),
+            connection_string: Some(SecretString::from(self.mock.dps_connection_string())),
             ca_file: Some(self.ca_file.path().to_owned()),
             iot_hub_host_name: Some(self.mock.hub_host()),
-            linked_hubs: vec![Secret::new(self.mock.hub_connection_string())],
+            linked_hubs: vec![SecretString::from(self.mock.hub_connection_string())],
             ..Default::default()
         }
     }

@@ -1,0 +1,156 @@
+//! Resuming a job from the journal: every stored certificate of a provision job is verified
+//! again against today's trust store before anything is sent. The trust store may have changed
+//! since the job started (a CA removed from `[trust]`, a CRL that now lists a device), and the
+//! journal is not an authority on trust: what it holds is judged like any input.
+//!
+//! A certificate that no longer verifies is never sent. Its device is recorded `failed` with
+//! the reason; when a call for it may already have reached the target (`in_flight` or
+//! `unknown`), it is looked up first, and the reason says whether the target holds it (then it
+//! is for `deprovision --include-invalid` to remove). A deprovision job is not filtered:
+//! removing a device admits nobody, and a revoked device is exactly what one removes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use idbridge_core::journal::{DeviceState, DeviceUpdate, Operation, Outcome};
+use idbridge_core::trust::Verifier;
+use idbridge_core::{Connector, DeviceId, DeviceIdentity, ErrorKind};
+
+use super::inputs::judge;
+use super::job::TargetRun;
+
+/// The devices of job `job_id` to send on resume: its stored identities, for a provision job
+/// only those that `verifier` admits today. The others are recorded in the journal (see the
+/// module docs); `connector` is the run's, for the lookups. Call it holding the job's lease.
+pub(crate) async fn devices_to_send(
+    run: &TargetRun,
+    connector: &dyn Connector,
+    job_id: &str,
+    operation: Operation,
+    verifier: &Arc<Verifier>,
+) -> anyhow::Result<Vec<DeviceIdentity>> {
+    let journal = run.engine.journal();
+    let identities = journal.identities(job_id).await?;
+    if operation != Operation::Provision {
+        return Ok(identities);
+    }
+    let records: HashMap<DeviceId, (DeviceState, u32)> = journal
+        .devices(job_id)
+        .await?
+        .into_iter()
+        .map(|r| (r.device_id, (r.state, r.attempts)))
+        .collect();
+    let verifier = Arc::clone(verifier);
+    let judged = tokio::task::spawn_blocking(move || reverify(&verifier, identities))
+        .await
+        .context("verifying the stored certificates")?;
+    let mut send = Vec::with_capacity(judged.len());
+    let mut failed = Vec::new();
+    let mut in_doubt = Vec::new();
+    for (identity, why) in judged {
+        let Some(why) = why else {
+            send.push(identity);
+            continue;
+        };
+        let Some(&(state, attempts)) = records.get(&identity.device_id) else {
+            continue;
+        };
+        tracing::warn!(job_id, device_id = %identity.device_id, reason = %why,
+            "stored certificate no longer verifies; not sent");
+        match state {
+            // Finished already: it stays as recorded (a done device is in the target; a later
+            // `diff` or `deprovision --include-invalid` is the way to act on it).
+            DeviceState::Done => send.push(identity),
+            DeviceState::Pending | DeviceState::Failed => failed.push(refusal(
+                &identity,
+                attempts,
+                format!("{why}; not provisioned"),
+            )),
+            DeviceState::InFlight | DeviceState::Unknown => {
+                in_doubt.push((identity, attempts, why))
+            }
+        }
+    }
+    if !in_doubt.is_empty() {
+        failed.extend(look_up(run, connector, in_doubt).await);
+    }
+    if !failed.is_empty() {
+        journal.record(job_id, failed, true).await?;
+    }
+    Ok(send)
+}
+
+/// Each identity judged by `verifier` as an input would be, with why it may not be
+/// provisioned today (None: it may).
+pub fn reverify(
+    verifier: &Verifier,
+    identities: Vec<DeviceIdentity>,
+) -> Vec<(DeviceIdentity, Option<String>)> {
+    identities
+        .into_iter()
+        .map(|identity| {
+            let verdict = verifier.verify_identity(&identity, &[]);
+            let why = judge(identity.clone(), &verdict, false)
+                .err()
+                .map(|refused| {
+                    format!(
+                        "certificate no longer verifies ({}): {}",
+                        refused.status, refused.reason
+                    )
+                });
+            (identity, why)
+        })
+        .collect()
+}
+
+/// Devices whose call may have reached the target: looked up (one attempt each, paced like the
+/// job's calls, through the same watched connector), then recorded `failed` with whether the
+/// target holds them, or left `unknown` when the lookup failed: never sent, tried again by the
+/// next `resume`. A rare path (a crash mid-call, then a trust change). Not `Engine::diff`: its
+/// future cannot be proven `Send`, and the service spawns jobs that share this code; when the
+/// engine has one call path for single calls (issue #9), this lookup belongs there.
+async fn look_up(
+    run: &TargetRun,
+    connector: &dyn Connector,
+    devices: Vec<(DeviceIdentity, u32, String)>,
+) -> Vec<DeviceUpdate> {
+    let ctx = run.engine.context();
+    let mut out = Vec::with_capacity(devices.len());
+    for (d, attempts, why) in devices {
+        out.push(match connector.lookup(&ctx, &d).await {
+            Ok(None) => refusal(&d, attempts, format!("{why}; not provisioned")),
+            Ok(Some(remote)) => {
+                let mut u = refusal(
+                    &d,
+                    attempts,
+                    format!(
+                        "{why}; the target holds it (a call reached it before the job \
+                         stopped): remove it with `idbridge deprovision --include-invalid`"
+                    ),
+                );
+                u.remote_name = Some(remote.name);
+                u
+            }
+            Err(e) => {
+                let mut u =
+                    DeviceUpdate::state(d.device_id.clone(), DeviceState::Unknown, attempts);
+                u.error_kind = Some(ErrorKind::InvalidInput.as_str().to_owned());
+                u.reason = Some(format!(
+                    "{why}; not sent again; whether the target holds it is unknown (lookup: {e})"
+                ));
+                u
+            }
+        });
+    }
+    out
+}
+
+/// A `failed` record for a refused device.
+fn refusal(d: &DeviceIdentity, attempts: u32, reason: String) -> DeviceUpdate {
+    let mut u = DeviceUpdate::state(d.device_id.clone(), DeviceState::Failed, attempts);
+    u.outcome = Some(Outcome::Error);
+    u.error_kind = Some(ErrorKind::InvalidInput.as_str().to_owned());
+    u.reason = Some(reason);
+    u
+}
