@@ -61,11 +61,11 @@ impl Serve {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_on_one_postgres_run_each_job_once_and_replace_a_killed_one() {
+/// A service fixture (mock cloud, keys) whose config puts store and journal on the shared
+/// local PostgreSQL; the returned handle keeps the server up. Its own SQLite process stays idle.
+async fn on_postgres() -> (&'static LocalPostgres, Service) {
     let pg = LocalPostgres::shared().unwrap_or_else(|e| panic!("{e}"));
     let db = pg.database().unwrap();
-    // The fixture, mock cloud and keys of a service; its own (SQLite) process stays idle.
     let mut s = start("").await;
     s.config = s.fx.write(
         "idbridge-pg.toml",
@@ -74,6 +74,39 @@ async fn serves_on_one_postgres_run_each_job_once_and_replace_a_killed_one() {
              key_file = \"service.key\"\nsigning_key = \"signing.pem\"\n"
         ),
     );
+    (pg, s)
+}
+
+/// Every call the mock cloud answers from now on waits `ms` first (None: no wait).
+async fn set_latency(s: &Service, ms: Option<u64>) {
+    let http = reqwest::Client::new();
+    let url = format!("{}/_mock/latency", s.cloud.url);
+    let r = match ms {
+        Some(ms) => http
+            .post(url)
+            .json(&json!({"fixed_ms": ms, "jitter_ms": 0, "seed": 1}))
+            .send()
+            .await
+            .unwrap(),
+        None => http.delete(url).send().await.unwrap(),
+    };
+    assert!(r.status().is_success());
+}
+
+/// Waits (up to a minute) until the mock cloud holds a device.
+async fn first_devices_land(s: &Service) {
+    for _ in 0..3000 {
+        if s.registry.stats().devices > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no job process ran the job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_on_one_postgres_run_each_job_once_and_replace_a_killed_one() {
+    let (_pg, mut s) = on_postgres().await;
     let front = Serve::start(&s, &["--no-jobs"]).await;
     s.url = front.url.clone();
     s.import("reel.pem", 1..41, "B-PG", "R-PG").await;
@@ -81,14 +114,7 @@ async fn serves_on_one_postgres_run_each_job_once_and_replace_a_killed_one() {
     let admin = s.token("pgco", "admin").await;
     s.put_cloud_target(&admin).await;
     // Slow calls, so the job is mid-way when its process dies.
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{}/_mock/latency", s.cloud.url))
-        .json(&json!({"fixed_ms": 4000, "jitter_ms": 0, "seed": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    set_latency(&s, Some(4000)).await;
     let (code, b) = s
         .call(
             "POST",
@@ -119,23 +145,16 @@ async fn serves_on_one_postgres_run_each_job_once_and_replace_a_killed_one() {
 
     // A job process takes it; a second one started mid-job leaves it alone.
     let first = Serve::start(&s, &[]).await;
-    for _ in 0..1500 {
-        if s.registry.stats().devices > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    first_devices_land(&s).await;
+    // From now on a call takes ten minutes: the job cannot end before the kill, however slow
+    // the machine (the first wave of 16 landed, at most the one in flight can follow).
+    set_latency(&s, Some(600_000)).await;
     let second = Serve::start(&s, &[]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let landed = s.registry.stats().devices;
     assert!(landed > 0 && landed < 40, "not mid-job: {landed} of 40");
     first.kill().await;
-    let r = http
-        .delete(format!("{}/_mock/latency", s.cloud.url))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    set_latency(&s, None).await;
 
     let j = s.wait_job(&admin, &job).await;
     assert_eq!(j["state"], "finished", "{j}");
@@ -167,16 +186,7 @@ async fn worker(s: &Service, name: &str) -> tokio::process::Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_run_the_service_jobs_and_a_sigtermed_one_hands_its_job_over() {
-    let pg = LocalPostgres::shared().unwrap_or_else(|e| panic!("{e}"));
-    let db = pg.database().unwrap();
-    let mut s = start("").await;
-    s.config = s.fx.write(
-        "idbridge-pg.toml",
-        &format!(
-            "journal = \"{db}\"\n\n[service]\nallow_http = true\nstore = \"{db}\"\n\
-             key_file = \"service.key\"\nsigning_key = \"signing.pem\"\n"
-        ),
-    );
+    let (_pg, mut s) = on_postgres().await;
     // HTTP only: the front end queues jobs; workers run them.
     let front = Serve::start(&s, &["--no-jobs"]).await;
     s.url = front.url.clone();
@@ -185,14 +195,7 @@ async fn workers_run_the_service_jobs_and_a_sigtermed_one_hands_its_job_over() {
     let admin = s.token("wkco", "admin").await;
     s.put_cloud_target(&admin).await;
     // Slow calls (4 s each, 16 at a time), so the job is mid-way at the SIGTERM.
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{}/_mock/latency", s.cloud.url))
-        .json(&json!({"fixed_ms": 4000, "jitter_ms": 0, "seed": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    set_latency(&s, Some(4000)).await;
     let mut first = worker(&s, "worker-a").await;
     let (code, b) = s
         .call(
@@ -204,16 +207,7 @@ async fn workers_run_the_service_jobs_and_a_sigtermed_one_hands_its_job_over() {
         .await;
     assert_eq!(code, 201, "{b}");
     let job = b["job"]["id"].as_str().unwrap().to_owned();
-    for _ in 0..3000 {
-        if s.registry.stats().devices > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        s.registry.stats().devices > 0,
-        "the worker never ran the job"
-    );
+    first_devices_land(&s).await;
     // SIGTERM: the calls in flight finish and are recorded, the lease is given back.
     let pid = first.id().unwrap();
     let killed = std::process::Command::new("kill")
@@ -235,12 +229,7 @@ async fn workers_run_the_service_jobs_and_a_sigtermed_one_hands_its_job_over() {
         .call("GET", &format!("/api/v1/jobs/{job}"), Some(&admin), None)
         .await;
     assert_ne!(v["state"], "failed", "a stopped job is not failed: {v}");
-    let r = http
-        .delete(format!("{}/_mock/latency", s.cloud.url))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    set_latency(&s, None).await;
     // Another worker takes the job up and finishes it; nothing is registered twice.
     let mut second = worker(&s, "worker-b").await;
     let j = s.wait_job(&admin, &job).await;
