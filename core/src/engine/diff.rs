@@ -8,8 +8,9 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::Engine;
+use super::call::{Verdict, classify};
 use crate::connector::RemoteDevice;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::identity::{DeviceId, DeviceIdentity};
 
 /// Where a device stands in the target.
@@ -69,60 +70,74 @@ pub struct DiffReport {
 
 impl Engine {
     /// Looks every device up (paced, concurrent, retried) and, where the target can list,
-    /// finds the extras.
+    /// finds the extras. Every call goes through the engine's call path, retries from one
+    /// budget for the whole plan. A job-stopping error (credentials, permissions, the target
+    /// disabled) stops the plan: no further call starts and the error is returned.
     pub async fn diff(&self, devices: &[DeviceIdentity]) -> Result<DiffReport> {
-        let ctx = self.context();
+        let caller = &self.caller;
+        let budget = &caller.budget(devices.len());
         let concurrency = match self.caps.max_concurrency {
             0 => self.opts.concurrency.max(1),
             n => self.opts.concurrency.clamp(1, n),
         };
-        let entries: Vec<DiffEntry> = futures::stream::iter(devices)
-            .map(|d| {
-                let ctx = ctx.clone();
-                async move {
-                    let r = self
-                        .call_with_retry("lookup", || self.connector.lookup(&ctx, d))
-                        .await;
-                    let (status, remote, details) = match r {
-                        Ok(None) => (DiffStatus::Missing, None, Vec::new()),
-                        Ok(Some(remote)) => {
-                            let mut details = remote.differences.clone();
-                            if let Some(id) = &remote.device_id
-                                && *id != d.device_id
-                            {
-                                details.push(format!("holds certificate {id}"));
-                            }
-                            if details.is_empty() {
-                                (DiffStatus::Identical, Some(remote), details)
-                            } else {
-                                (DiffStatus::Different, Some(remote), details)
-                            }
+        let stop: &std::sync::Mutex<Option<Error>> = &std::sync::Mutex::new(None);
+        let stopped = || lock(stop).is_some();
+        // Positions, not references, go through the stream: its closures then take no
+        // borrowed argument, which keeps the future `Send` (a server spawns it).
+        let entries: Vec<DiffEntry> = futures::stream::iter(0..devices.len())
+            .take_while(|_| futures::future::ready(!stopped()))
+            .map(|i| async move {
+                let d = &devices[i];
+                let r = caller.lookup_within(budget, d).await;
+                let (status, remote, details) = match r {
+                    Ok(None) => (DiffStatus::Missing, None, Vec::new()),
+                    Ok(Some(remote)) => {
+                        let mut details = remote.differences.clone();
+                        if let Some(id) = &remote.device_id
+                            && *id != d.device_id
+                        {
+                            details.push(format!("holds certificate {id}"));
                         }
-                        Err(e) => (DiffStatus::Error, None, vec![e.to_string()]),
-                    };
-                    DiffEntry {
-                        device_id: Some(d.device_id.clone()),
-                        status,
-                        source: Some(d.source.to_string()),
-                        remote,
-                        details,
+                        if details.is_empty() {
+                            (DiffStatus::Identical, Some(remote), details)
+                        } else {
+                            (DiffStatus::Different, Some(remote), details)
+                        }
                     }
+                    Err(e) => {
+                        if classify(&e) == Verdict::Stop {
+                            lock(stop).get_or_insert_with(|| e.clone());
+                        }
+                        (DiffStatus::Error, None, vec![e.to_string()])
+                    }
+                };
+                DiffEntry {
+                    device_id: Some(d.device_id.clone()),
+                    status,
+                    source: Some(d.source.to_string()),
+                    remote,
+                    details,
                 }
             })
             .buffered(concurrency)
             .collect()
             .await;
+        if let Some(e) = lock(stop).take() {
+            return Err(e);
+        }
         let mut report = DiffReport {
             entries,
             ..Default::default()
         };
         if self.caps.supports_list {
             let known: HashSet<&DeviceId> = devices.iter().map(|d| &d.device_id).collect();
-            let mut cursor = None;
+            let mut cursor: Option<String> = None;
             loop {
-                let c = cursor.clone();
-                let page = self
-                    .call_with_retry("list", || self.connector.list(&ctx, c.clone()))
+                let c = &cursor;
+                let page = caller
+                    .retried(budget, None, "list", |ctx| async move {
+                        self.connector.list(&ctx, c.clone()).await
+                    })
                     .await?;
                 for remote in page.devices {
                     let extra = match &remote.device_id {
@@ -157,4 +172,8 @@ impl Engine {
         }
         Ok(report)
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

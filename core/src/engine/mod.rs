@@ -35,12 +35,12 @@
 //! `(concurrency + 3) × batch + window` devices whatever the size of the job, counted in a
 //! [`HeldGauge`] ([`JobReport::peak_held`], [`Engine::held`]). See docs/adr/1500-engine-window.md.
 
+mod call;
 mod diff;
 mod pacer;
 mod retry;
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -50,7 +50,7 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Serialize;
 
 use crate::connector::{
-    CallContext, Capabilities, Connector, DeregisterOutcome, Quota, RegisterOutcome, RemoteDevice,
+    Capabilities, Connector, DeregisterOutcome, Quota, RegisterOutcome, RemoteDevice,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{DeviceId, DeviceIdentity};
@@ -59,10 +59,12 @@ use crate::journal::{
     Outcome, StateCounts,
 };
 
+pub use call::Caller;
 pub use diff::{DiffEntry, DiffReport, DiffStatus};
 pub use pacer::{HEADROOM, RatePacer, TARGET_API, TokioClock};
 pub use retry::RetryPolicy;
 
+use call::{Verdict, classify};
 use retry::Backoff;
 
 /// How the engine runs a job.
@@ -176,7 +178,7 @@ pub struct Engine {
     journal: Arc<dyn Journal>,
     opts: EngineOptions,
     caps: Capabilities,
-    pacer: Arc<RatePacer>,
+    caller: Caller,
     held: Arc<HeldGauge>,
 }
 
@@ -188,13 +190,8 @@ impl Engine {
         opts: EngineOptions,
     ) -> Self {
         let caps = connector.info();
-        let mut quotas = caps.quotas.clone();
-        quotas.extend(opts.quotas.iter().cloned());
-        if let Some(rate) = opts.rate {
-            quotas.push(Quota::new(TARGET_API, rate));
-        }
         Engine {
-            pacer: Arc::new(RatePacer::new(&quotas)),
+            caller: Caller::new(connector.clone(), &opts),
             held: Arc::new(HeldGauge::default()),
             connector,
             journal,
@@ -210,7 +207,7 @@ impl Engine {
 
     /// The quotas in force, per API (`*` is the target-wide `--rate`).
     pub fn quotas(&self) -> &[Quota] {
-        self.pacer.quotas()
+        self.caller.pacer().quotas()
     }
 
     /// The journal.
@@ -218,9 +215,10 @@ impl Engine {
         &self.journal
     }
 
-    /// A context for calls outside jobs (health checks), paced like job calls.
-    pub fn context(&self) -> CallContext {
-        CallContext::paced(self.pacer.clone())
+    /// The engine's call path, for calls outside jobs (a health check, a lookup): paced,
+    /// timed and retried like a job's calls.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
     }
 
     /// Opens (or continues) the job for `devices` and runs it: the one call an embedding
@@ -337,21 +335,12 @@ impl Engine {
             engine: self,
             job: &job.id,
             operation,
-            backoff: Backoff::new(
-                self.opts.retry.clone(),
-                self.opts.seed,
-                self.opts
-                    .retry
-                    .budget_for(usize::try_from(total - done).unwrap_or(usize::MAX)),
-            ),
+            backoff: self
+                .caller
+                .budget(usize::try_from(total - done).unwrap_or(usize::MAX)),
             abort: AtomicBool::new(false),
             abort_reason: std::sync::Mutex::new(None),
             progress,
-            ctx: {
-                let mut ctx = CallContext::paced(self.pacer.clone());
-                ctx.job_id = Some(job.id.clone());
-                ctx
-            },
         };
         let limit = match operation {
             Operation::Deprovision if self.caps.max_deregister_batch_size > 0 => {
@@ -437,11 +426,16 @@ impl Engine {
             aborted = Some("stopped before the end (shutdown or lease lost)".to_owned());
         }
         if aborted.is_none() && complete {
-            let ctx = run.ctx.clone();
-            match self
-                .call_with_retry("finish", || self.connector.finish(&ctx))
-                .await
-            {
+            // Through the one call path, its retries from the job's budget. A job-stopping
+            // error stops the job as one from register would; any other leaves it running
+            // (every device recorded), for `resume` to finish.
+            let finish = self
+                .caller
+                .retried(&run.backoff, Some(&job.id), "finish", |ctx| async move {
+                    self.connector.finish(&ctx).await
+                })
+                .await;
+            match finish {
                 Ok(()) => {
                     self.journal
                         .set_job_state(&job.id, JobState::Finished)
@@ -449,18 +443,11 @@ impl Engine {
                     finished = true;
                 }
                 Err(e) => {
+                    if classify(&e) == Verdict::Stop {
+                        run.stop(&e);
+                    }
+                    aborted = Some(format!("finishing the target failed: {e}"));
                     devices = self.journal.devices(&job.id).await?;
-                    return Ok(JobReport {
-                        job_id: job.id.clone(),
-                        operation,
-                        target: target.to_owned(),
-                        resumed: job.resumed,
-                        finished: false,
-                        aborted: Some(format!("finishing the target failed: {e}")),
-                        counts,
-                        devices,
-                        peak_held,
-                    });
                 }
             }
         }
@@ -481,32 +468,6 @@ impl Engine {
     /// held at once since it was made.
     pub fn held(&self) -> &HeldGauge {
         &self.held
-    }
-
-    /// One call outside a batch (lookup, list, finish), with the engine's retry loop.
-    pub async fn call_with_retry<T, F, Fut>(&self, operation: &'static str, mut f: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T>>,
-    {
-        let backoff = Backoff::new(self.opts.retry.clone(), self.opts.seed, u64::MAX);
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let err = match tokio::time::timeout(self.opts.attempt_timeout, f()).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => e,
-                Err(_) => {
-                    Error::new(ErrorKind::OutcomeUnknown, "timed out").with_operation(operation)
-                }
-            };
-            if !err.is_temporary() || attempt >= backoff.policy().max_attempts {
-                return Err(err);
-            }
-            let delay = backoff.delay(attempt, err.retry_after());
-            tracing::debug!(operation, attempt, error = %err, ?delay, "retrying");
-            tokio::time::sleep(delay).await;
-        }
     }
 }
 
@@ -715,19 +676,6 @@ struct Run<'a> {
     abort: AtomicBool,
     abort_reason: std::sync::Mutex<Option<String>>,
     progress: &'a dyn Progress,
-    ctx: CallContext,
-}
-
-/// Errors that make every further call pointless: stop the job, leave devices pending.
-fn is_fatal(e: &Error) -> bool {
-    !e.is_temporary()
-        && matches!(
-            e.kind(),
-            ErrorKind::Unauthenticated
-                | ErrorKind::PermissionDenied
-                | ErrorKind::TargetDisabled
-                | ErrorKind::ConfigInvalid
-        )
 }
 
 impl Run<'_> {
@@ -742,40 +690,33 @@ impl Run<'_> {
         self.operation == Operation::Provision && !self.engine.caps.idempotent_register
     }
 
-    /// A context for one connector call, whose pacer waits do not count against its timeout.
-    /// Runs one connector call for `n` devices under the attempt timeout (pacer waits do not
-    /// count). An `Err` is the whole call's failure: the connector's own error, a wrong number
-    /// of outcomes, or no answer in time (outcome unknown).
-    async fn bounded_call<T>(
+    /// Runs one batch call for `n` devices through the engine's call path. An `Err` is the
+    /// whole call's failure: the connector's own error, a wrong number of outcomes, or no
+    /// answer in time (outcome unknown).
+    async fn batch_call<T, F, Fut>(
         &self,
-        clock: &pacer::CallClock,
         operation: &'static str,
         n: usize,
-        call: impl Future<Output = Result<Vec<T>>>,
-    ) -> Result<Vec<T>> {
-        let timeout = self.engine.opts.attempt_timeout;
-        match pacer::timed(clock, timeout, call).await {
-            Ok(Ok(out)) if out.len() == n => Ok(out),
-            Ok(Ok(out)) => Err(Error::new(
-                ErrorKind::Unexpected,
-                format!("connector returned {} outcomes for {n} devices", out.len()),
-            )
-            .with_operation(operation)
-            .set_temporary(false)),
-            Ok(Err(e)) => Err(e),
-            Err(()) => Err(Error::new(
-                ErrorKind::OutcomeUnknown,
-                format!("no answer within {timeout:?}"),
-            )
-            .with_operation(operation)),
+        call: F,
+    ) -> Result<Vec<T>>
+    where
+        F: FnOnce(crate::connector::CallContext) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>>>,
+    {
+        let out = self
+            .engine
+            .caller
+            .attempt(Some(self.job), operation, call)
+            .await?;
+        if out.len() == n {
+            return Ok(out);
         }
-    }
-
-    fn call_context(&self) -> (CallContext, Arc<pacer::CallClock>) {
-        let clock = pacer::CallClock::new(self.engine.pacer.clone());
-        let mut ctx = CallContext::paced(clock.clone());
-        ctx.job_id.clone_from(&self.ctx.job_id);
-        (ctx, clock)
+        Err(Error::new(
+            ErrorKind::Unexpected,
+            format!("connector returned {} outcomes for {n} devices", out.len()),
+        )
+        .with_operation(operation)
+        .set_temporary(false))
     }
 
     fn stop(&self, e: &Error) {
@@ -791,7 +732,7 @@ impl Run<'_> {
             return Ok(());
         }
         let units = u32::try_from(items.len()).unwrap_or(u32::MAX);
-        engine.pacer.wait(TARGET_API, units).await;
+        engine.caller.pacer().wait(TARGET_API, units).await;
         let mut round = 0u32;
         loop {
             if self.abort.load(Ordering::Acquire) || self.progress.cancelled() || items.is_empty() {
@@ -842,10 +783,11 @@ impl Run<'_> {
     async fn register(&self, items: Vec<Item>) -> Result<Vec<Item>> {
         let engine = self.engine;
         let ids: Vec<DeviceIdentity> = items.iter().map(|i| i.identity.clone()).collect();
-        let (ctx, clock) = self.call_context();
-        let call = engine.connector.register(&ctx, &ids);
+        let ids = &ids;
         let outcomes = match self
-            .bounded_call(&clock, "register", items.len(), call)
+            .batch_call("register", items.len(), |ctx| async move {
+                engine.connector.register(&ctx, ids).await
+            })
             .await
         {
             Ok(out) => out,
@@ -869,7 +811,7 @@ impl Run<'_> {
                     }
                     finished.push(u);
                 }
-                RegisterOutcome::Failed(e) if is_fatal(&e) => {
+                RegisterOutcome::Failed(e) if classify(&e) == Verdict::Stop => {
                     self.stop(&e);
                     finished.push(left_pending(&item, &e));
                 }
@@ -877,7 +819,7 @@ impl Run<'_> {
                     if e.kind() == ErrorKind::OutcomeUnknown {
                         item.unknown = true;
                     }
-                    if e.is_temporary() {
+                    if classify(&e) == Verdict::Retry {
                         item.error = Some(e);
                         retry.push(item);
                     } else {
@@ -893,10 +835,11 @@ impl Run<'_> {
     async fn deregister(&self, items: Vec<Item>) -> Result<Vec<Item>> {
         let engine = self.engine;
         let ids: Vec<DeviceIdentity> = items.iter().map(|i| i.identity.clone()).collect();
-        let (ctx, clock) = self.call_context();
-        let call = engine.connector.deregister(&ctx, &ids);
+        let ids = &ids;
         let outcomes = match self
-            .bounded_call(&clock, "deregister", items.len(), call)
+            .batch_call("deregister", items.len(), |ctx| async move {
+                engine.connector.deregister(&ctx, ids).await
+            })
             .await
         {
             Ok(out) => out,
@@ -910,11 +853,11 @@ impl Run<'_> {
                 DeregisterOutcome::NotFound => {
                     finished.push(done(&item, Outcome::NotFound, None));
                 }
-                DeregisterOutcome::Failed(e) if is_fatal(&e) => {
+                DeregisterOutcome::Failed(e) if classify(&e) == Verdict::Stop => {
                     self.stop(&e);
                     finished.push(left_pending(&item, &e));
                 }
-                DeregisterOutcome::Failed(e) if e.is_temporary() => {
+                DeregisterOutcome::Failed(e) if classify(&e) == Verdict::Retry => {
                     item.error = Some(e);
                     retry.push(item);
                 }
@@ -928,17 +871,20 @@ impl Run<'_> {
     /// The whole call failed: temporary → every device retried (unknown on a lost answer);
     /// permanent → every device failed, or the job stopped if nothing can work.
     async fn whole_call_failed(&self, mut items: Vec<Item>, e: Error) -> Result<Vec<Item>> {
-        if e.is_temporary() {
-            let unknown = e.kind() == ErrorKind::OutcomeUnknown;
-            for i in &mut items {
-                i.unknown |= unknown;
-                i.error = Some(e.for_device(&i.identity.device_id));
+        match classify(&e) {
+            Verdict::Retry => {
+                let unknown = e.kind() == ErrorKind::OutcomeUnknown;
+                for i in &mut items {
+                    i.unknown |= unknown;
+                    i.error = Some(e.for_device(&i.identity.device_id));
+                }
+                return Ok(items);
             }
-            return Ok(items);
-        }
-        if is_fatal(&e) {
-            self.stop(&e);
-            return Ok(Vec::new());
+            Verdict::Stop => {
+                self.stop(&e);
+                return Ok(Vec::new());
+            }
+            Verdict::Fail => {}
         }
         let finished = items.iter().map(|i| error_update(i, &e)).collect();
         self.record_finished(finished).await?;
@@ -1020,15 +966,17 @@ impl Run<'_> {
             if !item.unknown {
                 return (item, None);
             }
-            let (ctx, clock) = self.call_context();
-            let r = pacer::timed(
-                &clock,
-                engine.opts.attempt_timeout,
-                engine.connector.lookup(&ctx, &item.identity),
-            )
-            .await;
+            // One attempt through the call path; a temporary failure joins the device's
+            // retries below.
+            let identity = &item.identity;
+            let r = engine
+                .caller
+                .attempt(Some(self.job), "lookup", |ctx| async move {
+                    engine.connector.lookup(&ctx, identity).await
+                })
+                .await;
             match r {
-                Ok(Ok(Some(remote))) => {
+                Ok(Some(remote)) => {
                     let same = remote.differences.is_empty()
                         && remote
                             .device_id
@@ -1050,19 +998,11 @@ impl Run<'_> {
                     };
                     (item, Some(Ok(u)))
                 }
-                Ok(Ok(None)) => {
+                Ok(None) => {
                     item.unknown = false;
                     (item, None)
                 }
-                Ok(Err(e)) => (item, Some(Err(e))),
-                Err(_) => (
-                    item,
-                    Some(Err(Error::new(
-                        ErrorKind::OutcomeUnknown,
-                        "lookup timed out",
-                    )
-                    .with_operation("lookup"))),
-                ),
+                Err(e) => (item, Some(Err(e))),
             }
         }))
         .await;
@@ -1073,13 +1013,13 @@ impl Run<'_> {
             match r {
                 None => keep.push(item),
                 Some(Ok(u)) => finished.push(u),
-                Some(Err(e)) if e.is_temporary() => {
+                Some(Err(e)) if classify(&e) == Verdict::Retry => {
                     item.attempts += 1;
                     item.error = Some(e);
                     retry.push(item);
                 }
                 Some(Err(e)) => {
-                    if is_fatal(&e) {
+                    if classify(&e) == Verdict::Stop {
                         self.stop(&e);
                         return Ok(Vec::new());
                     }

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::*;
+use crate::connector::CallContext;
 use crate::identity::{DeviceId, Source};
 use crate::journal::SqliteJournal;
 
@@ -912,3 +913,5 @@ async fn resume_reads_the_journal_a_page_at_a_time() {
         r.peak_held
     );
 }
+
+mod call_path;
