@@ -322,19 +322,7 @@ impl TargetRun {
         verifier: &Arc<Verifier>,
         progress: &dyn Progress,
     ) -> anyhow::Result<JobReport> {
-        let devices = super::resume::devices_to_send(
-            self,
-            self.observed.as_ref(),
-            &job.id,
-            operation,
-            verifier,
-        )
-        .await?;
-        self.observed.check_job(&devices)?;
-        Ok(self
-            .engine
-            .run(job, operation, &self.target.name, devices, progress)
-            .await?)
+        super::resume::run_verified(self, job, operation, verifier, progress).await
     }
 
     /// The backfill plan for `devices`: missing, identical, different, extra.

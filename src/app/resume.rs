@@ -8,24 +8,46 @@
 //! `unknown`), it is looked up first, and the reason says whether the target holds it (then it
 //! is for `deprovision --include-invalid` to remove). A deprovision job is not filtered:
 //! removing a device admits nobody, and a revoked device is exactly what one removes.
+//!
+//! Every process that takes a job up from the journal goes through here: `idbridge resume`
+//! ([`TargetRun::resume_job`]) and `idbridge worker` ([`run_verified`], the worker holding the
+//! leases of its claim), each with its own trust configuration.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use idbridge_core::journal::{DeviceState, DeviceUpdate, Operation, Outcome};
+use idbridge_core::engine::{JobReport, Progress};
+use idbridge_core::journal::{DeviceState, DeviceUpdate, OpenedJob, Operation, Outcome};
 use idbridge_core::trust::Verifier;
-use idbridge_core::{Connector, DeviceId, DeviceIdentity, ErrorKind};
+use idbridge_core::{DeviceId, DeviceIdentity, ErrorKind};
 
 use super::inputs::judge;
 use super::job::TargetRun;
 
+/// Runs the opened job `job` of `run`'s target with its stored certificates, each verified
+/// again by `verifier` first ([`devices_to_send`]). The caller holds the job's and the
+/// target's leases (a worker's claim, or [`TargetRun::resume_job`]).
+pub async fn run_verified(
+    run: &TargetRun,
+    job: &OpenedJob,
+    operation: Operation,
+    verifier: &Arc<Verifier>,
+    progress: &dyn Progress,
+) -> anyhow::Result<JobReport> {
+    let devices = devices_to_send(run, &job.id, operation, verifier).await?;
+    run.engine.caller().connector().check_job(&devices)?;
+    Ok(run
+        .engine
+        .run(job, operation, &run.target.name, devices, progress)
+        .await?)
+}
+
 /// The devices of job `job_id` to send on resume: its stored identities, for a provision job
 /// only those that `verifier` admits today. The others are recorded in the journal (see the
-/// module docs); `connector` is the run's, for the lookups. Call it holding the job's lease.
+/// module docs). Call it holding the job's lease.
 pub(crate) async fn devices_to_send(
     run: &TargetRun,
-    connector: &dyn Connector,
     job_id: &str,
     operation: Operation,
     verifier: &Arc<Verifier>,
@@ -73,7 +95,7 @@ pub(crate) async fn devices_to_send(
         }
     }
     if !in_doubt.is_empty() {
-        failed.extend(look_up(run, connector, in_doubt).await);
+        failed.extend(look_up(run, in_doubt).await);
     }
     if !failed.is_empty() {
         journal.record(job_id, failed, true).await?;
@@ -104,21 +126,16 @@ pub fn reverify(
         .collect()
 }
 
-/// Devices whose call may have reached the target: looked up (one attempt each, paced like the
-/// job's calls, through the same watched connector), then recorded `failed` with whether the
-/// target holds them, or left `unknown` when the lookup failed: never sent, tried again by the
-/// next `resume`. A rare path (a crash mid-call, then a trust change). Not `Engine::diff`: its
-/// future cannot be proven `Send`, and the service spawns jobs that share this code; when the
-/// engine has one call path for single calls (issue #9), this lookup belongs there.
-async fn look_up(
-    run: &TargetRun,
-    connector: &dyn Connector,
-    devices: Vec<(DeviceIdentity, u32, String)>,
-) -> Vec<DeviceUpdate> {
-    let ctx = run.engine.context();
+/// Devices whose call may have reached the target: looked up through the engine's one call
+/// path (paced outside the attempt timeout, retried while temporary, through the run's watched
+/// connector), then recorded `failed` with whether the target holds them, or left `unknown`
+/// when the lookup failed: never sent, tried again by the next `resume`. A rare path (a crash
+/// mid-call, then a trust change).
+async fn look_up(run: &TargetRun, devices: Vec<(DeviceIdentity, u32, String)>) -> Vec<DeviceUpdate> {
+    let caller = run.engine.caller();
     let mut out = Vec::with_capacity(devices.len());
     for (d, attempts, why) in devices {
-        out.push(match connector.lookup(&ctx, &d).await {
+        out.push(match caller.lookup(&d).await {
             Ok(None) => refusal(&d, attempts, format!("{why}; not provisioned")),
             Ok(Some(remote)) => {
                 let mut u = refusal(

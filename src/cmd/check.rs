@@ -8,10 +8,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use idbridge_core::CallContext;
+use idbridge_core::engine::Caller;
 use serde::Serialize;
 
-use idbridge::app::Config;
+use idbridge::app::{Config, EngineOverrides};
 
 /// Arguments of `idbridge check`.
 #[derive(Debug, clap::Args)]
@@ -76,7 +76,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The checks of one target, by kind: AWS runs its full preflight; every other kind its
-/// connector's health check (Azure: a registry read; mock and http kinds: the service answers).
+/// connector's health check (Azure: a registry read; mock and http kinds: the service answers),
+/// made through the engine's call path with the target's `[targets.NAME.engine]` settings:
+/// paced, timed, and retried while the answer is temporary (a throttle, a 503).
 async fn target_checks(target: &idbridge::app::TargetConfig) -> Vec<Item> {
     #[cfg(feature = "aws-iot")]
     if target.kind == "aws-iot" {
@@ -106,8 +108,12 @@ async fn target_checks(target: &idbridge::app::TargetConfig) -> Vec<Item> {
         Err(e) => return vec![fail("target", &target.kind, format!("{e:#}"))],
     };
     let info = connector.info();
+    let opts = match EngineOverrides::default().options(target) {
+        Ok(o) => o,
+        Err(e) => return vec![fail("config", "engine", format!("{e:#}"))],
+    };
     let mut items = vec![];
-    match connector.health_check(&CallContext::unpaced()).await {
+    match Caller::new(connector, &opts).health_check().await {
         Ok(()) => items.push(Item {
             group: "credentials",
             name: format!("{} health check", info.kind),

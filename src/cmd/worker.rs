@@ -4,7 +4,9 @@
 //!
 //! - each of `--jobs` slots claims the oldest running job of a configured target whose job and
 //!   target leases are free (`Journal::claim_job`), renews both every third of `--lease-ttl`,
-//!   runs it from the journal (reconciling devices in flight exactly as `resume` does), and
+//!   runs it from the journal exactly as `resume` does (every stored certificate of a
+//!   provision job verified again against this worker's `[trust]`: one that no longer verifies
+//!   is recorded failed with the reason and never sent; devices in flight reconciled), and
 //!   releases both leases when it stops;
 //! - SIGTERM or Ctrl-C: no new call starts, the calls in flight finish and are recorded, the
 //!   leases are released, exit 0;
@@ -27,8 +29,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use idbridge_core::engine::NoProgress;
-use idbridge_core::journal::{self, JobInfo, Journal};
+use idbridge_core::journal::{self, JobInfo, Journal, OpenedJob};
 use idbridge_core::lease::{self, LeasedProgress, Leaseholder};
+use idbridge_core::trust::Verifier;
 
 use idbridge::app::{Config, EngineOverrides, TargetRun};
 
@@ -85,6 +88,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.jobs > 0, "--jobs must be at least 1");
     let journal =
         journal::open(&url).with_context(|| format!("cannot open the store {}", redact(&url)))?;
+    // The trust this worker judges stored certificates by: its own config's, not whatever the
+    // process that queued the job trusted.
+    let verifier = Arc::new(
+        Verifier::from_options(&config.trust.options()?).context("cannot load the trust store")?,
+    );
     let targets = config.target_names();
     let name = args
         .name
@@ -111,18 +119,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         let shutdown = Arc::clone(&shutdown);
         let service = service.clone();
+        // Both handlers are installed here, before any job is claimed: a SIGTERM that arrives
+        // as the first job starts is a clean stop, never the default action (exit by signal).
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
         tokio::spawn(async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot listen for SIGTERM");
-                        return;
-                    }
-                };
             tokio::select! {
                 _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
             }
             eprintln!("idbridge worker: stopping: finishing the calls in flight");
             shutdown.store(true, Ordering::Release);
@@ -139,6 +144,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let w = Arc::new(Worker {
         journal,
+        verifier,
         url,
         config,
         targets,
@@ -171,6 +177,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 struct Worker {
     journal: Arc<dyn Journal>,
+    verifier: Arc<Verifier>,
     url: String,
     config: Config,
     targets: Vec<String>,
@@ -290,8 +297,8 @@ impl Worker {
         holder: &Leaseholder,
     ) -> anyhow::Result<idbridge_core::engine::JobReport> {
         let target = self.config.target(&job.spec.target)?;
-        // The leases come from the claim: run the engine directly (not TargetRun::resume_job,
-        // which would take them again under another name).
+        // The leases come from the claim: run the verified job directly (not
+        // TargetRun::resume_job, which would take them again under another name).
         let run = TargetRun::with_journal(
             &self.config,
             target,
@@ -305,7 +312,18 @@ impl Worker {
             lost: holder.lost_flag(),
             shutdown: Arc::clone(&self.shutdown),
         };
-        Ok(run.engine.resume(&job.id, &progress).await?)
+        let opened = OpenedJob {
+            id: job.id.clone(),
+            resumed: true,
+        };
+        idbridge::app::resume::run_verified(
+            &run,
+            &opened,
+            job.spec.operation,
+            &self.verifier,
+            &progress,
+        )
+        .await
     }
 }
 

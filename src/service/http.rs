@@ -1617,8 +1617,12 @@ async fn test_target(
     let connector = crate::app::targets::build(&cfg)
         .await
         .map_err(|e| failed(format!("{e:#}")))?;
-    let outcome = connector
-        .health_check(&idbridge_core::CallContext::unpaced())
+    let opts = crate::app::EngineOverrides::default()
+        .options(&cfg)
+        .map_err(|e| ApiError::bad(format!("target: {e:#}")))?;
+    // The engine's call path: paced, timed and retried like a job's calls.
+    let outcome = idbridge_core::engine::Caller::new(connector, &opts)
+        .health_check()
         .await;
     svc.audit(
         &c,
