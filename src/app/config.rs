@@ -131,8 +131,10 @@ pub struct TargetConfig {
 pub struct EngineSection {
     /// Devices per second for the whole target.
     pub rate: Option<f64>,
-    /// Calls in flight.
+    /// Calls in flight at the start (and at least).
     pub concurrency: Option<usize>,
+    /// Calls in flight the engine may grow to when a quota and the cloud's latency need more.
+    pub max_concurrency: Option<usize>,
     /// Devices per call.
     pub batch_size: Option<usize>,
     /// Seconds one call may take.

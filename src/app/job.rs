@@ -22,8 +22,10 @@ use super::targets;
 /// flags); `None` keeps the table's value, else the engine's default.
 #[derive(Debug, Clone, Default)]
 pub struct EngineOverrides {
-    /// Calls in flight at once.
+    /// Calls in flight at the start (and at least).
     pub concurrency: Option<usize>,
+    /// Calls in flight the engine may grow to (equal to `concurrency`: fixed).
+    pub max_concurrency: Option<usize>,
     /// Devices per second for the whole target.
     pub rate: Option<f64>,
     /// Devices per call, where the target has bulk calls.
@@ -40,6 +42,11 @@ impl EngineOverrides {
         if let Some(c) = self.concurrency.or(e.concurrency) {
             anyhow::ensure!(c > 0, "--concurrency must be at least 1");
             opts.concurrency = c;
+        }
+        if let Some(m) = self.max_concurrency.or(e.max_concurrency) {
+            anyhow::ensure!(m > 0, "--max-concurrency must be at least 1");
+            opts.max_concurrency = m;
+            opts.concurrency = opts.concurrency.min(m);
         }
         if let Some(r) = self.rate.or(e.rate) {
             anyhow::ensure!(r.is_finite() && r > 0.0, "--rate must be a positive number");

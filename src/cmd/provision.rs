@@ -90,9 +90,14 @@ pub struct TargetArgs {
     #[arg(long, env = "IDBRIDGE_JOURNAL", value_name = "URL")]
     pub journal: Option<String>,
 
-    /// Calls in flight at once.
+    /// Calls in flight at the start; where a quota binds, the engine grows this as the
+    /// cloud's latency needs, up to --max-concurrency.
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
+
+    /// The most calls in flight (default 256; equal to --concurrency keeps it fixed).
+    #[arg(long, value_name = "N")]
+    pub max_concurrency: Option<usize>,
 
     /// Devices per second for the whole target (per-API quotas apply as well).
     #[arg(long, value_name = "R")]
@@ -414,6 +419,7 @@ impl TargetArgs {
     pub fn overrides(&self) -> EngineOverrides {
         EngineOverrides {
             concurrency: self.concurrency,
+            max_concurrency: self.max_concurrency,
             rate: self.rate,
             batch_size: self.batch_size,
             timeout: self.timeout,

@@ -38,7 +38,8 @@ fn not_found<T>(r: Result<T>) -> Result<Option<T>> {
 }
 
 impl IotClient {
-    /// RegisterCertificateWithoutCA, INACTIVE. `Ok(Some(arn))` when created, `Ok(None)` on 409.
+    /// RegisterCertificateWithoutCA, ACTIVE (it authorises nothing until a policy is
+    /// attached). `Ok(Some(arn))` when created, `Ok(None)` on 409.
     pub async fn register(&self, ctx: &CallContext, pem: &str) -> Result<Option<String>> {
         const OP: &str = "RegisterCertificateWithoutCA";
         ctx.acquire(OP).await;
@@ -46,7 +47,7 @@ impl IotClient {
             .sdk
             .register_certificate_without_ca()
             .certificate_pem(pem)
-            .status(CertificateStatus::Inactive)
+            .status(CertificateStatus::Active)
             .send()
             .await;
         match r.map_err(|e| from_sdk(OP, e)) {

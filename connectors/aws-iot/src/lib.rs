@@ -196,14 +196,15 @@ impl AwsIot {
         }
         self.ensure_policy(ctx).await?;
         let id = d.device_id.as_str();
-        // A fresh registration is INACTIVE with the ARN in the answer; only a 409 needs
-        // DescribeCertificate (the certificate may be INACTIVE or REVOKED from an earlier run).
+        // A fresh registration is ACTIVE with the ARN in the answer: it authorises nothing
+        // until the policy is attached, last. Only a 409 needs DescribeCertificate (the
+        // certificate may be INACTIVE or REVOKED from an earlier run).
         let registered = self.client.register(ctx, &pem).await?;
         let created = registered.is_some();
         let cert = match registered {
             Some(arn) if !arn.is_empty() => client::CertInfo {
                 arn,
-                status: "INACTIVE".to_owned(),
+                status: "ACTIVE".to_owned(),
             },
             _ => self
                 .client
@@ -294,9 +295,6 @@ impl AwsIot {
             }
             Err(e) => return Err(e),
         }
-        self.client
-            .attach_policy(ctx, &self.cfg.policy_name, &cert.arn)
-            .await?;
         if let Some(group) = &self.cfg.thing_group {
             self.client
                 .add_thing_to_group(ctx, group, &thing)
@@ -313,8 +311,13 @@ impl AwsIot {
                     }
                 })?;
         }
-        // Last: until now the certificate was INACTIVE, so a half-provisioned device can never
-        // connect.
+        // Last: the policy. Until it is attached the certificate authorises nothing, so a
+        // device whose provisioning stopped half-way can never connect. Activating a fresh
+        // certificate here instead would cost a call at UpdateCertificate's 10/s per device.
+        self.client
+            .attach_policy(ctx, &self.cfg.policy_name, &cert.arn)
+            .await?;
+        // A certificate left INACTIVE by an earlier run or an operator is activated after it.
         if cert.status != "ACTIVE" {
             self.client.update_certificate(ctx, id, "ACTIVE").await?;
         }
@@ -335,7 +338,12 @@ impl AwsIot {
         if !created {
             return;
         }
-        if let Err(e) = self.client.delete_certificate(ctx, id).await {
+        // AWS deletes only a certificate that is not ACTIVE.
+        let deleted = match self.client.update_certificate(ctx, id, "INACTIVE").await {
+            Ok(()) => self.client.delete_certificate(ctx, id).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
             reason.push_str(&format!(
                 " (and the certificate it registered could not be removed: {e})"
             ));

@@ -177,12 +177,12 @@ async fn provisioned_device_connects_unbound_is_refused_deprovisioned_is_refused
 }
 
 #[tokio::test]
-async fn certificate_is_activated_last() {
+async fn policy_is_attached_last() {
     let f = fixture().await;
     let c = connector(&f.mock).await;
     let dev = f.pki.device(20).unwrap();
     let id = identity(&dev);
-    // The connection drops at AttachPolicy: everything before it happened, activation did not.
+    // The connection drops at AttachPolicy: everything before it happened, the policy did not.
     f.mock
         .faults()
         .push(FaultRule::once(Fault::Reset).on_path("/target-policies/"));
@@ -197,7 +197,13 @@ async fn certificate_is_activated_last() {
             .registry()
             .certificate_status(id.device_id.as_str())
             .as_deref(),
-        Some("INACTIVE")
+        Some("ACTIVE")
+    );
+    assert!(
+        f.mock
+            .registry()
+            .certificate_policies(id.device_id.as_str())
+            .is_empty()
     );
     let host = f.mock.data_host().to_owned();
     assert!(
@@ -222,6 +228,28 @@ async fn certificate_is_activated_last() {
 }
 
 #[tokio::test]
+async fn a_fresh_device_is_four_calls_without_update_certificate() {
+    // UpdateCertificate runs at 10/s in AWS: a fresh device must not need it, or no raised
+    // quota could take a reel past 10 devices/s.
+    let f = fixture().await;
+    let c = connector(&f.mock).await;
+    let id = identity(&f.pki.device(25).unwrap());
+    let out = one(c.register(&ctx(), std::slice::from_ref(&id)).await.unwrap());
+    assert!(matches!(out, RegisterOutcome::Created(_)), "{out:?}");
+    assert_provisioned(&f.mock, &id);
+    for api in [
+        "RegisterCertificateWithoutCA",
+        "CreateThing",
+        "AttachThingPrincipal",
+        "AttachPolicy",
+    ] {
+        assert_eq!(f.mock.calls(api), 1, "{api}");
+    }
+    assert_eq!(f.mock.calls("UpdateCertificate"), 0);
+    assert_eq!(f.mock.calls("DescribeCertificate"), 0);
+}
+
+#[tokio::test]
 async fn lost_response_on_register_ends_in_exact_state() {
     let f = fixture().await;
     let c = connector(&f.mock).await;
@@ -235,13 +263,20 @@ async fn lost_response_on_register_ends_in_exact_state() {
     };
     assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e}");
     assert!(e.is_temporary());
-    // It did happen: the certificate is there, INACTIVE, and nothing else.
+    // It did happen: the certificate is there, with nothing attached (so it authorises
+    // nothing), and nothing else.
     assert_eq!(
         f.mock
             .registry()
             .certificate_status(id.device_id.as_str())
             .as_deref(),
-        Some("INACTIVE")
+        Some("ACTIVE")
+    );
+    assert!(
+        f.mock
+            .registry()
+            .certificate_policies(id.device_id.as_str())
+            .is_empty()
     );
     assert_eq!(f.mock.registry().thing_count(), 0);
     // lookup (what the engine calls after an unknown outcome) reports the half state.
@@ -308,12 +343,11 @@ async fn server_error_and_quota_throttling_mid_flow_end_in_exact_state() {
         "{e}"
     );
     assert_eq!(e.operation(), "AttachPolicy");
-    assert_eq!(
+    assert!(
         f.mock
             .registry()
-            .certificate_status(b.device_id.as_str())
-            .as_deref(),
-        Some("INACTIVE")
+            .certificate_policies(b.device_id.as_str())
+            .is_empty()
     );
     f.mock.set_quota("AttachPolicy", None);
     let again = one(c.register(&ctx(), std::slice::from_ref(&b)).await.unwrap());
@@ -511,8 +545,7 @@ async fn paced_calls_name_each_api() {
             "RegisterCertificateWithoutCA",
             "CreateThing",
             "AttachThingPrincipal",
-            "AttachPolicy",
-            "UpdateCertificate"
+            "AttachPolicy"
         ]
     );
     let declared: Vec<String> = c.info().quotas.iter().map(|q| q.api.clone()).collect();
@@ -537,16 +570,16 @@ async fn plain_http_needs_allow_http() {
 }
 
 #[tokio::test]
-async fn lost_activation_and_lost_delete_end_in_exact_state() {
+async fn lost_policy_attach_and_lost_delete_end_in_exact_state() {
     let f = fixture().await;
     let c = connector(&f.mock).await;
     let dev = f.pki.device(110).unwrap();
     let id = identity(&dev);
-    // The activation happened but its answer was lost.
+    // The last step, AttachPolicy, happened but its answer was lost.
     f.mock.faults().push(
         FaultRule::once(Fault::LoseResponse)
             .on_method("PUT")
-            .on_path("newStatus=ACTIVE"),
+            .on_path("/target-policies/"),
     );
     let out = one(c.register(&ctx(), std::slice::from_ref(&id)).await.unwrap());
     assert!(

@@ -70,6 +70,7 @@ async fn provisioning_200k_devices_holds_a_bounded_window() {
     let journal = Arc::new(SqliteJournal::open(dir.path().join("j.sqlite")).unwrap());
     let opts = EngineOptions {
         concurrency: 16,
+        max_concurrency: 16,
         ..Default::default()
     };
     let engine = Engine::new(connector.clone(), journal, opts.clone());

@@ -139,17 +139,34 @@ impl Caller {
         F: FnOnce(CallContext) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        self.measured_attempt(job, operation, call).await.0
+    }
+
+    /// [`Caller::attempt`], also giving the call's pacer handle (the APIs it used, the time it
+    /// waited for tokens) and its wall time, from which the run sizes its concurrency.
+    pub(crate) async fn measured_attempt<T, F, Fut>(
+        &self,
+        job: Option<&str>,
+        operation: &'static str,
+        call: F,
+    ) -> (Result<T>, Arc<CallClock>, Duration)
+    where
+        F: FnOnce(CallContext) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let clock = CallClock::new(self.pacer.clone());
         let mut ctx = CallContext::paced(clock.clone());
         ctx.job_id = job.map(str::to_owned);
-        match pacer::timed(&clock, self.timeout, call(ctx)).await {
+        let started = tokio::time::Instant::now();
+        let out = match pacer::timed(&clock, self.timeout, call(ctx)).await {
             Ok(r) => r,
             Err(()) => Err(Error::new(
                 ErrorKind::OutcomeUnknown,
                 format!("no answer within {:?}", self.timeout),
             )
             .with_operation(operation)),
-        }
+        };
+        (out, clock, started.elapsed())
     }
 
     /// A single call (lookup, list, finish, health check) with the engine's retries: attempts

@@ -32,13 +32,14 @@
 //! The journal is the queue: a run reads its input (the caller's devices, or the journal's
 //! pages on `resume`) a window at a time, joins each window with its journal records, and forms
 //! batches only as calls in flight make room. It holds at most
-//! `(concurrency + 3) × batch + window` devices whatever the size of the job, counted in a
+//! `(max_concurrency + 3) × batch + window` devices whatever the size of the job, counted in a
 //! [`HeldGauge`] ([`JobReport::peak_held`], [`Engine::held`]). See docs/adr/1500-engine-window.md.
 
 mod call;
 mod diff;
 mod pacer;
 mod retry;
+pub mod sizing;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -46,7 +47,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 
 use crate::connector::{
@@ -70,8 +71,12 @@ use retry::Backoff;
 /// How the engine runs a job.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// Calls in flight at once (further capped by the connector's `max_concurrency`).
+    /// Calls in flight at the start, and never fewer (further capped by the connector's
+    /// `max_concurrency`). Where a quota limits the calls, the run grows this towards
+    /// `max_concurrency` as the cloud's observed latency needs ([`sizing`]).
     pub concurrency: usize,
+    /// The most calls in flight a run may grow to; `concurrency` or less keeps it fixed.
+    pub max_concurrency: usize,
     /// Devices per call, at most the connector's `max_batch_size`.
     pub batch_size: Option<usize>,
     /// Target-wide devices per second (`--rate`), on top of the per-API quotas.
@@ -85,11 +90,14 @@ pub struct EngineOptions {
     /// Seeds the backoff jitter (tests); None draws from the OS.
     pub seed: Option<u64>,
     /// Devices the engine reads ahead of the calls in flight, from its input and the journal
-    /// (at least one batch). A run holds at most `(concurrency + 3) × batch + window`
+    /// (at least one batch). A run holds at most `(max_concurrency + 3) × batch + window`
     /// devices, whatever the size of the job ([`JobReport::peak_held`]): the calls in flight,
     /// one batch queued, one being handed over, and the window with a batch being formed.
     pub window: usize,
 }
+
+/// The default [`EngineOptions::max_concurrency`].
+pub const DEFAULT_MAX_CONCURRENCY: usize = 256;
 
 /// The default [`EngineOptions::window`].
 pub const DEFAULT_WINDOW: usize = 1024;
@@ -98,6 +106,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             concurrency: 16,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
             batch_size: None,
             rate: None,
             quotas: Vec::new(),
@@ -331,6 +340,13 @@ impl Engine {
             .unwrap_or_default();
         let (total, done) = (before.total(), before.done);
         progress.started(&job.id, total, done);
+        let mut concurrency = self.opts.concurrency.max(1);
+        let mut ceiling = self.opts.max_concurrency.max(concurrency);
+        if self.caps.max_concurrency > 0 {
+            concurrency = concurrency.min(self.caps.max_concurrency);
+            ceiling = ceiling.min(self.caps.max_concurrency);
+        }
+        let sizer = sizing::Sizer::new(concurrency, ceiling);
         let run = Run {
             engine: self,
             job: &job.id,
@@ -341,6 +357,7 @@ impl Engine {
             abort: AtomicBool::new(false),
             abort_reason: std::sync::Mutex::new(None),
             progress,
+            sizer,
         };
         let limit = match operation {
             Operation::Deprovision if self.caps.max_deregister_batch_size > 0 => {
@@ -349,10 +366,6 @@ impl Engine {
             _ => self.caps.max_batch_size,
         };
         let batch = self.opts.batch_size.unwrap_or(usize::MAX).min(limit).max(1);
-        let mut concurrency = self.opts.concurrency.max(1);
-        if self.caps.max_concurrency > 0 {
-            concurrency = concurrency.min(self.caps.max_concurrency);
-        }
         let held = Arc::new(HeldGauge::default());
         let feed = Feed {
             journal: self.journal.as_ref(),
@@ -390,20 +403,35 @@ impl Engine {
                 }
             }
         };
-        let consume = rx
-            .map(|b| {
-                async move {
-                    match b {
-                        Ok(b) => run_ref.batch(b).await,
-                        Err(e) => Err(e),
+        // `buffer_unordered` with a limit the sizer moves as calls finish.
+        let consume = async move {
+            let mut rx = rx;
+            let mut in_flight = futures::stream::FuturesUnordered::new();
+            let mut first: Option<Error> = None;
+            let mut open = true;
+            loop {
+                let room = in_flight.len() < run_ref.sizer.limit();
+                tokio::select! {
+                    biased;
+                    Some(r) = in_flight.next(), if !in_flight.is_empty() => {
+                        if let Err(e) = r {
+                            first.get_or_insert(e);
+                        }
                     }
+                    b = rx.next(), if open && room => match b {
+                        Some(b) => in_flight.push(async move {
+                            match b {
+                                Ok(b) => run_ref.batch(b).await,
+                                Err(e) => Err(e),
+                            }
+                        }),
+                        None => open = false,
+                    },
+                    else => break,
                 }
-                .boxed()
-            })
-            .buffer_unordered(concurrency)
-            .fold(None, |first: Option<Error>, r| {
-                futures::future::ready(first.or(r.err()))
-            });
+            }
+            first
+        };
         let ((), first_error) = futures::join!(produce, consume);
         if let Some(e) = first_error {
             return Err(e);
@@ -676,6 +704,8 @@ struct Run<'a> {
     abort: AtomicBool,
     abort_reason: std::sync::Mutex<Option<String>>,
     progress: &'a dyn Progress,
+    /// Calls in flight, sized from quotas and latency.
+    sizer: sizing::Sizer,
 }
 
 impl Run<'_> {
@@ -703,12 +733,23 @@ impl Run<'_> {
         F: FnOnce(crate::connector::CallContext) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<T>>>,
     {
-        let out = self
+        let (out, clock, elapsed) = self
             .engine
             .caller
-            .attempt(Some(self.job), operation, call)
-            .await?;
+            .measured_attempt(Some(self.job), operation, call)
+            .await;
+        let out = out?;
         if out.len() == n {
+            let target = self.engine.caller.pacer().rate_of(TARGET_API);
+            let device_rate = match (clock.device_rate(n), target) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            self.sizer.observe(sizing::Observation {
+                devices: n,
+                device_rate,
+                service: elapsed.saturating_sub(clock.waited()),
+            });
             return Ok(out);
         }
         Err(Error::new(

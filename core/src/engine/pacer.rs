@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -114,6 +114,16 @@ impl RatePacer {
         &self.quotas
     }
 
+    /// The calls per second the pacer lets through for `api` (its quota less the headroom),
+    /// `None` when it is not limited.
+    pub fn rate_of(&self, api: &str) -> Option<f64> {
+        self.buckets.get(api)?;
+        self.quotas
+            .iter()
+            .find(|q| q.api == api)
+            .map(|q| q.per_second * HEADROOM)
+    }
+
     /// Waits for `units` of `api`.
     pub async fn wait(&self, api: &str, units: u32) {
         let Some((bucket, burst)) = self.buckets.get(api) else {
@@ -156,6 +166,10 @@ pub(crate) struct CallClock {
     inner: Arc<RatePacer>,
     waited_nanos: AtomicU64,
     waiting: AtomicU32,
+    /// Every wait of the call, for the sizer (never reset).
+    total_waited_nanos: AtomicU64,
+    /// The units acquired per API (a handful of APIs a call).
+    used: Mutex<Vec<(String, u32)>>,
 }
 
 impl CallClock {
@@ -164,7 +178,27 @@ impl CallClock {
             inner,
             waited_nanos: AtomicU64::new(0),
             waiting: AtomicU32::new(0),
+            total_waited_nanos: AtomicU64::new(0),
+            used: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The time the call spent waiting for tokens.
+    pub(crate) fn waited(&self) -> Duration {
+        Duration::from_nanos(self.total_waited_nanos.load(Ordering::Acquire))
+    }
+
+    /// The devices per second the quotas allow for calls like this one, which handled
+    /// `devices` devices: for each API it used, the API's rate over its units per device; the
+    /// lowest wins. `None` when the call used no limited API.
+    pub(crate) fn device_rate(&self, devices: usize) -> Option<f64> {
+        let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        used.iter()
+            .filter_map(|(api, units)| {
+                let rate = self.inner.rate_of(api)?;
+                (*units > 0).then(|| rate * devices as f64 / f64::from(*units))
+            })
+            .reduce(f64::min)
     }
 }
 
@@ -181,10 +215,18 @@ impl Pacer for CallClock {
     async fn acquire(&self, api: &str, units: u32) {
         self.waiting.fetch_add(1, Ordering::AcqRel);
         let _guard = Waiting(&self.waiting);
+        {
+            let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+            match used.iter_mut().find(|(a, _)| a == api) {
+                Some((_, n)) => *n = n.saturating_add(units),
+                None => used.push((api.to_owned(), units)),
+            }
+        }
         let t = tokio::time::Instant::now();
         self.inner.wait(api, units).await;
         let nanos = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.waited_nanos.fetch_add(nanos, Ordering::AcqRel);
+        self.total_waited_nanos.fetch_add(nanos, Ordering::AcqRel);
     }
 }
 

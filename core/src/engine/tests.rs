@@ -813,7 +813,112 @@ async fn a_quota_is_never_exceeded_and_is_used() {
 /// and the window with a batch being formed.
 fn held_bound(o: &EngineOptions, batch: usize) -> usize {
     let window = o.window.max(batch);
-    (o.concurrency + 3) * batch + window
+    (o.max_concurrency.max(o.concurrency) + 3) * batch + window
+}
+
+/// A cloud like AWS IoT: each device is four calls in a row, each answered after 50 ms ± 20 ms
+/// (seeded), the first at a quota of 100/s, the others at 1,000/s.
+#[derive(Debug)]
+struct SlowCloud {
+    latency: Mutex<rand::rngs::StdRng>,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+#[async_trait]
+impl Connector for SlowCloud {
+    fn info(&self) -> Capabilities {
+        Capabilities {
+            kind: "slow",
+            max_batch_size: 1,
+            quotas: vec![
+                Quota::new("Register", 100.0),
+                Quota::new("Thing", 1000.0),
+                Quota::new("Attach", 1000.0),
+                Quota::new("Policy", 1000.0),
+            ],
+            idempotent_register: true,
+            ..Default::default()
+        }
+    }
+
+    async fn register(
+        &self,
+        ctx: &CallContext,
+        devices: &[DeviceIdentity],
+    ) -> Result<Vec<RegisterOutcome>> {
+        use rand::Rng;
+        let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak.fetch_max(now, Ordering::AcqRel);
+        for api in ["Register", "Thing", "Attach", "Policy"] {
+            ctx.acquire(api).await;
+            let ms = self.latency.lock().unwrap().random_range(30..=70);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        Ok(devices
+            .iter()
+            .map(|d| RegisterOutcome::Created(RemoteDevice::named(d.device_id.short())))
+            .collect())
+    }
+
+    async fn lookup(&self, _: &CallContext, _: &DeviceIdentity) -> Result<Option<RemoteDevice>> {
+        Ok(None)
+    }
+
+    async fn health_check(&self, _: &CallContext) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_grows_with_latency_until_the_quota_binds() {
+    // 2,000 devices at 100/s take 20.6 s at the quota (97% headroom). Each device takes about
+    // 200 ms of the cloud's time, so 16 calls in flight would reach only 80/s (25 s): the run
+    // must size its concurrency from the quota and the latency it sees. Paused time: exact.
+    let seed = test_seed();
+    let run = |max_concurrency: usize| async move {
+        let cloud = Arc::new(SlowCloud {
+            latency: Mutex::new(rand::SeedableRng::seed_from_u64(seed)),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        });
+        let s = journal();
+        let o = EngineOptions {
+            concurrency: 16,
+            max_concurrency,
+            ..opts()
+        };
+        let start = tokio::time::Instant::now();
+        let r = Engine::new(cloud.clone(), s.journal.clone(), o)
+            .execute(
+                Operation::Provision,
+                "t",
+                devices(2000),
+                serde_json::Value::Null,
+                &NoProgress,
+            )
+            .await
+            .unwrap();
+        assert!(r.all_done(), "{r:?}");
+        (
+            start.elapsed().as_secs_f64(),
+            cloud.peak.load(Ordering::Acquire),
+        )
+    };
+    let floor = 2000.0 / (100.0 * HEADROOM);
+    let (fixed, fixed_peak) = run(16).await;
+    assert_eq!(fixed_peak, 16, "seed {seed}");
+    assert!(fixed > floor * 1.15, "fixed at 16: {fixed} s (seed {seed})");
+    let (sized, peak) = run(DEFAULT_MAX_CONCURRENCY).await;
+    assert!(
+        sized <= floor * 1.05,
+        "sized: {sized} s against a floor of {floor} s, peak {peak} in flight (seed {seed})"
+    );
+    assert!(
+        (20..=64).contains(&peak),
+        "peak {peak} in flight (seed {seed})"
+    );
 }
 
 #[tokio::test(start_paused = true)]

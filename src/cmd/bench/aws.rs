@@ -161,7 +161,7 @@ pub async fn run(args: AwsArgs) -> anyhow::Result<ExitCode> {
         "unthrottled": args.unthrottled,
         "wall_seconds": round(wall),
         "devices_per_second": round(n / wall),
-        "api_calls_per_second": round(5.0 * n / wall),
+        "api_calls_per_second": round(4.0 * n / wall),
         "client_cpu_seconds": round(cpu),
         "client_cpu_ms_per_device": round(cpu * 1000.0 / n),
         "throttled_calls_seen_by_mock": mock_throttled(&url).await.unwrap_or(-1),
