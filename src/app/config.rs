@@ -88,6 +88,13 @@ pub struct TrustSection {
     /// Trust only `anchors`, not the built-in vendor roots.
     #[serde(default)]
     pub no_builtin_roots: bool,
+    /// A CRL past its `nextUpdate`: `warn` (default) or `error` (refuse the devices of its CA).
+    #[serde(default)]
+    pub stale_crl: Option<String>,
+    /// Seconds between looks at the CRL files for changes (a changed file is reloaded);
+    /// default 10, 0 looks at every verification.
+    #[serde(default)]
+    pub crl_check_seconds: Option<u64>,
 }
 
 impl TrustSection {
@@ -101,6 +108,12 @@ impl TrustSection {
             no_builtin: self.no_builtin_roots,
             ..Default::default()
         };
+        if let Some(v) = &self.stale_crl {
+            o.stale_crl = v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("[trust] stale_crl = {v:?}: {e}"))?;
+        }
+        o.crl_check_every = self.crl_check_seconds.map(std::time::Duration::from_secs);
         if let Some(v) = &self.validity_at {
             o.validity = v
                 .parse()
