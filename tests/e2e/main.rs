@@ -14,6 +14,8 @@ mod gcp;
 mod hostile;
 #[cfg(feature = "http")]
 mod hostile_tls;
+#[cfg(feature = "http")]
+mod hostile_flood;
 mod inspect;
 #[cfg(feature = "http")]
 mod interop;
@@ -32,6 +34,9 @@ mod service;
 #[cfg(feature = "http")]
 mod service_scale;
 mod service_store;
+mod test_logs;
+#[cfg(feature = "http")]
+mod trust_reload;
 #[cfg(feature = "http")]
 mod webhook;
 mod workers;
