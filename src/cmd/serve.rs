@@ -97,13 +97,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 tracing::warn!(issuer = %name, "require_jti = false: this issuer's tokens can be replayed until they expire");
             }
         }
-        let backend = crate::serve::backend::build(
-            &args.config,
-            &cfg,
-            &trust,
-            args.journal.clone(),
-        )
-        .await?;
+        let backend =
+            crate::serve::backend::build(&args.config, &cfg, &trust, args.journal.clone()).await?;
         what.push(format!("interop receiver -> {}", cfg.targets.join(", ")));
         server_cfg = cfg.clone();
         app = app.merge(api::router(api::AppState::new(verifier, backend, cfg)));

@@ -92,7 +92,11 @@ async fn ten_thousand_parallel_connections() {
     .await
     .expect("every connection was answered or closed (hang guard)");
     let count = |k: &Seen| seen.iter().filter(|x| *x == k).count();
-    let (served, busy, closed) = (count(&Seen::Served), count(&Seen::Busy), count(&Seen::Closed));
+    let (served, busy, closed) = (
+        count(&Seen::Served),
+        count(&Seen::Busy),
+        count(&Seen::Closed),
+    );
     println!("{FLOOD} connections: {served} served, {busy} refused with 503, {closed} closed");
     let other: Vec<_> = seen
         .iter()
@@ -104,20 +108,27 @@ async fn ten_thousand_parallel_connections() {
     // Held connections take at most MAX permits until their request comes, which is after
     // every connect returned; beyond those, only connections the kernel had completed but the
     // server not yet accepted (its accept queue and its SYN queue) can still get a permit.
-    let queued = BACKLOG.min(sysctl("net/core/somaxconn", BACKLOG)) + 1
+    let queued = BACKLOG.min(sysctl("net/core/somaxconn", BACKLOG))
+        + 1
         + sysctl("net/ipv4/tcp_max_syn_backlog", 4096);
     assert!(
         served <= MAX + queued,
         "{served} served: more than the cap ({MAX}) plus what the kernel can queue ({queued})"
     );
     assert_eq!(served + busy + closed, FLOOD);
-    assert!(busy >= 1, "no connection was refused with 503 + Retry-After");
+    assert!(
+        busy >= 1,
+        "no connection was refused with 503 + Retry-After"
+    );
 
     // Afterwards: alive, serving, and back to its file descriptors of before.
     assert!(s.child_alive(), "the server died");
     let started = Instant::now();
     while get(&s).await != 200 {
-        assert!(started.elapsed() < CEILING, "the server does not serve again");
+        assert!(
+            started.elapsed() < CEILING,
+            "the server does not serve again"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let started = Instant::now();
@@ -146,7 +157,9 @@ fn sysctl(name: &str, default: usize) -> usize {
 /// Open file descriptors of process `pid`.
 #[cfg(target_os = "linux")]
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit (the server, spawned after,

@@ -13,9 +13,9 @@ mod gcp;
 #[cfg(feature = "http")]
 mod hostile;
 #[cfg(feature = "http")]
-mod hostile_tls;
-#[cfg(feature = "http")]
 mod hostile_flood;
+#[cfg(feature = "http")]
+mod hostile_tls;
 mod inspect;
 #[cfg(feature = "http")]
 mod interop;

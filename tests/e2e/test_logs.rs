@@ -32,7 +32,13 @@ pub(crate) fn path(stem: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let clean: String = stem
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect();
     dir().join(format!(
@@ -49,8 +55,12 @@ pub(crate) fn record<S: AsRef<std::ffi::OsStr>>(args: &[S], out: &Output) {
         .map(|a| a.as_ref().to_string_lossy().into_owned())
         .collect();
     let stem = shown.first().map(String::as_str).unwrap_or("idbridge");
-    let mut text = format!("idbridge {}\n{:?}\n--- stdout\n", shown.join(" "), out.status)
-        .into_bytes();
+    let mut text = format!(
+        "idbridge {}\n{:?}\n--- stdout\n",
+        shown.join(" "),
+        out.status
+    )
+    .into_bytes();
     text.extend_from_slice(&out.stdout);
     text.extend_from_slice(b"\n--- stderr\n");
     text.extend_from_slice(&out.stderr);
@@ -97,7 +107,10 @@ fn the_secret_constants_of_the_tests_are_listed() {
     #[cfg(feature = "aws-iot")]
     assert!(values.contains(&idbridge_mock_clouds::aws::TEST_SECRET_ACCESS_KEY));
     for (label, value) in listed() {
-        assert!(value.len() >= 8, "{label}: too short to grep for without noise");
+        assert!(
+            value.len() >= 8,
+            "{label}: too short to grep for without noise"
+        );
     }
 }
 
@@ -108,7 +121,11 @@ fn check_secrets_catches_a_planted_secret() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check-secrets");
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("list.txt");
-    std::fs::write(&list, "# a comment\nplanted-key   s3cr3t-planted-value-42\n").unwrap();
+    std::fs::write(
+        &list,
+        "# a comment\nplanted-key   s3cr3t-planted-value-42\n",
+    )
+    .unwrap();
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(logs.join("sub")).unwrap();
     std::fs::write(logs.join("clean.log"), "nothing to see\n").unwrap();
@@ -150,6 +167,12 @@ fn check_secrets_catches_a_planted_secret() {
         "{err}"
     );
     let all = format!("{err}{}", String::from_utf8_lossy(&leaky.stdout));
-    assert!(!all.contains("s3cr3t-planted-value-42"), "the value was printed: {all}");
-    assert!(!all.contains("planted.token"), "the value was printed: {all}");
+    assert!(
+        !all.contains("s3cr3t-planted-value-42"),
+        "the value was printed: {all}"
+    );
+    assert!(
+        !all.contains("planted.token"),
+        "the value was printed: {all}"
+    );
 }

@@ -61,11 +61,22 @@ async fn a_replaced_crl_revokes_on_the_next_request_without_restart() {
     };
     assert_eq!(refused["code"], "untrusted", "{refused}");
     let second = provision(&s, &devices[1].cert_pem).await;
-    assert_eq!(second["status"], "SUCCESS", "another device still is: {second}");
-    assert!(s.log().contains("CRL changed on disk: reloaded"), "{}", s.log());
+    assert_eq!(
+        second["status"], "SUCCESS",
+        "another device still is: {second}"
+    );
+    assert!(
+        s.log().contains("CRL changed on disk: reloaded"),
+        "{}",
+        s.log()
+    );
 
     // A corrupt replacement: logged with the file's name, the revocation stays.
-    replace(&s, "ca.crl", "-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n");
+    replace(
+        &s,
+        "ca.crl",
+        "-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n",
+    );
     let started = Instant::now();
     loop {
         let r = provision(&s, &devices[0].cert_pem).await;
@@ -79,7 +90,10 @@ async fn a_replaced_crl_revokes_on_the_next_request_without_restart() {
             );
             break;
         }
-        assert!(started.elapsed() < CEILING, "no reload failure logged:\n{log}");
+        assert!(
+            started.elapsed() < CEILING,
+            "no reload failure logged:\n{log}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(s.child_alive(), "the server survived the corrupt CRL");

@@ -455,8 +455,8 @@ mod crl_reload {
     use std::time::Duration;
 
     use rcgen::{
-        BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa,
-        Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+        KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
     };
 
     use super::*;
@@ -563,7 +563,10 @@ mod crl_reload {
         rewrite(&path, &crl(&p, &[7, 99, 1000], 2035));
         let after = v.verify_identity(&d7, &[]);
         assert!(
-            after.reason().unwrap_or_default().contains("revoked on 2025-06-01"),
+            after
+                .reason()
+                .unwrap_or_default()
+                .contains("revoked on 2025-06-01"),
             "{after}"
         );
         assert!(v.verify_identity(&d8, &[]).is_valid());
@@ -710,7 +713,9 @@ mod crl_reload {
             "{refused}"
         );
         assert!(
-            strict.verify_identity(&device(&unrelated, 11), &[]).is_valid(),
+            strict
+                .verify_identity(&device(&unrelated, 11), &[])
+                .is_valid(),
             "devices of another CA are not concerned"
         );
         // Before nextUpdate the same CRL is fine under either policy.
