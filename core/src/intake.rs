@@ -26,7 +26,7 @@ use crate::importer::{self, EntryError, ImportOptions, Imported, Items, Record};
 use crate::trust::{ManifestEntry, Verifier};
 
 pub use crate::importer::{Format, Limits, Slot};
-pub use crate::trust::{TrustOptions, ValidityPolicy, Verdict};
+pub use crate::trust::{StaleCrlPolicy, TrustOptions, ValidityPolicy, Verdict};
 
 /// How to read and judge inputs.
 #[derive(Debug, Clone, Default)]
@@ -196,7 +196,7 @@ impl Intake {
             return Err(Error::new(ErrorKind::InvalidInput, "no input given"));
         }
         let mut files = Vec::new();
-        let mut notes = Vec::new();
+        let mut notes = verifier.stale_crl_notes();
         for path in inputs {
             let meta = std::fs::metadata(path)
                 .map_err(|e| importer::input_error(path, format!("cannot open: {e}")))?;

@@ -35,6 +35,8 @@
 //! allow_test_roots = false             # the vendors' published test roots (never in production)
 //! validity_at = "now"                  # "now", "ignore" or an RFC 3339 time
 //! no_builtin_roots = false             # trust only `anchors`
+//! stale_crl = "warn"                   # a CRL past its nextUpdate: "warn" or "error"
+//! crl_check_seconds = 10               # reload changed CRL files this often at most
 //! ```
 
 use std::collections::BTreeMap;
@@ -88,6 +90,13 @@ pub struct TrustSection {
     /// Trust only `anchors`, not the built-in vendor roots.
     #[serde(default)]
     pub no_builtin_roots: bool,
+    /// A CRL past its `nextUpdate`: `warn` (default) or `error` (refuse the devices of its CA).
+    #[serde(default)]
+    pub stale_crl: Option<String>,
+    /// Seconds between looks at the CRL files for changes (a changed file is reloaded);
+    /// default 10, 0 looks at every verification.
+    #[serde(default)]
+    pub crl_check_seconds: Option<u64>,
 }
 
 impl TrustSection {
@@ -101,6 +110,12 @@ impl TrustSection {
             no_builtin: self.no_builtin_roots,
             ..Default::default()
         };
+        if let Some(v) = &self.stale_crl {
+            o.stale_crl = v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("[trust] stale_crl = {v:?}: {e}"))?;
+        }
+        o.crl_check_every = self.crl_check_seconds.map(std::time::Duration::from_secs);
         if let Some(v) = &self.validity_at {
             o.validity = v
                 .parse()
@@ -530,6 +545,32 @@ mod tests {
             "f: [targets.a] token: environment variable NOPE is not set"
         );
         assert!(interpolate("${A", &env, "x").is_err());
+    }
+
+    #[test]
+    fn trust_crl_keys() {
+        let c = Config::parse(
+            "[trust]\ncrls = [\"ca.crl\"]\nstale_crl = \"error\"\ncrl_check_seconds = 0\n",
+            Some("/etc/idbridge/idbridge.toml".into()),
+        )
+        .unwrap();
+        let o = c.trust.options().unwrap();
+        assert_eq!(o.crls, vec![PathBuf::from("/etc/idbridge/ca.crl")]);
+        assert_eq!(o.stale_crl, idbridge_core::intake::StaleCrlPolicy::Error);
+        assert_eq!(o.crl_check_every, Some(std::time::Duration::ZERO));
+        let d = Config::parse("[trust]\n", None)
+            .unwrap()
+            .trust
+            .options()
+            .unwrap();
+        assert_eq!(d.stale_crl, idbridge_core::intake::StaleCrlPolicy::Warn);
+        assert_eq!(d.crl_check_every, None, "the verifier's default");
+        let bad = Config::parse("[trust]\nstale_crl = \"fatal\"\n", None)
+            .unwrap()
+            .trust
+            .options()
+            .unwrap_err();
+        assert!(bad.to_string().contains("[trust] stale_crl"), "{bad}");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use idbridge::app::config::TrustSection;
-use idbridge_core::intake::{Format, IntakeOptions, Slot, TrustOptions, ValidityPolicy};
+use idbridge_core::intake::{
+    Format, IntakeOptions, Slot, StaleCrlPolicy, TrustOptions, ValidityPolicy,
+};
 
 /// Inputs and how to judge them.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,6 +77,11 @@ pub struct TrustArgs {
     /// Trust only the --trust anchors, not the built-in vendor roots.
     #[arg(long)]
     pub no_builtin_roots: bool,
+
+    /// What a CRL past its nextUpdate does: `warn` (default, or the config's
+    /// `[trust] stale_crl`) or `error` (refuse the devices of its CA).
+    #[arg(long, value_name = "POLICY")]
+    pub stale_crl: Option<StaleCrlPolicy>,
 }
 
 impl TrustArgs {
@@ -86,6 +93,8 @@ impl TrustArgs {
             crls: self.crl.clone(),
             validity: self.validity_at.unwrap_or_default(),
             no_builtin: self.no_builtin_roots,
+            stale_crl: self.stale_crl.unwrap_or_default(),
+            crl_check_every: None,
         }
     }
 
@@ -100,6 +109,9 @@ impl TrustArgs {
         o.no_builtin |= self.no_builtin_roots;
         if let Some(v) = self.validity_at {
             o.validity = v;
+        }
+        if let Some(p) = self.stale_crl {
+            o.stale_crl = p;
         }
         Ok(o)
     }

@@ -54,6 +54,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "{} has neither a [serve] (interop receiver) nor a [service] (registration service) table",
         args.config.display()
     );
+    // The config's [trust] (CRLs, stale_crl, crl_check_seconds ...) with the flags on top.
+    let trust = args
+        .trust
+        .options_with(&idbridge::app::Config::load(Some(&args.config))?.trust)?;
     let mut app = axum::Router::new();
     let mut what = Vec::new();
     // The listener: [serve]'s when the receiver runs, else the service's own.
@@ -73,7 +77,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             cfg.listen = l.clone();
         }
         cfg.validate()?;
-        if args.trust.allow_test_roots {
+        if trust.allow_test_roots {
             anyhow::ensure!(
                 cfg.insecure_test_roots,
                 "--allow-test-roots would accept certificates signed by vendor test roots, whose \
@@ -93,13 +97,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 tracing::warn!(issuer = %name, "require_jti = false: this issuer's tokens can be replayed until they expire");
             }
         }
-        let backend = crate::serve::backend::build(
-            &args.config,
-            &cfg,
-            &args.trust.options(),
-            args.journal.clone(),
-        )
-        .await?;
+        let backend =
+            crate::serve::backend::build(&args.config, &cfg, &trust, args.journal.clone()).await?;
         what.push(format!("interop receiver -> {}", cfg.targets.join(", ")));
         server_cfg = cfg.clone();
         app = app.merge(api::router(api::AppState::new(verifier, backend, cfg)));
@@ -110,7 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(cfg) = service_cfg {
         let config = idbridge::app::Config::load(Some(&args.config))?;
         let journal = idbridge::app::journal_url(args.journal.as_deref(), &config);
-        let svc = Service::open(cfg, args.trust.options(), journal).await?;
+        let svc = Service::open(cfg, trust.clone(), journal).await?;
         let preloaded = svc.preload().await?;
         if args.no_jobs {
             svc.jobs.disable();

@@ -12,18 +12,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use idbridge_http::ItemResult;
 use serde_json::{Value, json};
 
 use super::auth::{Grant, Scope, TokenVerifier, msg};
 use super::jobs::Jobs;
-use super::server::{ApiError, CorrelationId, JobPermits, clean_text};
+use super::request::{Action, Entry, StatusQuery, parse_body, parse_certs, parse_status};
+use super::server::{ApiError, CorrelationId, JobPermits};
 use super::{Backend, Item, Outcome, ServeConfig};
-
-/// Longest `ref` accepted, characters (after control characters are removed).
-pub const MAX_REF_CHARS: usize = 256;
 
 /// Infineon's message for a certificate that does not decode (verbatim, typo included).
 pub const MSG_CANNOT_DECODE: &str = "Cannot decode certitifcate";
@@ -120,43 +116,30 @@ async fn interop(
                 .into_response();
         }
     };
-    let req: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("body is not valid JSON: {e}"),
-            );
-        }
+    let (action, req) = match parse_body(&body) {
+        Ok(x) => x,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
     };
-    let Some(obj) = req.as_object() else {
-        return error(StatusCode::BAD_REQUEST, "\"value\" must be of type object");
-    };
-    match obj.get("action").map(|a| a.as_str()) {
-        None => error(StatusCode::BAD_REQUEST, "\"action\" is required"),
-        Some(Some("info")) => json_response(
+    match action {
+        Action::Info => json_response(
             StatusCode::OK,
             &json!({"action": "info", "compatibilityVersion": 1, "extensions": ["status", "deprovision"]}),
         ),
-        Some(Some("provision")) => match allowed(&grant, Scope::Provision) {
+        Action::Provision => match allowed(&grant, Scope::Provision) {
             Ok(()) => provision(&s, &req, prefers_async(&headers)).await,
             Err(r) => *r,
         },
-        Some(Some("deprovision")) => match allowed(&grant, Scope::Deprovision) {
+        Action::Deprovision => match allowed(&grant, Scope::Deprovision) {
             Ok(()) => deprovision(&s, &req).await,
             Err(r) => *r,
         },
-        Some(Some("status")) => match allowed(&grant, Scope::Status) {
+        Action::Status => match allowed(&grant, Scope::Status) {
             Ok(()) => status(&s, &req).await,
             Err(r) => *r,
         },
-        Some(Some("message")) => json_response(
+        Action::Message => json_response(
             StatusCode::OK,
             &json!({"message": "Not yet implemented.", "action": "message"}),
-        ),
-        Some(_) => error(
-            StatusCode::BAD_REQUEST,
-            "\"action\" must be one of [provision, info, status, message, deprovision]",
         ),
     }
 }
@@ -174,98 +157,6 @@ fn allowed(grant: &Grant, scope: Scope) -> Result<(), Box<Response>> {
             scope.as_str()
         ),
     )))
-}
-
-/// A validated certificate entry: decoded DER, or the item error it gets.
-enum Entry {
-    Ok(Item),
-    Undecodable(String),
-}
-
-/// Validates `certs` like Infineon's Joi schema (every violation listed, joined by ", ").
-fn parse_certs(req: &Value, max: usize) -> Result<Vec<Entry>, String> {
-    let certs = match req.get("certs") {
-        None => return Err("\"certs\" is required".into()),
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err("\"certs\" must be an array".into()),
-    };
-    if certs.len() > max {
-        return Err(format!(
-            "\"certs\" has {} items; this receiver takes at most {max} per request",
-            certs.len()
-        ));
-    }
-    let mut errors = Vec::new();
-    let mut out = Vec::with_capacity(certs.len());
-    for (i, c) in certs.iter().enumerate() {
-        if !c.is_object() {
-            errors.push(format!("\"certs[{i}]\" must be of type object"));
-            continue;
-        }
-        let reference = match c.get("ref") {
-            None => {
-                errors.push(format!("\"certs[{i}].ref\" is required"));
-                None
-            }
-            Some(Value::String(r)) if r.chars().count() > MAX_REF_CHARS => {
-                errors.push(format!(
-                    "\"certs[{i}].ref\" length must be less than or equal to {MAX_REF_CHARS} characters long"
-                ));
-                None
-            }
-            Some(Value::String(r)) if !clean_text(r, MAX_REF_CHARS).is_empty() => {
-                Some(clean_text(r, MAX_REF_CHARS))
-            }
-            Some(Value::String(_)) => {
-                errors.push(format!("\"certs[{i}].ref\" is not allowed to be empty"));
-                None
-            }
-            Some(_) => {
-                errors.push(format!("\"certs[{i}].ref\" must be a string"));
-                None
-            }
-        };
-        let decoded = match c.get("cert") {
-            None => {
-                errors.push(format!("\"certs[{i}].cert\" is required"));
-                None
-            }
-            Some(Value::String(b)) => match STANDARD.decode(b) {
-                Ok(bytes) => Some(bytes),
-                Err(_) => {
-                    errors.push(format!("\"certs[{i}].cert\" must be a valid base64 string"));
-                    None
-                }
-            },
-            Some(_) => {
-                errors.push(format!("\"certs[{i}].cert\" must be a string"));
-                None
-            }
-        };
-        if let (Some(reference), Some(bytes)) = (reference, decoded) {
-            out.push(match pem_der(&bytes) {
-                Some(der) => Entry::Ok(Item {
-                    reference,
-                    der: der.into(),
-                }),
-                None => Entry::Undecodable(reference),
-            });
-        }
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors.join(", "))
-    }
-}
-
-/// The DER of the first CERTIFICATE block of a PEM text (LF or CRLF).
-fn pem_der(bytes: &[u8]) -> Option<Vec<u8>> {
-    let blocks = pem::parse_many(bytes).ok()?;
-    blocks
-        .into_iter()
-        .find(|b| b.tag() == "CERTIFICATE")
-        .map(|b| b.into_contents())
 }
 
 /// Whether the caller opted into asynchronous answers: `Prefer: respond-async` (RFC 7240).
@@ -407,61 +298,35 @@ async fn deprovision(s: &AppState, req: &Value) -> Response {
 }
 
 async fn status(s: &AppState, req: &Value) -> Response {
-    if let Some(job) = req.get("job") {
-        let Some(id) = job.as_str() else {
-            return error(StatusCode::BAD_REQUEST, "\"job\" must be a string");
-        };
-        let Some(job) = s.jobs.get(id) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "unknown job (finished jobs are kept for an hour)",
-            );
-        };
-        let done = job.is_done();
-        let results = job.snapshot(|r| ItemResult {
-            reference: r.to_owned(),
-            status: "PENDING".into(),
-            job: Some(job.id.clone()),
-            ..Default::default()
-        });
-        return json_response(
-            StatusCode::OK,
-            &json!({"action": "status", "job": job.id, "done": done, "results": results}),
-        );
-    }
-    if let Some(fps) = req.get("fingerprints") {
-        let Some(arr) = fps.as_array() else {
-            return error(StatusCode::BAD_REQUEST, "\"fingerprints\" must be an array");
-        };
-        let mut list = Vec::with_capacity(arr.len());
-        for (i, f) in arr.iter().enumerate() {
-            match f.as_str() {
-                Some(f) if f.len() == 64 && f.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                    list.push(f.to_ascii_lowercase())
-                }
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        &format!(
-                            "\"fingerprints[{i}]\" must be 64 hex characters (SHA-256 of the DER)"
-                        ),
-                    );
-                }
-            }
+    match parse_status(req, s.cfg.max_certs) {
+        Err(msg) => error(StatusCode::BAD_REQUEST, &msg),
+        Ok(StatusQuery::Job(id)) => {
+            let Some(job) = s.jobs.get(&id) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "unknown job (finished jobs are kept for an hour)",
+                );
+            };
+            let done = job.is_done();
+            let results = job.snapshot(|r| ItemResult {
+                reference: r.to_owned(),
+                status: "PENDING".into(),
+                job: Some(job.id.clone()),
+                ..Default::default()
+            });
+            json_response(
+                StatusCode::OK,
+                &json!({"action": "status", "job": job.id, "done": done, "results": results}),
+            )
         }
-        if list.len() > s.cfg.max_certs {
-            return error(StatusCode::BAD_REQUEST, "too many fingerprints");
+        Ok(StatusQuery::Fingerprints(list)) => {
+            let devices = s.backend.lookup(&list).await;
+            json_response(
+                StatusCode::OK,
+                &json!({"action": "status", "devices": devices}),
+            )
         }
-        let devices = s.backend.lookup(&list).await;
-        return json_response(
-            StatusCode::OK,
-            &json!({"action": "status", "devices": devices}),
-        );
     }
-    error(
-        StatusCode::BAD_REQUEST,
-        "\"job\" or \"fingerprints\" is required",
-    )
 }
 
 fn item_result(reference: &str, out: Outcome) -> ItemResult {
@@ -646,7 +511,8 @@ mod tests {
     }
 
     fn cert_b64(pem: &str) -> String {
-        STANDARD.encode(pem)
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(pem)
     }
 
     #[tokio::test]

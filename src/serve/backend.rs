@@ -335,7 +335,8 @@ pub async fn build(
 ) -> anyhow::Result<Arc<dyn Backend>> {
     use anyhow::Context as _;
 
-    let verifier = Verifier::from_options(trust).context("trust store")?;
+    let verifier = Arc::new(Verifier::from_options(trust).context("trust store")?);
+    reload_crls_on_sighup(Arc::clone(&verifier));
     let config = app::Config::load(Some(config_path))?;
     let journal_url = app::journal_url(journal_override.as_deref(), &config);
     let journal = app::open_journal(&journal_url)?;
@@ -355,8 +356,30 @@ pub async fn build(
         targets.push((name.clone(), run.engine));
     }
     Ok(Arc::new(EngineBackend::new(
-        Arc::new(verifier),
+        verifier,
         targets,
         cfg.endpoint.clone(),
     )))
+}
+
+/// Looks at the CRL files on every SIGHUP (besides the periodic look of every verification).
+fn reload_crls_on_sighup(verifier: Arc<Verifier>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: CRLs are reloaded only when checked");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let v = Arc::clone(&verifier);
+            match tokio::task::spawn_blocking(move || v.reload_crls()).await {
+                Ok(true) => tracing::info!("SIGHUP: changed CRL files reloaded"),
+                Ok(false) => tracing::info!("SIGHUP: CRL files unchanged"),
+                Err(e) => tracing::error!(%e, "SIGHUP: CRL reload task failed"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(verifier);
 }

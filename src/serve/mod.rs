@@ -18,24 +18,15 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod jobs;
+pub mod request;
 pub mod server;
 pub use idbridge::tls;
-
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use idbridge_http::client::FingerprintStatus;
 
 pub use config::ServeConfig;
-
-/// One certificate of a request, decoded.
-#[derive(Debug, Clone)]
-pub struct Item {
-    /// The caller's `ref`.
-    pub reference: String,
-    /// The certificate DER.
-    pub der: Arc<[u8]>,
-}
+pub use request::Item;
 
 /// The result of one item.
 #[derive(Debug, Clone, PartialEq)]

@@ -176,14 +176,7 @@ impl JobPermits {
     }
 }
 
-/// A caller-supplied string made safe for the journal, logs and terminals: control and
-/// bidirectional-override characters removed, at most `max_chars` characters kept.
-pub fn clean_text(s: &str, max_chars: usize) -> String {
-    s.chars()
-        .filter(|c| !c.is_control() && !is_bidi_control(*c))
-        .take(max_chars)
-        .collect()
-}
+pub use super::request::clean_text;
 
 /// Serves `app` on `listener` with `limits` (over TLS when `tls` is given) until `shutdown`
 /// resolves; then stops accepting and gives open connections up to 10 s to finish.
@@ -640,10 +633,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
-}
-
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 fn new_id() -> String {

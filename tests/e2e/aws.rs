@@ -70,7 +70,9 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("idbridge runs")
+        let out = self.cmd(args).output().expect("idbridge runs");
+        super::test_logs::record(args, &out);
+        out
     }
 
     /// `inspect|provision|deprovision FILE` with the test PKI pinned.

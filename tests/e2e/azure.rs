@@ -22,9 +22,11 @@ async fn idbridge(dir: &Path, args: &[&str], envs: &[(&str, String)]) -> Output 
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    tokio::task::spawn_blocking(move || cmd.output().expect("idbridge runs"))
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("idbridge runs"))
         .await
-        .expect("join")
+        .expect("join");
+    super::test_logs::record(args, &out);
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,13 +190,15 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
 
 /// Runs idbridge in `dir` and waits.
 pub fn run(dir: &Path, args: &[&str]) -> Output {
-    idbridge()
+    let out = idbridge()
         .current_dir(dir)
         .args(args)
         .env_remove("IDBRIDGE_CONFIG")
         .env_remove("IDBRIDGE_JOURNAL")
         .output()
-        .unwrap()
+        .unwrap();
+    super::test_logs::record(args, &out);
+    out
 }
 
 /// The exit code, printing stderr on surprise.

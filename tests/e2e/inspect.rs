@@ -10,11 +10,13 @@ fn real(rel: &str) -> PathBuf {
 }
 
 fn inspect(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_idbridge"))
+    let out = Command::new(env!("CARGO_BIN_EXE_idbridge"))
         .arg("inspect")
         .args(args)
         .output()
-        .expect("idbridge runs")
+        .expect("idbridge runs");
+    super::test_logs::record(args, &out);
+    out
 }
 
 fn text(b: &[u8]) -> String {

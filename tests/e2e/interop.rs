@@ -70,14 +70,16 @@ pub(crate) fn bin() -> &'static str {
 
 /// Runs the CLI without blocking the runtime the in-process mocks live on.
 pub(crate) async fn idbridge(args: &[String]) -> Output {
-    tokio::process::Command::new(bin())
+    let out = tokio::process::Command::new(bin())
         .args(args)
         .env_remove("IDBRIDGE_CONFIG")
         .env_remove("IDBRIDGE_JOURNAL")
         .kill_on_drop(true)
         .output()
         .await
-        .unwrap()
+        .unwrap();
+    super::test_logs::record(args, &out);
+    out
 }
 
 /// `provision --output json` for `target`, returning the exit code and the parsed report.

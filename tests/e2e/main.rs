@@ -13,6 +13,8 @@ mod gcp;
 #[cfg(feature = "http")]
 mod hostile;
 #[cfg(feature = "http")]
+mod hostile_flood;
+#[cfg(feature = "http")]
 mod hostile_tls;
 mod inspect;
 #[cfg(feature = "http")]
@@ -32,6 +34,9 @@ mod service;
 #[cfg(feature = "http")]
 mod service_scale;
 mod service_store;
+mod test_logs;
+#[cfg(feature = "http")]
+mod trust_reload;
 #[cfg(feature = "http")]
 mod webhook;
 mod workers;

@@ -17,7 +17,9 @@ fn idbridge(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
     for (k, v) in envs {
         c.env(k, v);
     }
-    c.output().expect("idbridge runs")
+    let out = c.output().expect("idbridge runs");
+    super::test_logs::record(args, &out);
+    out
 }
 
 fn text(o: &Output) -> String {

@@ -152,7 +152,7 @@ fn bad_credentials_stop_the_job_and_never_leak_the_token() {
             cloud.url
         ),
     );
-    let secret = "wr0ng-s3cret-t0ken";
+    let secret = super::test_logs::secret("lab-token-provision-e2e");
     let o = super::engine_support::idbridge()
         .current_dir(work.path())
         .args([
@@ -165,6 +165,7 @@ fn bad_credentials_stop_the_job_and_never_leak_the_token() {
         .env("LAB_TOKEN", secret)
         .output()
         .unwrap();
+    super::test_logs::record(&["provision", "--target", "lab"], &o);
     assert_eq!(code(&o), 1);
     let all = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
     assert!(all.contains("unauthenticated"), "{all}");

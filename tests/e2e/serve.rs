@@ -312,6 +312,7 @@ async fn serve_into_two_targets_mock_cloud_and_webhook() {
     use idbridge_mock_clouds::webhook::{MockWebhook, WebhookState};
 
     let secret = WebhookState::random_secret();
+    super::test_logs::note_secret("webhook-secret", &secret);
     let hook = MockWebhook::start("127.0.0.1:0", WebhookState::new(&secret).unwrap(), false)
         .await
         .unwrap();

@@ -1,6 +1,6 @@
 //! Starting a real `idbridge serve` process for the e2e tests (`serve.rs`, `hostile.rs`): a
 //! mock cloud to provision into, a CIRRENT-like token sender, and the receiver itself on a
-//! free loopback port, with its log captured in the fixture directory.
+//! free loopback port, with its log captured in the run-wide test log directory.
 #![allow(clippy::unwrap_used)] // test helpers
 
 use std::path::PathBuf;
@@ -37,6 +37,9 @@ pub(crate) struct Launch<'a> {
     pub files: Vec<(&'a str, String)>,
     /// Extra command-line arguments of `serve`.
     pub args: Vec<&'a str>,
+    /// A file name: an empty CRL of the fixture's CA is written there before the start (the
+    /// test names it in `[trust] crls` through `more`).
+    pub crl: Option<&'a str>,
 }
 
 impl Default for Launch<'_> {
@@ -49,6 +52,7 @@ impl Default for Launch<'_> {
             plain: true,
             files: Vec::new(),
             args: Vec::new(),
+            crl: None,
         }
     }
 }
@@ -101,6 +105,9 @@ pub(crate) async fn launch(l: Launch<'_>) -> Served {
     fx.write("issuer.jwks", &sender.jwks());
     for (name, text) in &l.files {
         fx.write(name, text);
+    }
+    if let Some(name) = l.crl {
+        fx.write(name, &fx.pki.crl(&[]).unwrap());
     }
     let config = fx.write(
         "idbridge.toml",
@@ -166,8 +173,8 @@ pub(crate) fn https_client(fx: &Fixture, identity: bool) -> reqwest::Client {
     b.build().unwrap()
 }
 
-/// Spawns `idbridge serve --config CONFIG` (plus `extra` args) with stderr to `serve.log` in
-/// the fixture directory; returns the child and the URL printed on stdout's first line.
+/// Spawns `idbridge serve --config CONFIG` (plus `extra` args) with stderr to [`log_path`];
+/// returns the child and the URL printed on stdout's first line.
 pub(crate) async fn spawn_serve(
     fx: &Fixture,
     config: &std::path::Path,
@@ -214,9 +221,11 @@ pub(crate) async fn spawn_serve(
     (child, first)
 }
 
-/// Where [`spawn_serve`] writes the server's log.
+/// Where [`spawn_serve`] writes the server's log: in the run-wide log directory (grepped for
+/// secrets after the run), one file per fixture.
 pub(crate) fn log_path(fx: &Fixture) -> PathBuf {
-    fx.path("serve.log")
+    let name = fx.dir.path().file_name().unwrap().to_string_lossy();
+    super::test_logs::dir().join(format!("serve-{name}.log"))
 }
 
 impl Served {
@@ -250,7 +259,9 @@ impl Served {
 
     /// A fresh valid token (each has its own `jti`).
     pub fn bearer(&self) -> Option<String> {
-        Some(format!("Bearer {}", self.sender.token(TokenKind::Valid)))
+        let token = self.sender.token(TokenKind::Valid);
+        super::test_logs::note_secret("interop-bearer-token", &token);
+        Some(format!("Bearer {token}"))
     }
 
     /// The server's log so far.

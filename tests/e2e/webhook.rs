@@ -18,6 +18,7 @@ struct Hook {
 async fn setup(secret_in_config: Option<&str>) -> Hook {
     let fx = Fixture::new();
     let secret = WebhookState::random_secret();
+    super::test_logs::note_secret("webhook-secret", &secret);
     let mock = MockWebhook::start("127.0.0.1:0", WebhookState::new(&secret).unwrap(), true)
         .await
         .unwrap();

@@ -19,7 +19,8 @@ pub(crate) mod sig;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use ::time::OffsetDateTime;
 use aws_lc_rs::digest;
@@ -142,6 +143,43 @@ pub struct TrustOptions {
     pub validity: ValidityPolicy,
     /// Leave out the built-in vendor anchors (only the `anchors` are trusted).
     pub no_builtin: bool,
+    /// What a CRL past its `nextUpdate` does: a warning (default) or refusing the devices of
+    /// its CA.
+    pub stale_crl: StaleCrlPolicy,
+    /// How often, at most, a verifier looks at its CRL files' modification time and length to
+    /// reload the ones that changed; `None`: [`DEFAULT_CRL_CHECK`]. [`Verifier::reload_crls`]
+    /// checks at once (on SIGHUP).
+    pub crl_check_every: Option<Duration>,
+}
+
+/// How often a long-running verifier looks for changed CRL files by default.
+pub const DEFAULT_CRL_CHECK: Duration = Duration::from_secs(10);
+
+/// What a CRL past its `nextUpdate` (at the verification time) does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StaleCrlPolicy {
+    /// Log a warning once per CRL (and a note in `inspect`); devices are still judged by it.
+    #[default]
+    Warn,
+    /// Refuse every device issued by the CRL's CA until a fresh CRL is in place.
+    Error,
+}
+
+impl std::str::FromStr for StaleCrlPolicy {
+    type Err = Error;
+
+    /// `warn` or `error`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "warn" => Ok(StaleCrlPolicy::Warn),
+            "error" => Ok(StaleCrlPolicy::Error),
+            other => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("stale CRL policy {other:?}: not `warn` or `error`"),
+            )),
+        }
+    }
 }
 
 /// A CA certificate of the store.
@@ -435,7 +473,11 @@ pub struct Verifier {
     store: TrustStore,
     allow_test_roots: bool,
     validity: ValidityPolicy,
-    crls: crl::Revocations,
+    crls: RwLock<Arc<crl::CrlSet>>,
+    stale_crl: StaleCrlPolicy,
+    crl_check_every: Duration,
+    /// When the CRL files were last looked at.
+    crl_checked: Mutex<Instant>,
     chains: RwLock<HashMap<[u8; 32], std::result::Result<AnchorInfo, String>>>,
     extras: RwLock<HashMap<[u8; 32], Arc<CaCert>>>,
 }
@@ -459,17 +501,20 @@ impl Verifier {
     /// A verifier over `store` with `opts` (its `anchors` are ignored here: add them to the
     /// store; its `crls` are loaded and their signatures checked against the store).
     pub fn new(store: TrustStore, opts: &TrustOptions) -> Result<Self> {
-        let mut verifier = Verifier {
+        let crls = crl::CrlSet::load_all(&opts.crls, &store)?;
+        let verifier = Verifier {
             store,
             allow_test_roots: opts.allow_test_roots,
             validity: opts.validity,
-            crls: crl::Revocations::default(),
+            crls: RwLock::new(Arc::new(crls)),
+            stale_crl: opts.stale_crl,
+            crl_check_every: opts.crl_check_every.unwrap_or(DEFAULT_CRL_CHECK),
+            crl_checked: Mutex::new(Instant::now()),
             chains: RwLock::new(HashMap::new()),
             extras: RwLock::new(HashMap::new()),
         };
-        for path in &opts.crls {
-            let revocations = crl::load(path, &verifier.store)?;
-            verifier.crls.extend(revocations);
+        for note in verifier.stale_crl_notes() {
+            tracing::warn!("{note}");
         }
         // Anchors outside their validity are reported (they still anchor: the chain's own
         // validity is checked at every verification).
@@ -504,6 +549,79 @@ impl Verifier {
     /// The store.
     pub fn store(&self) -> &TrustStore {
         &self.store
+    }
+
+    /// Looks at the CRL files now and reloads those whose modification time or length
+    /// changed; `true` when something was reloaded. A file that no longer loads keeps its
+    /// previous revocations and the failure is logged naming the file. Verification calls
+    /// this by itself at most every `crl_check_every`; a SIGHUP handler calls it directly.
+    pub fn reload_crls(&self) -> bool {
+        let mut checked = match self.crl_checked.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *checked = Instant::now();
+        self.reload_changed_crls()
+    }
+
+    /// Notes on CRLs past their `nextUpdate` at the verification time (for `inspect`).
+    pub fn stale_crl_notes(&self) -> Vec<String> {
+        let Some(at) = self.at() else {
+            return Vec::new();
+        };
+        let crls = self.crls();
+        crls.files
+            .iter()
+            .filter_map(|f| f.stale_at(at))
+            .map(|why| match self.stale_crl {
+                StaleCrlPolicy::Warn => format!("{why}: revocations may be missing"),
+                StaleCrlPolicy::Error => {
+                    format!("{why}: devices of this CA are refused (stale_crl = \"error\")")
+                }
+            })
+            .collect()
+    }
+
+    /// The CRLs in force.
+    fn crls(&self) -> Arc<crl::CrlSet> {
+        match self.crls.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Reloads changed CRL files when `crl_check_every` has passed since the last look.
+    fn maybe_reload_crls(&self) {
+        if self.crls().files.is_empty() {
+            return;
+        }
+        // Another thread looking right now is as good as this one looking.
+        let Ok(mut checked) = self.crl_checked.try_lock() else {
+            return;
+        };
+        if checked.elapsed() < self.crl_check_every {
+            return;
+        }
+        *checked = Instant::now();
+        self.reload_changed_crls();
+    }
+
+    fn reload_changed_crls(&self) -> bool {
+        let current = self.crls();
+        if !current.changed() {
+            return false;
+        }
+        let next = Arc::new(current.reloaded(&self.store));
+        match self.crls.write() {
+            Ok(mut g) => *g = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        // Cached chains hold the revocation status of intermediates.
+        match self.chains.write() {
+            Ok(mut m) => m.clear(),
+            Err(poisoned) => poisoned.into_inner().clear(),
+        }
+        true
     }
 
     /// The time validity is judged at, evaluated now (at every verification).
@@ -570,6 +688,8 @@ impl Verifier {
                 };
             }
         };
+        self.maybe_reload_crls();
+        let crls = self.crls();
         let mut reasons: Vec<String> = Vec::new();
         let mut anchor_name = None;
         let at = self.at();
@@ -624,11 +744,23 @@ impl Verifier {
                 reasons.push(format!("not valid before {}", date(nb)));
             }
         }
-        if let Some(why) = self.crls.revoked(
-            cert.tbs_certificate.issuer.as_raw(),
-            cert.tbs_certificate.raw_serial(),
-        ) {
+        let issuer_raw = cert.tbs_certificate.issuer.as_raw();
+        if let Some(why) = crls.revoked(issuer_raw, cert.tbs_certificate.raw_serial()) {
             reasons.push(why);
+        }
+        if let Some(at) = at {
+            for f in crls.files.iter().filter(|f| f.issuer_raw == issuer_raw) {
+                match self.stale_crl {
+                    StaleCrlPolicy::Warn => f.warn_if_stale(at),
+                    StaleCrlPolicy::Error => {
+                        if let Some(why) = f.stale_at(at) {
+                            reasons.push(format!(
+                                "{why}: revocation cannot be checked (stale_crl = \"error\")"
+                            ));
+                        }
+                    }
+                }
+            }
         }
         match (reasons.is_empty(), anchor_name) {
             (true, Some(anchor)) => Verdict::Valid { anchor },
@@ -737,8 +869,12 @@ impl Verifier {
         } else {
             // Cached without the depth it was reached at: pathLen is checked below against
             // the budget, validity at every verification.
+            let generation = self.crls().generation;
             let result = self.resolve_uncached(ca, extras, level);
-            if let Ok(mut m) = self.chains.write() {
+            // Not cached when the CRLs were reloaded meanwhile (it may hold the old status).
+            if let Ok(mut m) = self.chains.write()
+                && self.crls().generation == generation
+            {
                 m.insert(ca.fingerprint, result.clone());
             }
             result
@@ -772,7 +908,7 @@ impl Verifier {
                 ca.name
             ));
         }
-        if let Some(why) = self.crls.revoked(&ca.issuer_raw, &ca.serial_raw) {
+        if let Some(why) = self.crls().revoked(&ca.issuer_raw, &ca.serial_raw) {
             return Err(format!("intermediate {:?} {why}", ca.name));
         }
         let (_, parsed) = X509Certificate::from_der(&ca.der)

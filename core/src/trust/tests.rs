@@ -447,3 +447,309 @@ mod malleability {
         (root, ca, device)
     }
 }
+
+mod crl_reload {
+    //! CRLs reload when their file changes; a corrupt rewrite keeps the old list; a CRL past
+    //! its nextUpdate warns or refuses by policy.
+    use std::path::Path;
+    use std::time::Duration;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+        KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+    };
+
+    use super::*;
+    use crate::identity::{DeviceIdentity, Source};
+
+    struct Pki {
+        root_der: Vec<u8>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn pki(name: &str) -> Pki {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let root_der = p.self_signed(&key).unwrap().der().to_vec();
+        Pki {
+            root_der,
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    fn device(pki: &Pki, serial: u64) -> DeviceIdentity {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, format!("device {serial}"));
+        p.serial_number = Some(serial.into());
+        let der = p.signed_by(&key, &pki.issuer).unwrap().der().to_vec();
+        DeviceIdentity::from_der(
+            der,
+            Source {
+                file: "t".into(),
+                line: None,
+                entry: None,
+            },
+        )
+        .unwrap()
+    }
+
+    /// A PEM CRL of `pki` revoking `serials`, next update in `next_year`.
+    fn crl(pki: &Pki, serials: &[u64], next_year: i32) -> String {
+        CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(next_year, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&pki.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
+    fn verifier(pki: &Pki, crl: &Path, opts: TrustOptions) -> Verifier {
+        let mut store = TrustStore::empty();
+        store.add_anchor_der(&pki.root_der).unwrap();
+        Verifier::new(
+            store,
+            &TrustOptions {
+                crls: vec![crl.to_path_buf()],
+                ..opts
+            },
+        )
+        .unwrap()
+    }
+
+    /// Rewrites `path` with a different length, so the change shows even on a file system
+    /// with coarse modification times.
+    fn rewrite(path: &Path, text: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    fn every_time() -> TrustOptions {
+        TrustOptions {
+            crl_check_every: Some(Duration::ZERO),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_crl_rewritten_on_disk_revokes_on_the_next_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pki("reload root");
+        let path = dir.path().join("root.crl");
+        std::fs::write(&path, crl(&p, &[99], 2035)).unwrap();
+        let v = verifier(&p, &path, every_time());
+        let (d7, d8) = (device(&p, 7), device(&p, 8));
+        assert!(v.verify_identity(&d7, &[]).is_valid());
+        assert!(v.verify_identity(&d8, &[]).is_valid());
+        rewrite(&path, &crl(&p, &[7, 99, 1000], 2035));
+        let after = v.verify_identity(&d7, &[]);
+        assert!(
+            after
+                .reason()
+                .unwrap_or_default()
+                .contains("revoked on 2025-06-01"),
+            "{after}"
+        );
+        assert!(v.verify_identity(&d8, &[]).is_valid());
+    }
+
+    #[test]
+    fn between_checks_only_an_explicit_reload_looks_at_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pki("interval root");
+        let path = dir.path().join("root.crl");
+        std::fs::write(&path, crl(&p, &[], 2035)).unwrap();
+        let v = verifier(
+            &p,
+            &path,
+            TrustOptions {
+                crl_check_every: Some(Duration::from_secs(3600)),
+                ..Default::default()
+            },
+        );
+        let d = device(&p, 5);
+        assert!(v.verify_identity(&d, &[]).is_valid());
+        rewrite(&path, &crl(&p, &[5, 6], 2035));
+        assert!(
+            v.verify_identity(&d, &[]).is_valid(),
+            "the hour between looks has not passed"
+        );
+        assert!(v.reload_crls(), "the SIGHUP path sees the change");
+        assert!(!v.verify_identity(&d, &[]).is_valid());
+        assert!(!v.reload_crls(), "nothing changed since");
+    }
+
+    #[test]
+    fn a_corrupt_rewrite_keeps_the_previous_revocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pki("corrupt root");
+        let other = pki("some other CA");
+        let path = dir.path().join("root.crl");
+        std::fs::write(&path, crl(&p, &[3], 2035)).unwrap();
+        let v = verifier(&p, &path, every_time());
+        let d = device(&p, 3);
+        assert!(!v.verify_identity(&d, &[]).is_valid());
+        for bad in [
+            "-----BEGIN X509 CRL-----\nnot base64 at all\n-----END X509 CRL-----\n".to_owned(),
+            // Well formed, but signed by a CA the store does not hold.
+            crl(&other, &[], 2035),
+            String::new(),
+        ] {
+            rewrite(&path, &bad);
+            let still = v.verify_identity(&d, &[]);
+            assert!(
+                still.reason().unwrap_or_default().contains("revoked"),
+                "{still}"
+            );
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert!(!v.verify_identity(&d, &[]).is_valid(), "a deleted CRL too");
+        // A good file again is read again.
+        std::fs::write(&path, crl(&p, &[], 2035)).unwrap();
+        assert!(v.verify_identity(&d, &[]).is_valid());
+    }
+
+    #[test]
+    fn a_revoked_intermediate_is_seen_after_reload_despite_the_chain_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = pki("cache root");
+        let key = KeyPair::generate().unwrap();
+        let mut ip = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ip.distinguished_name.push(DnType::CommonName, "cache int");
+        ip.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ip.serial_number = Some(42u64.into());
+        let int_der = ip.signed_by(&key, &root.issuer).unwrap().der().to_vec();
+        let int = Pki {
+            root_der: int_der.clone(),
+            issuer: Issuer::new(ip, key),
+        };
+        let path = dir.path().join("root.crl");
+        std::fs::write(&path, crl(&root, &[], 2035)).unwrap();
+        let mut store = TrustStore::empty();
+        store.add_anchor_der(&root.root_der).unwrap();
+        store.add_intermediate_der(&int_der).unwrap();
+        let v = Verifier::new(
+            store,
+            &TrustOptions {
+                crls: vec![path.clone()],
+                ..every_time()
+            },
+        )
+        .unwrap();
+        let d = device(&int, 1);
+        assert!(v.verify_identity(&d, &[]).is_valid(), "cached as good");
+        rewrite(&path, &crl(&root, &[42], 2035));
+        let now = v.verify_identity(&d, &[]);
+        assert!(
+            now.reason()
+                .unwrap_or_default()
+                .contains("intermediate \"cache int\" revoked"),
+            "{now}"
+        );
+    }
+
+    #[test]
+    fn a_stale_crl_warns_by_default_and_refuses_its_ca_when_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pki("stale root");
+        let unrelated = pki("fresh root");
+        let path = dir.path().join("root.crl");
+        std::fs::write(&path, crl(&p, &[], 2026)).unwrap();
+        let at_2027 = ValidityPolicy::At(OffsetDateTime::new_utc(
+            ::time::Date::from_calendar_date(2027, ::time::Month::March, 1).unwrap(),
+            ::time::Time::MIDNIGHT,
+        ));
+        let build = |stale_crl| {
+            let mut store = TrustStore::empty();
+            store.add_anchor_der(&p.root_der).unwrap();
+            store.add_anchor_der(&unrelated.root_der).unwrap();
+            Verifier::new(
+                store,
+                &TrustOptions {
+                    crls: vec![path.clone()],
+                    validity: at_2027,
+                    stale_crl,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let d = device(&p, 11);
+        let warn = build(StaleCrlPolicy::Warn);
+        assert!(warn.verify_identity(&d, &[]).is_valid());
+        let notes = warn.stale_crl_notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("root.crl")
+                && notes[0].contains("\"stale root\"")
+                && notes[0].contains("past its nextUpdate 2026-01-01"),
+            "{notes:?}"
+        );
+
+        let strict = build(StaleCrlPolicy::Error);
+        let refused = strict.verify_identity(&d, &[]);
+        let why = refused.reason().unwrap_or_default();
+        assert!(
+            why.contains("past its nextUpdate 2026-01-01") && why.contains("stale_crl"),
+            "{refused}"
+        );
+        assert!(
+            strict
+                .verify_identity(&device(&unrelated, 11), &[])
+                .is_valid(),
+            "devices of another CA are not concerned"
+        );
+        // Before nextUpdate the same CRL is fine under either policy.
+        let fresh = Verifier::new(
+            {
+                let mut s = TrustStore::empty();
+                s.add_anchor_der(&p.root_der).unwrap();
+                s
+            },
+            &TrustOptions {
+                crls: vec![path.clone()],
+                validity: ValidityPolicy::At(OffsetDateTime::new_utc(
+                    ::time::Date::from_calendar_date(2025, ::time::Month::March, 1).unwrap(),
+                    ::time::Time::MIDNIGHT,
+                )),
+                stale_crl: StaleCrlPolicy::Error,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(fresh.verify_identity(&d, &[]).is_valid());
+        assert!(fresh.stale_crl_notes().is_empty());
+    }
+
+    #[test]
+    fn stale_crl_policy_parses() {
+        assert_eq!(
+            "warn".parse::<StaleCrlPolicy>().unwrap(),
+            StaleCrlPolicy::Warn
+        );
+        assert_eq!(
+            "error".parse::<StaleCrlPolicy>().unwrap(),
+            StaleCrlPolicy::Error
+        );
+        assert!("fatal".parse::<StaleCrlPolicy>().is_err());
+    }
+}
