@@ -50,6 +50,7 @@ pub fn init_tracing(filter: &str, format: LogFormat) {
 }
 
 /// Prints the URL on stdout's first line and flushes, so a parent process can read it.
+#[cfg(any(feature = "http", feature = "mock-clouds"))]
 pub fn announce(url: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
@@ -59,6 +60,7 @@ pub fn announce(url: &str) -> anyhow::Result<()> {
 }
 
 /// Returns on Ctrl-C or SIGTERM.
+#[cfg(any(feature = "http", feature = "mock-clouds"))]
 pub async fn wait_for_shutdown() {
     #[cfg(unix)]
     {
