@@ -5,6 +5,8 @@
 //! `AZURE_FEDERATED_TOKEN_FILE`, `IDENTITY_ENDPOINT` + `IDENTITY_HEADER`, and a fake `az` on
 //! `PATH`. Every variable is set on the child process only.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -2,6 +2,8 @@
 //! comment shows: against a standalone `idbridge mock-cloud aws`, credentials from the
 //! environment of the example's process. The devices must land in the mock.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

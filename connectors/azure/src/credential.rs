@@ -210,7 +210,6 @@ fn build(
             WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
                 credential_options: ClientAssertionCredentialOptions {
                     client_options: client_options(),
-                    ..Default::default()
                 },
                 ..Default::default()
             }))
@@ -221,7 +220,6 @@ fn build(
             ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
                 user_assigned_id: env("AZURE_CLIENT_ID").map(UserAssignedId::ClientId),
                 client_options: client_options(),
-                ..Default::default()
             }))
             .map(|c| c as Arc<dyn TokenCredential>)
             .map_err(|e| one_line(&e))
