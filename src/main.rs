@@ -52,8 +52,10 @@ enum Command {
     /// The registration service's operator commands (import, accounts, tokens, keygen).
     Service(cmd::service::Args),
     /// Run a local mock cloud (speaking the real wire protocol) in the foreground.
+    #[cfg(feature = "mock-clouds")]
     MockCloud(cmd::mock_cloud::Args),
     /// Measure throughput and memory.
+    #[cfg(feature = "bench")]
     Bench(cmd::bench::Args),
     /// Check a target before a run: credentials, permissions, resources, quotas, endpoint.
     Check(cmd::check::Args),
@@ -66,12 +68,32 @@ enum Command {
     Man(cmd::man::Args),
 }
 
-/// The CLI definition with `--version` naming the connectors this build has.
+/// The cargo features this binary was built with (`--version`).
+const FEATURES: &[(&str, bool)] = &[
+    ("aws-iot", cfg!(feature = "aws-iot")),
+    ("azure", cfg!(feature = "azure")),
+    ("http", cfg!(feature = "http")),
+    ("gcp", cfg!(feature = "gcp")),
+    ("mock-clouds", cfg!(feature = "mock-clouds")),
+    ("bench", cfg!(feature = "bench")),
+];
+
+/// The CLI definition with `--version` naming the connectors and features this build has.
 pub fn cli_command() -> clap::Command {
     let connectors = idbridge::app::targets::known_kinds().join(", ");
+    let features: Vec<&str> = FEATURES
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+        .collect();
     // Leaked once per process: clap wants a `'static` version string.
     let long: &'static str = Box::leak(
-        format!("{}\nconnectors: {connectors}", env!("CARGO_PKG_VERSION")).into_boxed_str(),
+        format!(
+            "{}\nconnectors: {connectors}\nfeatures: {}",
+            env!("CARGO_PKG_VERSION"),
+            features.join(", ")
+        )
+        .into_boxed_str(),
     );
     Cli::command().long_version(long)
 }
@@ -113,7 +135,9 @@ fn main() -> ExitCode {
             Command::Serve(args) => cmd::serve::run(args).await,
             Command::Worker(args) => cmd::worker::run(args).await,
             Command::Service(args) => cmd::service::run(args).await,
+            #[cfg(feature = "mock-clouds")]
             Command::MockCloud(args) => cmd::mock_cloud::run(args).await,
+            #[cfg(feature = "bench")]
             Command::Bench(args) => cmd::bench::run(args).await,
             Command::Check(args) => cmd::check::run(args).await,
             Command::Config(c) => cmd::config::run(c).await,

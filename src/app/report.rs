@@ -9,7 +9,7 @@ use anyhow::Context;
 use idbridge_core::DeviceIdentity;
 use idbridge_core::engine::JobReport;
 use idbridge_core::identity::VendorAttributes;
-use idbridge_core::journal::{DeviceRecord, JobInfo, Outcome};
+use idbridge_core::journal::{DeviceRecord, DeviceState, JobInfo, Outcome};
 use serde::Serialize;
 
 use super::inputs::Refused;
@@ -121,7 +121,7 @@ pub struct ReportRow {
     pub job_created: String,
     /// When the job was last changed (RFC 3339).
     pub job_updated: String,
-    /// When this run saw the device finish (RFC 3339), if it did.
+    /// When the device's outcome was recorded in the journal (RFC 3339), if it finished.
     pub finished_at: String,
 }
 
@@ -145,13 +145,14 @@ pub fn vendor_ids(v: &VendorAttributes) -> String {
 }
 
 /// The rows of a job: its device records joined with their identities (vendor ids, serial) by
-/// device id, then the refused entries. `finished_at` maps device ids to when this run saw them
-/// finish.
+/// device id, then the refused entries. A finished device's `finished_at` is when the journal
+/// recorded its outcome; `seen` (device id to when this run saw it finish) stands in for a
+/// journal written before it kept the time.
 pub fn rows(
     job: Option<(&JobInfo, &[DeviceRecord])>,
     identities: &[DeviceIdentity],
     refused: &[Refused],
-    finished_at: &HashMap<String, String>,
+    seen: &HashMap<String, String>,
 ) -> Vec<ReportRow> {
     let by_id: HashMap<String, &DeviceIdentity> = identities
         .iter()
@@ -199,7 +200,7 @@ pub fn rows(
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(";"),
-            finished_at: finished_at.get(&id).cloned().unwrap_or_default(),
+            finished_at: finished(r, seen.get(&id)),
             ..base.clone()
         };
         if let Some(d) = by_id.get(&id) {
@@ -309,6 +310,18 @@ pub fn write_file(
     }
     w.flush()
         .with_context(|| format!("cannot write the report {}", path.display()))
+}
+
+/// When `r` finished: the journal's time of its last change once it is done or failed.
+fn finished(r: &DeviceRecord, seen: Option<&String>) -> String {
+    match r.state {
+        DeviceState::Done | DeviceState::Failed => r
+            .updated
+            .clone()
+            .or_else(|| seen.cloned())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
 }
 
 fn fill_identity(row: &mut ReportRow, d: &DeviceIdentity) {

@@ -2,7 +2,6 @@
 //! on the first line of stdout, until Ctrl-C or SIGTERM. One `match` on the kind; each mock
 //! cloud adds an arm.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -81,8 +80,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .serve(&args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
-            announce(&server.url)?;
-            wait_for_shutdown().await;
+            super::announce(&server.url)?;
+            super::wait_for_shutdown().await;
             server.stop();
             Ok(ExitCode::SUCCESS)
         }
@@ -104,9 +103,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .await
                     .with_context(|| format!("cannot listen on {}", args.listen))?;
             write_ca(args.ca_out.as_deref(), mock.ca.cert_pem())?;
-            announce(&mock.server.url)?;
-            announce(&format!("devices localhost:{}", mock.devices.addr.port()))?;
-            wait_for_shutdown().await;
+            super::announce(&mock.server.url)?;
+            super::announce(&format!("devices localhost:{}", mock.devices.addr.port()))?;
+            super::wait_for_shutdown().await;
             mock.server.stop();
             Ok(ExitCode::SUCCESS)
         }
@@ -121,9 +120,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .await
                     .with_context(|| format!("cannot listen on {}", args.listen))?;
             write_ca(args.ca_out.as_deref(), mock.ca.cert_pem())?;
-            announce(&mock.url())?;
-            announce(&format!("devices localhost:{}", mock.devices.addr.port()))?;
-            wait_for_shutdown().await;
+            super::announce(&mock.url())?;
+            super::announce(&format!("devices localhost:{}", mock.devices.addr.port()))?;
+            super::wait_for_shutdown().await;
             mock.server.stop();
             Ok(ExitCode::SUCCESS)
         }
@@ -152,9 +151,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let mock = AzureMock::start_on(&AzureMockAddrs::from_listen(&args.listen)?, cfg)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
-            announce(mock.hub_url())?;
-            announce(&mock.describe().to_string())?;
-            wait_for_shutdown().await;
+            super::announce(mock.hub_url())?;
+            super::announce(&mock.describe().to_string())?;
+            super::wait_for_shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
         other => anyhow::bail!(
@@ -168,35 +167,4 @@ fn write_ca(path: Option<&std::path::Path>, pem: &str) -> anyhow::Result<()> {
         std::fs::write(p, pem).with_context(|| format!("cannot write {}", p.display()))?;
     }
     Ok(())
-}
-
-/// Prints the URL on stdout's first line and flushes, so a parent process can read it.
-pub fn announce(url: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{url}")?;
-    out.flush()?;
-    Ok(())
-}
-
-/// Returns on Ctrl-C or SIGTERM.
-pub async fn wait_for_shutdown() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each `run` returns the exit code; an `Err` is an unusable input
 //! or configuration (exit 2).
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod check;
 
@@ -10,6 +11,7 @@ pub mod diff;
 pub mod input;
 pub mod inspect;
 pub mod man;
+#[cfg(feature = "mock-clouds")]
 pub mod mock_cloud;
 pub mod progress;
 pub mod provision;
@@ -45,4 +47,38 @@ pub fn init_tracing(filter: &str, format: LogFormat) {
             .with_span_list(true)
             .try_init(),
     };
+}
+
+/// Prints the URL on stdout's first line and flushes, so a parent process can read it.
+#[cfg(any(feature = "http", feature = "mock-clouds"))]
+pub fn announce(url: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{url}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Returns on Ctrl-C or SIGTERM.
+#[cfg(any(feature = "http", feature = "mock-clouds"))]
+pub async fn wait_for_shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

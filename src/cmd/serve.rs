@@ -155,7 +155,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    super::mock_cloud::announce(&format!("{scheme}://{local}"))?;
+    super::announce(&format!("{scheme}://{local}"))?;
     let serving = what.join("; ");
     match &tls {
         Some(t) => {
@@ -172,7 +172,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         app,
         server_cfg.limits(),
         tls,
-        super::mock_cloud::wait_for_shutdown(),
+        super::wait_for_shutdown(),
     )
     .await?;
     Ok(ExitCode::SUCCESS)

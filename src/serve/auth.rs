@@ -275,6 +275,7 @@ impl TokenVerifier {
     }
 
     /// A verifier with one issuer (tests, benches).
+    #[cfg(any(test, feature = "bench"))]
     pub fn single(
         issuer: &str,
         keys: Vec<DecodingKey>,

@@ -4,9 +4,13 @@
 mod aws;
 #[cfg(feature = "azure")]
 mod azure;
+#[cfg(feature = "azure")]
+mod azure_identity;
 #[cfg(feature = "http")]
 mod console;
 mod crash;
+#[cfg(feature = "aws-iot")]
+mod embed;
 mod engine_support;
 #[cfg(all(feature = "gcp", feature = "http"))]
 mod gcp;

@@ -243,12 +243,38 @@ fn csv_and_jsonl_reports_and_status_csv_carry_vendor_ids_beside_cloud_ids() {
     assert_eq!(esp[0]["state"], "invalid");
     assert!(esp[0]["error"].contains("not a known CA"), "{:?}", esp[0]);
     let job = rows[0]["job_id"].clone();
+    // finished_at: when the journal recorded each outcome, an RFC 3339 time within the job's
+    // life; empty for entries never sent.
+    let rfc3339 = |v: &str| {
+        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("finished_at {v:?}: {e}"))
+    };
+    let report_finished: HashMap<String, String> = rows
+        .iter()
+        .filter(|r| r["state"] == "done")
+        .map(|r| (r["device_id"].clone(), r["finished_at"].clone()))
+        .collect();
+    assert!(report_finished.len() >= 4, "{rows:?}");
+    for r in rows.iter().filter(|r| r["state"] == "done") {
+        let at = rfc3339(&r["finished_at"]);
+        assert!(at >= rfc3339(&r["job_created"]), "{r:?}");
+        assert!(at <= time::OffsetDateTime::now_utc(), "{r:?}");
+    }
+    assert!(esp.iter().all(|r| r["finished_at"].is_empty()), "{esp:?}");
 
     // status JOB --output csv: the same devices from the journal, vendor ids included.
     let o = run(w, &["status", &job, "--output", "csv"]);
     assert_eq!(code(&o), 0, "{}", text(&o));
     let mut csv = csv::Reader::from_reader(&o.stdout[..]);
     let rows: Vec<HashMap<String, String>> = csv.deserialize().map(|r| r.unwrap()).collect();
+    // The journal's times, the same as in the run's report.
+    for r in rows.iter().filter(|r| r["state"] == "done") {
+        assert_eq!(
+            Some(&r["finished_at"]),
+            report_finished.get(&r["device_id"]),
+            "{r:?}"
+        );
+    }
     assert!(
         rows.iter().any(|r| r["chip_id"] == "0A091B5C001500110067"
             && r["outcome"] == "created"

@@ -11,20 +11,38 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::config::{AzureConfig, ConnectionString, EntraConfig, SasSigner, encode_component};
+use crate::credential::Ambient;
 use crate::error::{Service, parse_error};
 
 /// How requests are authorised.
 #[derive(Debug)]
 enum Auth {
     Sas(Box<SasSigner>),
-    Entra(Box<Entra>),
+    Bearer(Box<Bearer>),
+}
+
+/// An Entra bearer token for one scope, cached until [`REFRESH_MARGIN`] before it expires.
+#[derive(Debug)]
+struct Bearer {
+    source: BearerSource,
+    scope: &'static str,
+    cached: AsyncMutex<Option<(String, Instant)>>,
 }
 
 #[derive(Debug)]
-struct Entra {
-    cfg: EntraConfig,
-    scope: &'static str,
-    cached: AsyncMutex<Option<(String, Instant)>>,
+enum BearerSource {
+    /// `entra = { tenant_id, client_id, client_secret }`: the hand-written grant below.
+    Entra(EntraConfig),
+    /// `credential = "…"`: `azure_identity`.
+    Ambient(Ambient),
+}
+
+/// A cached token is renewed once less than this is left (Entra tokens last 60-90 minutes).
+pub(crate) const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+/// Whether a token expiring at `expires` may still be sent at `now`.
+fn fresh(expires: Instant, now: Instant) -> bool {
+    expires > now + REFRESH_MARGIN
 }
 
 /// An answer: status, headers (lower-case names) and body.
@@ -80,28 +98,46 @@ impl Client {
                 crate::config::DPS_API_VERSION,
             ),
         };
-        let (host, auth) = match (&cfg.entra, &cfg.connection_string) {
-            (Some(entra), _) => {
-                let host = cfg
-                    .host_name
-                    .clone()
-                    .or_else(|| {
-                        cfg.connection_string
-                            .as_ref()
-                            .and_then(|c| ConnectionString::parse(c.expose_secret()).ok())
-                            .map(|c| c.host_name)
-                    })
-                    .ok_or_else(|| bad("entra auth needs host_name (the service's host)".into()))?;
-                (
-                    host,
-                    Auth::Entra(Box::new(Entra {
-                        cfg: entra.clone(),
-                        scope,
-                        cached: AsyncMutex::new(None),
-                    })),
-                )
-            }
-            (None, Some(cs)) => {
+        let bearer_host = || {
+            cfg.host_name
+                .clone()
+                .or_else(|| {
+                    cfg.connection_string
+                        .as_ref()
+                        .and_then(|c| ConnectionString::parse(c.expose_secret()).ok())
+                        .map(|c| c.host_name)
+                })
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{}: entra and credential auth need host_name (the service's host)",
+                        service.connector()
+                    ))
+                })
+        };
+        let bearer = |source| {
+            Auth::Bearer(Box::new(Bearer {
+                source,
+                scope,
+                cached: AsyncMutex::new(None),
+            }))
+        };
+        if cfg.entra.is_some() && cfg.credential.is_some() {
+            return Err(bad(format!(
+                "{}: set either entra or credential, not both",
+                service.connector()
+            )));
+        }
+        let (host, auth) = match (&cfg.entra, cfg.credential, &cfg.connection_string) {
+            (Some(entra), _, _) => (bearer_host()?, bearer(BearerSource::Entra(entra.clone()))),
+            (None, Some(kind), _) => (
+                bearer_host()?,
+                bearer(BearerSource::Ambient(Ambient::new(
+                    kind,
+                    scope,
+                    http_client(cfg, false)?,
+                )?)),
+            ),
+            (None, None, Some(cs)) => {
                 let cs = ConnectionString::parse(cs.expose_secret())?;
                 (
                     cs.host_name.clone(),
@@ -111,10 +147,10 @@ impl Client {
                     ))),
                 )
             }
-            (None, None) => {
+            (None, None, None) => {
                 let cs = std::env::var(env).map_err(|_| {
                     bad(format!(
-                        "{}: set connection_string (or ${env}) or entra credentials",
+                        "{}: set connection_string (or ${env}), credential or entra",
                         service.connector()
                     ))
                 })?;
@@ -128,31 +164,7 @@ impl Client {
                 )
             }
         };
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .https_only(true)
-            .retry(reqwest::retry::never())
-            .timeout(Duration::from_secs(cfg.timeout_secs.unwrap_or(30)))
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("idbridge-azure/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &cfg.ca_file {
-            let pem =
-                std::fs::read(path).map_err(|e| bad(format!("ca_file {}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| bad(format!("ca_file {}: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(bad(format!(
-                    "ca_file {}: no certificate in it",
-                    path.display()
-                )));
-            }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| bad(format!("cannot build the HTTPS client: {e}")))?;
+        let http = http_client(cfg, true)?;
         Ok(Client {
             http,
             base: format!("https://{host}"),
@@ -168,14 +180,22 @@ impl Client {
     async fn authorization(&self, operation: &'static str) -> Result<String> {
         match &self.auth {
             Auth::Sas(s) => Ok(s.token()),
-            Auth::Entra(e) => {
-                let mut cached = e.cached.lock().await;
+            Auth::Bearer(b) => {
+                let mut cached = b.cached.lock().await;
                 if let Some((token, expires)) = cached.as_ref()
-                    && *expires > Instant::now() + Duration::from_secs(300)
+                    && fresh(*expires, Instant::now())
                 {
                     return Ok(format!("Bearer {token}"));
                 }
-                let (token, expires) = self.fetch_entra_token(e, operation).await?;
+                let (token, expires) = match &b.source {
+                    BearerSource::Entra(cfg) => {
+                        self.fetch_entra_token(cfg, b.scope, operation).await?
+                    }
+                    BearerSource::Ambient(a) => a
+                        .token(operation)
+                        .await
+                        .map_err(|e| e.with_context("connector", self.service.connector()))?,
+                };
                 *cached = Some((token.clone(), expires));
                 Ok(format!("Bearer {token}"))
             }
@@ -185,24 +205,24 @@ impl Client {
     /// The client-credentials grant at `{authority}/{tenant}/oauth2/v2.0/token`.
     async fn fetch_entra_token(
         &self,
-        e: &Entra,
+        cfg: &EntraConfig,
+        scope: &'static str,
         operation: &'static str,
     ) -> Result<(String, Instant)> {
-        let authority = e
-            .cfg
+        let authority = cfg
             .authority_host
             .as_deref()
             .unwrap_or("https://login.microsoftonline.com")
             .trim_end_matches('/');
         let url = format!(
             "{authority}/{}/oauth2/v2.0/token",
-            encode_component(&e.cfg.tenant_id)
+            encode_component(&cfg.tenant_id)
         );
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "client_credentials")
-            .append_pair("client_id", &e.cfg.client_id)
-            .append_pair("client_secret", e.cfg.client_secret.expose_secret())
-            .append_pair("scope", e.scope)
+            .append_pair("client_id", &cfg.client_id)
+            .append_pair("client_secret", cfg.client_secret.expose_secret())
+            .append_pair("scope", scope)
             .finish();
         let started = Instant::now();
         let resp = self
@@ -509,6 +529,38 @@ impl Client {
     }
 }
 
+/// The HTTPS client of a target: rustls, the target's `ca_file`, timeouts, no retries.
+/// `https_only` is off for the credential client only: a managed identity endpoint is plain
+/// HTTP on the host (IMDS `http://169.254.169.254`, App Service `http://localhost:…`).
+fn http_client(cfg: &AzureConfig, https_only: bool) -> Result<reqwest::Client> {
+    let bad = |m: String| Error::new(ErrorKind::ConfigInvalid, m).with_operation("config");
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .https_only(https_only)
+        .retry(reqwest::retry::never())
+        .timeout(Duration::from_secs(cfg.timeout_secs.unwrap_or(30)))
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("idbridge-azure/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &cfg.ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| bad(format!("ca_file {}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| bad(format!("ca_file {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(bad(format!(
+                "ca_file {}: no certificate in it",
+                path.display()
+            )));
+        }
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| bad(format!("cannot build the HTTPS client: {e}")))
+}
+
 /// A transport failure: before a connection is made it is `Network` (nothing was sent);
 /// after, the call may have taken effect, so `OutcomeUnknown`.
 fn network_error(service: Service, operation: &'static str, e: &reqwest::Error) -> Error {
@@ -527,4 +579,19 @@ fn network_error(service: Service, operation: &'static str, e: &reqwest::Error) 
     Error::new(kind, msg)
         .with_operation(operation)
         .with_context("connector", service.connector())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_reused_until_five_minutes_before_expiry() {
+        let t0 = Instant::now();
+        let expires = t0 + Duration::from_secs(3599);
+        assert!(fresh(expires, t0));
+        assert!(fresh(expires, t0 + Duration::from_secs(3000)));
+        assert!(!fresh(expires, t0 + Duration::from_secs(3299)));
+        assert!(!fresh(expires, t0 + Duration::from_secs(4000)));
+    }
 }

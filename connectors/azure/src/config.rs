@@ -37,6 +37,42 @@ pub struct EntraConfig {
     pub authority_host: Option<String>,
 }
 
+/// Where a target's Microsoft Entra token comes from when it uses an ambient credential
+/// (`credential = "…"`), the way Azure's own tools find one (`azure_identity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum CredentialKind {
+    /// The chain `environment`, `workload-identity`, `managed-identity`, `azure-cli`, in that
+    /// order (like `DefaultAzureCredential`); the first that yields a token is kept.
+    Default,
+    /// A service principal's secret from `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
+    /// `AZURE_CLIENT_SECRET` (`AZURE_AUTHORITY_HOST` for another cloud).
+    Environment,
+    /// Kubernetes workload identity: `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_TENANT_ID`,
+    /// `AZURE_CLIENT_ID`.
+    WorkloadIdentity,
+    /// The managed identity of the VM, App Service, Functions or Container Apps host
+    /// (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`, else IMDS); `AZURE_CLIENT_ID` picks a
+    /// user-assigned identity.
+    ManagedIdentity,
+    /// The Azure CLI's login (`az account get-access-token`).
+    AzureCli,
+}
+
+impl CredentialKind {
+    /// The name as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Default => "default",
+            CredentialKind::Environment => "environment",
+            CredentialKind::WorkloadIdentity => "workload-identity",
+            CredentialKind::ManagedIdentity => "managed-identity",
+            CredentialKind::AzureCli => "azure-cli",
+        }
+    }
+}
+
 /// One Azure target, as read from the target table of the configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,7 +87,11 @@ pub struct AzureConfig {
     /// Entra ID credentials instead of SAS; then `host_name` names the service.
     #[serde(default)]
     pub entra: Option<EntraConfig>,
-    /// The service host (`myhub.azure-devices.net`), needed with `entra` only.
+    /// An ambient Entra credential instead of SAS: `default`, `environment`,
+    /// `workload-identity`, `managed-identity` or `azure-cli`; then `host_name` names the service.
+    #[serde(default)]
+    pub credential: Option<CredentialKind>,
+    /// The service host (`myhub.azure-devices.net`), needed with `entra` or `credential`.
     #[serde(default)]
     pub host_name: Option<String>,
     /// Device id template: `{serial_hex}` (default for IoT Hub), `{device_id}` (SHA-256),

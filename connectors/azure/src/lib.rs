@@ -13,7 +13,9 @@
 //!
 //! A small reqwest (rustls) client per service ([`client`](crate::client) is the only module
 //! touching the wire) authenticates with a SAS token minted from the service connection string
-//! (renewed before it expires) or a Microsoft Entra client-credentials token. The connectors
+//! (renewed before it expires), a Microsoft Entra client-credentials token, or an ambient
+//! Entra credential (`credential = "default"`, environment, workload identity, managed
+//! identity, Azure CLI) from the `azure_identity` crate. The connectors
 //! never retry or sleep: they ask the engine's pacer before each call and map every answer to
 //! idbridge's error kinds ([`error::parse_error`]). Configuration keys: `docs.md`.
 #![deny(missing_docs)]
@@ -21,11 +23,12 @@
 
 mod client;
 pub mod config;
+mod credential;
 pub mod dps;
 pub mod error;
 pub mod iot_hub;
 
-pub use config::{AzureConfig, ConnectionString, EntraConfig};
+pub use config::{AzureConfig, ConnectionString, CredentialKind, EntraConfig};
 pub use dps::DpsConnector;
 pub use iot_hub::IotHubConnector;
 

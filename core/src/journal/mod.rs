@@ -386,6 +386,10 @@ pub struct DeviceRecord {
     pub resources: BTreeMap<String, String>,
     /// Where the device came from (`file:line`).
     pub source: String,
+    /// When the record last changed (RFC 3339): for a finished device, when its outcome was
+    /// recorded. None for records written before the journal kept it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated: Option<String>,
 }
 
 /// A change to one device's record.

@@ -173,7 +173,7 @@ impl Journal for PostgresJournal {
             .run("read devices", || async {
                 sqlx::query(
                     "SELECT device_id, seq, state, outcome, attempts, error_kind, reason,
-                     request_id, remote_name, resources, source FROM devices WHERE job = $1
+                     request_id, remote_name, resources, source, updated FROM devices WHERE job = $1
                      ORDER BY seq",
                 )
                 .bind(id)
@@ -213,7 +213,7 @@ impl Journal for PostgresJournal {
             .run("read devices", || async {
                 sqlx::query(
                     "SELECT device_id, seq, state, outcome, attempts, error_kind, reason,
-                     request_id, remote_name, resources, source FROM devices WHERE job = $1
+                     request_id, remote_name, resources, source, updated FROM devices WHERE job = $1
                      AND seq > $2 ORDER BY seq LIMIT $3",
                 )
                 .bind(id)
@@ -236,7 +236,7 @@ impl Journal for PostgresJournal {
             .run("read devices", || async {
                 sqlx::query(
                     "SELECT device_id, seq, state, outcome, attempts, error_kind, reason,
-                     request_id, remote_name, resources, source FROM devices
+                     request_id, remote_name, resources, source, updated FROM devices
                      WHERE device_id = ANY($2) AND job = $1",
                 )
                 .bind(id)
@@ -458,7 +458,7 @@ impl Inner {
                 "UPDATE devices d SET state = u.state, outcome = u.outcome,
                  attempts = u.attempts, error_kind = u.error_kind, reason = u.reason,
                  request_id = u.request_id, remote_name = COALESCE(u.remote_name, d.remote_name),
-                 resources = COALESCE(u.resources, d.resources)
+                 resources = COALESCE(u.resources, d.resources), updated = $11
                  FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
                              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
                    AS u(job, device_id, state, outcome, attempts, error_kind, reason, request_id,
@@ -475,6 +475,7 @@ impl Inner {
             .bind(&cols.request_id)
             .bind(&cols.remote_name)
             .bind(&cols.resources)
+            .bind(&stamp)
             .execute(&mut *tx)
             .await?;
             sqlx::query("UPDATE jobs SET updated = $1 WHERE id = ANY($2)")
@@ -851,6 +852,7 @@ fn device_record(r: &PgRow) -> Result<DeviceRecord> {
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_default(),
         source: r.try_get(10).unwrap_or_default(),
+        updated: r.try_get(11).unwrap_or(None),
     })
 }
 

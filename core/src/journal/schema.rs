@@ -124,6 +124,14 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, target);
 ",
     },
+    Migration {
+        version: 3,
+        name: "devices.updated",
+        // When the device's record last changed (RFC 3339): for a finished device, when its
+        // outcome was recorded (the reports' `finished_at`). Rows written before stay NULL.
+        sqlite: "ALTER TABLE devices ADD COLUMN updated TEXT;",
+        postgres: "ALTER TABLE devices ADD COLUMN IF NOT EXISTS updated TEXT;",
+    },
 ];
 
 /// The table both stores keep their applied versions in.

@@ -543,8 +543,10 @@ fn commit_group(conn: &mut Connection, writes: &[Write]) -> rusqlite::Result<()>
         let mut st = tx.prepare_cached(
             "UPDATE devices SET state = ?1, outcome = ?2, attempts = ?3, error_kind = ?4,
              reason = ?5, request_id = ?6, remote_name = COALESCE(?7, remote_name),
-             resources = COALESCE(?8, resources) WHERE device_id = ?10 AND job = ?9",
+             resources = COALESCE(?8, resources), updated = ?11
+             WHERE device_id = ?10 AND job = ?9",
         )?;
+        let stamp = now();
         for (job, updates, _) in writes {
             for u in updates {
                 let resources = if u.resources.is_empty() {
@@ -563,11 +565,11 @@ fn commit_group(conn: &mut Connection, writes: &[Write]) -> rusqlite::Result<()>
                     resources,
                     job,
                     u.device_id.as_str(),
+                    stamp,
                 ])?;
             }
         }
         let mut touch = tx.prepare_cached("UPDATE jobs SET updated = ?1 WHERE id = ?2")?;
-        let stamp = now();
         let mut last: Option<&str> = None;
         for (job, _, _) in writes {
             if last != Some(job.as_str()) {
@@ -722,7 +724,7 @@ fn load_jobs(c: &mut Connection, only: Option<&str>) -> rusqlite::Result<Result<
 
 /// The columns [`device_row`] reads, in its order.
 const DEVICE_COLUMNS: &str = "device_id, seq, state, outcome, attempts, error_kind, reason, \
-    request_id, remote_name, resources, source";
+    request_id, remote_name, resources, source, updated";
 
 fn load_devices(c: &mut Connection, job: &str) -> rusqlite::Result<Result<Vec<DeviceRecord>>> {
     let mut st = c.prepare(&format!(
@@ -803,6 +805,7 @@ fn device_row(r: &rusqlite::Row<'_>) -> Result<DeviceRecord> {
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_default(),
         source: r.get(10).unwrap_or_default(),
+        updated: r.get(11).unwrap_or(None),
     })
 }
 

@@ -386,6 +386,16 @@ async fn pages(j: &dyn Journal) {
     assert_eq!(records, j.devices(&id).await.unwrap());
     assert_eq!(records.len(), 7);
     assert_eq!(records[5].state, DeviceState::Done);
+    // The time the outcome was recorded (RFC 3339); a device never updated has none.
+    let at = records[5]
+        .updated
+        .as_deref()
+        .expect("updated of a recorded device");
+    assert!(
+        ::time::OffsetDateTime::parse(at, &::time::format_description::well_known::Rfc3339).is_ok(),
+        "{at}"
+    );
+    assert_eq!(records[0].updated, None);
 
     let mut identities = Vec::new();
     let mut after = None;

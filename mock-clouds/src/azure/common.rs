@@ -37,6 +37,9 @@ pub struct ServiceStats {
     pub throttled: u64,
     /// Operations charged against the quota.
     pub operations: u64,
+    /// Bearer tokens issued for this service (token endpoint, managed identity endpoint,
+    /// [`AzureMock::issue_hub_token`](super::AzureMock::issue_hub_token)).
+    pub tokens_issued: u64,
 }
 
 /// An Entra application the mock token endpoint issues tokens to.
@@ -45,7 +48,15 @@ pub(crate) struct EntraApp {
     pub tenant: String,
     pub client_id: String,
     pub client_secret: String,
+    /// The federated (Kubernetes service account) token the app trusts: workload identity
+    /// sends it as a `client_assertion`.
+    pub federated_token: String,
+    /// The `X-IDENTITY-HEADER` secret of the mock managed identity endpoint.
+    pub identity_header: String,
 }
+
+/// The client-assertion type of a federated credential (workload identity).
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Auth, quota and counters of one service.
 pub(crate) struct Gate {
@@ -59,6 +70,7 @@ pub(crate) struct Gate {
     requests: AtomicU64,
     throttled: AtomicU64,
     operations: AtomicU64,
+    tokens_issued: AtomicU64,
 }
 
 /// Why a request was refused before reaching the service logic.
@@ -87,6 +99,7 @@ impl Gate {
             requests: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             operations: AtomicU64::new(0),
+            tokens_issued: AtomicU64::new(0),
         }
     }
 
@@ -95,6 +108,7 @@ impl Gate {
             requests: self.requests.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
             operations: self.operations.load(Ordering::Relaxed),
+            tokens_issued: self.tokens_issued.load(Ordering::Relaxed),
         }
     }
 
@@ -213,9 +227,12 @@ impl Gate {
                 "The app requested an unsupported grant type.",
             ));
         }
-        if field("client_id") != self.entra.client_id
-            || field("client_secret") != self.entra.client_secret
-        {
+        let by_secret = !field("client_secret").is_empty()
+            && field("client_secret") == self.entra.client_secret;
+        let by_assertion = field("client_assertion_type") == JWT_BEARER
+            && !field("client_assertion").is_empty()
+            && field("client_assertion") == self.entra.federated_token;
+        if field("client_id") != self.entra.client_id || !(by_secret || by_assertion) {
             return Some(entra_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
@@ -234,11 +251,7 @@ impl Gate {
                 ),
             ));
         }
-        let token = format!(
-            "eyJ0eXAiOiJKV1QifQ.{}.mock",
-            URL_SAFE_NO_PAD.encode(super::random_bytes(32))
-        );
-        lock(&self.tokens).insert(token.clone());
+        let token = self.issue_token();
         Some(json_response(
             StatusCode::OK,
             &[],
@@ -247,6 +260,80 @@ impl Gate {
                 "expires_in": 3599,
                 "ext_expires_in": 3599,
                 "access_token": token,
+            }),
+        ))
+    }
+}
+
+impl Gate {
+    /// A fresh bearer token this service accepts (one hour, like Entra's).
+    pub fn issue_token(&self) -> String {
+        let token = format!(
+            "eyJ0eXAiOiJKV1QifQ.{}.mock",
+            URL_SAFE_NO_PAD.encode(super::random_bytes(32))
+        );
+        lock(&self.tokens).insert(token.clone());
+        self.tokens_issued.fetch_add(1, Ordering::Relaxed);
+        token
+    }
+
+    /// `GET /msi/token?api-version=2019-08-01&resource=…` with `X-IDENTITY-HEADER`: the App
+    /// Service / Functions / Container Apps managed identity endpoint (`IDENTITY_ENDPOINT`).
+    /// Answers for this service's resource only (the scope without `/.default`).
+    pub fn managed_identity_endpoint(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Option<Response<Body>> {
+        if path.trim_end_matches('/') != "/msi/token" {
+            return None;
+        }
+        let q: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        let q = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
+        let refuse = |status: StatusCode, msg: &str| {
+            json_response(
+                status,
+                &[],
+                serde_json::json!({"statusCode": status.as_u16(), "message": msg, "correlationId": tracking_id()}),
+            )
+        };
+        let header = headers
+            .get("x-identity-header")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if header.is_empty() || header != self.entra.identity_header {
+            return Some(refuse(
+                StatusCode::UNAUTHORIZED,
+                "The X-IDENTITY-HEADER is missing or wrong.",
+            ));
+        }
+        if q("api-version") != "2019-08-01" {
+            return Some(refuse(
+                StatusCode::BAD_REQUEST,
+                "Unsupported or missing api-version (2019-08-01).",
+            ));
+        }
+        let resource = self.scope.trim_end_matches("/.default");
+        if q("resource") != resource {
+            return Some(refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("This mock issues tokens for {resource} only."),
+            ));
+        }
+        let expires_on = unix_now() + 3599;
+        Some(json_response(
+            StatusCode::OK,
+            &[],
+            serde_json::json!({
+                "access_token": self.issue_token(),
+                "expires_on": expires_on.to_string(),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": self.entra.client_id,
             }),
         ))
     }

@@ -247,7 +247,11 @@ impl Dps {
         lock(&self.enrollments).len()
     }
 
-    /// Request, throttle and operation counters.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Request, throttle, operation and token counters.
     pub fn stats(&self) -> ServiceStats {
         self.gate.stats()
     }
@@ -356,6 +360,13 @@ async fn handle(State(dps): State<Arc<Dps>>, req: Request<Body>) -> Response<Bod
     let path = parts.uri.path().to_owned();
     if parts.method == Method::POST
         && let Some(r) = dps.gate.token_endpoint(&path, &body)
+    {
+        return r;
+    }
+    if parts.method == Method::GET
+        && let Some(r) =
+            dps.gate
+                .managed_identity_endpoint(&path, parts.uri.query(), &parts.headers)
     {
         return r;
     }

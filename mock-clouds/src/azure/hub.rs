@@ -145,7 +145,11 @@ impl Hub {
         lock(&self.devices).len()
     }
 
-    /// Request, throttle and operation counters.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Request, throttle, operation and token counters.
     pub fn stats(&self) -> ServiceStats {
         self.gate.stats()
     }
@@ -303,6 +307,13 @@ async fn handle(State(hub): State<Arc<Hub>>, req: Request<Body>) -> Response<Bod
     let path = parts.uri.path().to_owned();
     if parts.method == Method::POST
         && let Some(r) = hub.gate.token_endpoint(&path, &body)
+    {
+        return r;
+    }
+    if parts.method == Method::GET
+        && let Some(r) =
+            hub.gate
+                .managed_identity_endpoint(&path, parts.uri.query(), &parts.headers)
     {
         return r;
     }

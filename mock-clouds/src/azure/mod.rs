@@ -132,6 +132,8 @@ pub struct AzureMock {
     hub_read_key: String,
     dps_key: String,
     entra_secret: String,
+    federated_token: String,
+    identity_header: String,
 }
 
 impl std::fmt::Debug for AzureMock {
@@ -161,10 +163,17 @@ impl AzureMock {
         let hub_read_key = random_key();
         let dps_key = random_key();
         let entra_secret = STANDARD.encode(random_bytes(24));
+        let federated_token = format!(
+            "eyJhbGciOiJSUzI1NiJ9.{}.sa",
+            STANDARD.encode(random_bytes(24))
+        );
+        let identity_header = hex::encode(random_bytes(16));
         let entra = common::EntraApp {
             tenant: ENTRA_TENANT.into(),
             client_id: ENTRA_CLIENT_ID.into(),
             client_secret: entra_secret.clone(),
+            federated_token: federated_token.clone(),
+            identity_header: identity_header.clone(),
         };
         let clock = MockClock::default();
         let hub = Arc::new(hub::Hub::new(
@@ -229,6 +238,8 @@ impl AzureMock {
             hub_read_key,
             dps_key,
             entra_secret,
+            federated_token,
+            identity_header,
         })
     }
 
@@ -288,6 +299,31 @@ impl AzureMock {
     /// [`ENTRA_TENANT`]; the token endpoint is `POST {hub or dps url}/{tenant}/oauth2/v2.0/token`.
     pub fn entra_client_secret(&self) -> &str {
         &self.entra_secret
+    }
+
+    /// The federated service-account token the mock Entra app trusts (workload identity): write
+    /// it to the file `AZURE_FEDERATED_TOKEN_FILE` names, with `AZURE_TENANT_ID` =
+    /// [`ENTRA_TENANT`], `AZURE_CLIENT_ID` = [`ENTRA_CLIENT_ID`] and `AZURE_AUTHORITY_HOST` =
+    /// the hub or DPS URL.
+    pub fn federated_token(&self) -> &str {
+        &self.federated_token
+    }
+
+    /// The `IDENTITY_HEADER` of the mock managed identity endpoint, which is
+    /// `{hub or dps url}/msi/token` (`IDENTITY_ENDPOINT`, as on App Service).
+    pub fn identity_header(&self) -> &str {
+        &self.identity_header
+    }
+
+    /// A bearer token the hub accepts, as `az account get-access-token --scope
+    /// https://iothubs.azure.net/.default` would print for a logged-in user.
+    pub fn issue_hub_token(&self) -> String {
+        self.hub.gate().issue_token()
+    }
+
+    /// A bearer token DPS accepts.
+    pub fn issue_dps_token(&self) -> String {
+        self.dps.gate().issue_token()
     }
 
     /// The fault script in front of the hub.
@@ -351,6 +387,9 @@ impl AzureMock {
                 "client_id": ENTRA_CLIENT_ID,
                 "client_secret": self.entra_client_secret(),
                 "authority_host": self.hub_url(),
+                "federated_token": self.federated_token(),
+                "identity_endpoint": format!("{}/msi/token", self.hub_url()),
+                "identity_header": self.identity_header(),
             },
             "ca_pem": self.ca_pem(),
             "faults": format!("POST {}/_mock/faults or {}/_mock/faults", self.hub_url(), self.dps_url()),
