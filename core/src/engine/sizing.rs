@@ -9,7 +9,8 @@
 //!
 //! The run starts at [`EngineOptions::concurrency`](super::EngineOptions::concurrency) calls and
 //! grows (never past `max_concurrency`) to `HEADROOM_FACTOR × rate × latency / batch` + 1, so that
-//! the pacer, not the latency, is what limits the run. A call that used no quota tells nothing:
+//! the pacer, not the latency, is what limits the run (latency, rate and batch are moving
+//! averages over the calls). A call that used no quota tells nothing:
 //! without a quota the engine has no rate to aim at and keeps the configured concurrency.
 
 use std::sync::Mutex;
@@ -46,7 +47,8 @@ struct State {
     limit: usize,
     /// Moving average of a call's service time, seconds.
     latency: Option<f64>,
-    /// Lowest device rate seen (the binding quota).
+    /// Moving average of the device rate the quotas allow (a one-off call, such as AWS's
+    /// GetPolicy at 10/s on the first device, fades out rather than pinning the rate).
     rate: Option<f64>,
     /// Moving average of devices per call.
     batch: Option<f64>,
@@ -94,7 +96,7 @@ impl Sizer {
         };
         s.latency = Some(ewma(s.latency, secs));
         s.batch = Some(ewma(s.batch, o.devices as f64));
-        s.rate = Some(s.rate.map_or(rate, |r| r.min(rate)));
+        s.rate = Some(ewma(s.rate, rate));
         let (Some(latency), Some(rate), Some(batch)) = (s.latency, s.rate, s.batch) else {
             return s.limit;
         };
@@ -164,10 +166,14 @@ mod tests {
     }
 
     #[test]
-    fn the_lowest_rate_binds() {
-        // A call at a 10/s API after calls at 100/s: the 10/s quota is the device rate.
+    fn a_one_off_slow_api_does_not_pin_the_rate() {
+        // The first call also read a policy at 10/s; every later one runs at 100/s.
         let s = Sizer::new(1, 256);
-        s.observe(obs(1, Some(100.0), 250));
         assert_eq!(s.observe(obs(1, Some(10.0), 250)), 5);
+        let mut limit = 0;
+        for _ in 0..100 {
+            limit = s.observe(obs(1, Some(100.0), 250));
+        }
+        assert_eq!(limit, 33);
     }
 }

@@ -817,10 +817,12 @@ fn held_bound(o: &EngineOptions, batch: usize) -> usize {
 }
 
 /// A cloud like AWS IoT: each device is four calls in a row, each answered after 50 ms ± 20 ms
-/// (seeded), the first at a quota of 100/s, the others at 1,000/s.
+/// (seeded), the first at a quota of 100/s, the others at 1,000/s; the first device also reads
+/// a setting at 10/s (AWS's GetPolicy), which must not pin the sizing to 10/s.
 #[derive(Debug)]
 struct SlowCloud {
     latency: Mutex<rand::rngs::StdRng>,
+    set_up: AtomicBool,
     in_flight: AtomicUsize,
     peak: AtomicUsize,
 }
@@ -836,6 +838,7 @@ impl Connector for SlowCloud {
                 Quota::new("Thing", 1000.0),
                 Quota::new("Attach", 1000.0),
                 Quota::new("Policy", 1000.0),
+                Quota::new("Setup", 10.0),
             ],
             idempotent_register: true,
             ..Default::default()
@@ -850,6 +853,10 @@ impl Connector for SlowCloud {
         use rand::Rng;
         let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         self.peak.fetch_max(now, Ordering::AcqRel);
+        if !self.set_up.swap(true, Ordering::AcqRel) {
+            ctx.acquire("Setup").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         for api in ["Register", "Thing", "Attach", "Policy"] {
             ctx.acquire(api).await;
             let ms = self.latency.lock().unwrap().random_range(30..=70);
@@ -880,6 +887,7 @@ async fn concurrency_grows_with_latency_until_the_quota_binds() {
     let run = |max_concurrency: usize| async move {
         let cloud = Arc::new(SlowCloud {
             latency: Mutex::new(rand::SeedableRng::seed_from_u64(seed)),
+            set_up: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         });
