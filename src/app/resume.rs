@@ -131,7 +131,10 @@ pub fn reverify(
 /// connector), then recorded `failed` with whether the target holds them, or left `unknown`
 /// when the lookup failed: never sent, tried again by the next `resume`. A rare path (a crash
 /// mid-call, then a trust change).
-async fn look_up(run: &TargetRun, devices: Vec<(DeviceIdentity, u32, String)>) -> Vec<DeviceUpdate> {
+async fn look_up(
+    run: &TargetRun,
+    devices: Vec<(DeviceIdentity, u32, String)>,
+) -> Vec<DeviceUpdate> {
     let caller = run.engine.caller();
     let mut out = Vec::with_capacity(devices.len());
     for (d, attempts, why) in devices {

@@ -369,9 +369,7 @@ pub async fn run(
         )
         .await?;
     drop(devices);
-    let report = target
-        .resume_job(&opened.id, &verifier, &progress)
-        .await?;
+    let report = target.resume_job(&opened.id, &verifier, &progress).await?;
     svc.store
         .update_job(&job.id, "running", Some(&report.job_id), None)
         .await?;

@@ -1368,7 +1368,11 @@ async fn a_job_verifies_the_stored_certificates_again_with_the_trust_of_its_proc
     let j = s.wait_job(&admin, j["id"].as_str().unwrap()).await;
     assert_eq!(j["counts"]["done"], 3, "{j}");
     assert_eq!(j["counts"]["failed"], 1, "{j}");
-    assert_eq!(s.registry.stats().devices, 3, "the revoked device was not sent");
+    assert_eq!(
+        s.registry.stats().devices,
+        3,
+        "the revoked device was not sent"
+    );
     assert!(!s.admitted(&devices[1]).await);
     for d in [&devices[0], &devices[2], &devices[3]] {
         assert!(s.admitted(d).await);
@@ -1376,7 +1380,10 @@ async fn a_job_verifies_the_stored_certificates_again_with_the_trust_of_its_proc
     let (code, body) = s
         .call(
             "GET",
-            &format!("/api/v1/jobs/{}/devices?state=failed", j["id"].as_str().unwrap()),
+            &format!(
+                "/api/v1/jobs/{}/devices?state=failed",
+                j["id"].as_str().unwrap()
+            ),
             Some(&admin),
             None,
         )
