@@ -204,9 +204,19 @@ impl TargetRun {
         operation: Operation,
         devices: &[DeviceIdentity],
     ) -> anyhow::Result<OpenedJob> {
+        self.enqueue_with(operation, devices, self.params()).await
+    }
+
+    /// As [`TargetRun::enqueue`], with the job's stored `params` chosen by the caller.
+    pub async fn enqueue_with(
+        &self,
+        operation: Operation,
+        devices: &[DeviceIdentity],
+        params: serde_json::Value,
+    ) -> anyhow::Result<OpenedJob> {
         Ok(self
             .engine
-            .open(operation, &self.target.name, devices, self.params())
+            .open(operation, &self.target.name, devices, params)
             .await?)
     }
 

@@ -1,6 +1,9 @@
 //! Running service jobs: the one place a job runs ([`run`]), so leases (issue 12) can wrap it.
 //! A job loads the binding's valid devices from the store, builds the account's target from
-//! its sealed table, and runs through the application layer (engine + journal). A restarted
+//! its sealed table, and runs through the application layer (engine + journal), from the
+//! journal as `resume` runs a job: every certificate of a provision job is verified again
+//! against this process's trust first (an `idbridge worker` taking the job up judges it by its
+//! own `[trust]`). A restarted
 //! service calls [`resume_unfinished`]: the engine reopens the unfinished journal job with the
 //! same devices, so nothing is done twice.
 //!
@@ -349,14 +352,24 @@ pub async fn run(
         tx,
         svc: Arc::clone(svc),
     };
-    let report = target
-        .run_job_with(
+    // The job is opened (or found) with every device of the binding, then run from the
+    // journal as `resume` runs a job: each stored certificate of a provision job verified
+    // again against this process's trust (a worker's own `[trust]`, which may have changed
+    // since the upload: a CA removed, a CRL that now lists a device). One that no longer
+    // verifies is recorded failed with the reason and never sent.
+    let verifier = Arc::new(
+        idbridge_core::trust::Verifier::from_options(&svc.trust)
+            .map_err(|e| anyhow::anyhow!("cannot load the trust store: {e}"))?,
+    );
+    let opened = target
+        .enqueue_with(
             operation,
-            devices,
+            &devices,
             serde_json::json!({"via": "service", "service_job": job.id}),
-            &progress,
         )
         .await?;
+    drop(devices);
+    let report = target.resume_job(&opened.id, &verifier, &progress).await?;
     svc.store
         .update_job(&job.id, "running", Some(&report.job_id), None)
         .await?;

@@ -60,6 +60,8 @@ pub(crate) struct Service {
     pub ca: TestCa,
     /// Environment of the service process (e.g. the AWS credentials of the mock AWS IoT).
     pub env: Vec<(String, String)>,
+    /// More arguments of `serve` (taken at the next start, e.g. `--crl FILE`).
+    pub serve_args: Vec<String>,
     child: Option<tokio::process::Child>,
     http: reqwest::Client,
 }
@@ -89,6 +91,10 @@ pub(crate) async fn start_with_env(extra: &str, env: Vec<(String, String)>) -> S
             r#"
 journal = "sqlite:{journal}"
 
+# The trust of `idbridge worker` on this config (a worker verifies stored certificates again).
+[trust]
+anchors = ["trust.pem"]
+
 [service]
 allow_http = true
 store = "sqlite:service.sqlite"
@@ -108,6 +114,7 @@ signing_key = "signing.pem"
         devices,
         ca,
         env,
+        serve_args: Vec::new(),
         child: None,
         http: reqwest::Client::new(),
     };
@@ -119,11 +126,9 @@ impl Service {
     async fn spawn(&mut self) {
         let config = self.config.display().to_string();
         let trust = self.fx.path("trust.pem").display().to_string();
-        let (child, url) = spawn_serve(
-            &["--config", &config, "--trust", &trust, "--no-builtin-roots"],
-            &self.env,
-        )
-        .await;
+        let mut args = vec!["--config", &config, "--trust", &trust, "--no-builtin-roots"];
+        args.extend(self.serve_args.iter().map(String::as_str));
+        let (child, url) = spawn_serve(&args, &self.env).await;
         self.url = url;
         self.child = Some(child);
     }
@@ -1326,4 +1331,67 @@ async fn a_batch_imported_whole_is_bound_by_its_batch_id_alone() {
         )
         .await;
     assert_eq!(code, 201, "{v}");
+}
+
+/// The process that runs a job judges the stored certificates again with its own trust, as
+/// `resume` and `idbridge worker` do: a device a CRL lists since its import is recorded failed
+/// with the reason and never sent; the others land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_verifies_the_stored_certificates_again_with_the_trust_of_its_process() {
+    let mut s = start("").await;
+    let devices = s.import("reel.pem", 1..5, "B-CRL", "R-CRL").await;
+    let admin = admin_account(&s, "crlco", "manual").await;
+    // Since the import, the trust of the service has a CRL that lists device 2.
+    let crl = s.fx.path("ca.crl");
+    std::fs::write(&crl, s.fx.pki.crl(&[2]).unwrap()).unwrap();
+    s.serve_args = vec!["--crl".into(), crl.display().to_string()];
+    s.kill_and_restart().await;
+    let (code, b) = s
+        .call(
+            "POST",
+            "/api/v1/bindings",
+            Some(&admin),
+            Some(json!({"batch_id": "B-CRL", "reel_id": "R-CRL"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    let id = b["id"].as_str().unwrap();
+    let (code, j) = s
+        .call(
+            "POST",
+            &format!("/api/v1/bindings/{id}/provision"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(code, 202, "{j}");
+    let j = s.wait_job(&admin, j["id"].as_str().unwrap()).await;
+    assert_eq!(j["counts"]["done"], 3, "{j}");
+    assert_eq!(j["counts"]["failed"], 1, "{j}");
+    assert_eq!(
+        s.registry.stats().devices,
+        3,
+        "the revoked device was not sent"
+    );
+    assert!(!s.admitted(&devices[1]).await);
+    for d in [&devices[0], &devices[2], &devices[3]] {
+        assert!(s.admitted(d).await);
+    }
+    let (code, body) = s
+        .call(
+            "GET",
+            &format!(
+                "/api/v1/jobs/{}/devices?state=failed",
+                j["id"].as_str().unwrap()
+            ),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("no longer verifies") && text.contains("revoked"),
+        "{text}"
+    );
 }

@@ -70,7 +70,8 @@ async fn on_postgres() -> (&'static LocalPostgres, Service) {
     s.config = s.fx.write(
         "idbridge-pg.toml",
         &format!(
-            "journal = \"{db}\"\n\n[service]\nallow_http = true\nstore = \"{db}\"\n\
+            "journal = \"{db}\"\n\n[trust]\nanchors = [\"trust.pem\"]\n\n[service]\n\
+             allow_http = true\nstore = \"{db}\"\n\
              key_file = \"service.key\"\nsigning_key = \"signing.pem\"\n"
         ),
     );

@@ -197,6 +197,15 @@ fn exactly_once(cloud: &MockCloud, expected: usize) {
     assert_eq!(cloud.stats()["creates"], expected as u64);
 }
 
+/// A `[trust]` table holding the roots of `batches` (workers verify stored certificates).
+fn trust_of(batches: &[&Batch]) -> String {
+    let anchors: Vec<String> = batches
+        .iter()
+        .map(|b| format!("{:?}", b.root.display().to_string()))
+        .collect();
+    format!("[trust]\nanchors = [{}]\n", anchors.join(", "))
+}
+
 fn mock_target(name: &str, url: &str, extra: &str) -> String {
     format!(
         "[targets.{name}]\nkind = \"mock\"\nurl = \"{url}\"\nallow_http = true\ntoken = \"t0ken\"\n{extra}"
@@ -216,7 +225,10 @@ fn three_workers_twenty_jobs_one_killed_one_terminated() {
         })
         .collect();
     let work = tempfile::tempdir().unwrap();
-    let mut config = String::new();
+    const PER_JOB: u64 = 30;
+    let batches: Vec<Batch> = (0..20).map(|_| batch(PER_JOB)).collect();
+    // The workers verify the stored certificates again: they trust every batch's root.
+    let mut config = trust_of(&batches.iter().collect::<Vec<_>>());
     for (i, c) in clouds.iter().enumerate() {
         let extra = if i == 3 {
             "quota = 50\n[targets.t3.engine]\nconcurrency = 8\n".to_owned()
@@ -226,8 +238,6 @@ fn three_workers_twenty_jobs_one_killed_one_terminated() {
         config.push_str(&mock_target(&format!("t{i}"), &c.url, &extra));
     }
     write_config(work.path(), &config);
-    const PER_JOB: u64 = 30;
-    let batches: Vec<Batch> = (0..20).map(|_| batch(PER_JOB)).collect();
     for (i, b) in batches.iter().enumerate() {
         enqueue(work.path(), b, &format!("t{}", i % 4), &url);
     }
@@ -332,13 +342,17 @@ fn database_restart_mid_job_the_job_completes_when_it_is_back() {
     let url = pg.database().unwrap();
     let cloud = MockCloud::start(&[]);
     let work = tempfile::tempdir().unwrap();
+    let b = batch(120);
     write_config(
         work.path(),
         // 120 devices at 20/s: 6 s of work, so the stop below lands mid-job even when the
         // machine is slow to run `pg_ctl stop`.
-        &mock_target("lab", &cloud.url, "[targets.lab.engine]\nrate = 20\n"),
+        &format!(
+            "{}{}",
+            trust_of(&[&b]),
+            mock_target("lab", &cloud.url, "[targets.lab.engine]\nrate = 20\n")
+        ),
     );
-    let b = batch(120);
     enqueue(work.path(), &b, "lab", &url);
     let mut w = Worker::start(work.path(), &url, "worker-db");
     w.wait_for("claimed job", Duration::from_secs(60));

@@ -44,7 +44,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.targets > 0 && args.devices > 0, "nothing to do");
     let total = args.devices * args.targets as u64;
     eprintln!("generating {total} certificates ...");
-    let all = super::certificates(total)?;
+    // Signed by a test CA the workers trust: a worker verifies every stored certificate of
+    // the job it claims against the `[trust]` of its config.
+    let pki = idbridge_mock_clouds::TestPki::infineon_like()?;
+    let trust_pem = format!("{}{}", pki.root_pem(), pki.ca_pem());
+    let all = {
+        let (devices, _) = pki.batch(1, total)?;
+        devices
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                DeviceIdentity::from_der(
+                    d.cert_der,
+                    idbridge_core::Source {
+                        file: "bench".into(),
+                        line: None,
+                        entry: Some(i as u64),
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let per_target: Vec<Vec<DeviceIdentity>> = all
         .chunks(usize::try_from(args.devices)?)
         .map(<[DeviceIdentity]>::to_vec)
@@ -61,7 +81,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let mut runs = Vec::new();
     for &n in &args.workers {
-        let (url, registries, _servers) = setup(&pg, &dir, &per_target).await?;
+        let (url, registries, _servers) = setup(&pg, &dir, &per_target, &trust_pem).await?;
         eprintln!("{n} worker(s) ...");
         let t0 = Instant::now();
         let mut children: Vec<Child> = (0..n)
@@ -104,7 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     // Takeover: one job on one target, its worker killed mid-job, another resumes it.
-    let (url, registries, _servers) = setup(&pg, &dir, &per_target[..1]).await?;
+    let (url, registries, _servers) = setup(&pg, &dir, &per_target[..1], &trust_pem).await?;
     let (mut a, a_lines) = worker(&exe, &dir, &url, 1, args.lease_ttl, "victim", false)?;
     wait_line(&a_lines, "claimed job", Duration::from_secs(120))?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -146,12 +166,14 @@ async fn setup(
     pg: &LocalPostgres,
     dir: &Path,
     per_target: &[Vec<DeviceIdentity>],
+    trust_pem: &str,
 ) -> anyhow::Result<(String, Vec<Registry>, Servers)> {
     let url = {
         let db = tokio::task::block_in_place(|| pg.database());
         db.map_err(|e| anyhow::anyhow!("{e}"))?
     };
-    let mut config = String::new();
+    std::fs::write(dir.join("root.pem"), trust_pem)?;
+    let mut config = String::from("[trust]\nanchors = [\"root.pem\"]\n");
     let mut registries = Vec::new();
     let mut servers = Vec::new();
     for i in 0..per_target.len() {
