@@ -30,6 +30,9 @@ pub struct EngineOverrides {
     pub batch_size: Option<usize>,
     /// Seconds one call may take before its outcome is unknown.
     pub timeout: Option<f64>,
+    /// Whether reports hold every device's record ([`EngineOptions::report_devices`]); None
+    /// keeps the engine's default (they do).
+    pub report_devices: Option<bool>,
 }
 
 impl EngineOverrides {
@@ -55,6 +58,9 @@ impl EngineOverrides {
                 "--timeout must be a positive number"
             );
             opts.attempt_timeout = Duration::from_secs_f64(t);
+        }
+        if let Some(r) = self.report_devices {
+            opts.report_devices = r;
         }
         if let Some(m) = e.max_attempts {
             opts.retry.max_attempts = m.max(1);
@@ -190,6 +196,24 @@ impl TargetRun {
             .await
     }
 
+    /// Runs a provision or deprovision job for the devices `chunks` yields: each chunk is
+    /// stored in the journal as it is read, then the job runs from the journal a page at a time
+    /// (the journal is the queue), so memory does not grow with the job. The unfinished job
+    /// with the same operation, target and devices is continued.
+    pub async fn run_job_streamed(
+        &self,
+        operation: Operation,
+        chunks: journal::DeviceChunks<'_>,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<JobReport> {
+        let opened = self
+            .engine
+            .open_streamed(operation, &self.target.name, chunks, self.params())
+            .await?;
+        self.run_leased(&opened, operation, Devices::Journaled, progress)
+            .await
+    }
+
     /// Records the job for `devices` in the journal without running it (`--enqueue`): an
     /// `idbridge worker` on the same journal runs it.
     pub async fn enqueue(
@@ -288,7 +312,7 @@ impl TargetRun {
             target_name = %self.target.name,
             devices = match &devices {
                 Devices::Given(d) => d.len(),
-                Devices::Stored(_) => 0,
+                Devices::Stored(_) | Devices::Journaled => 0,
             },
             resumed = job.resumed || matches!(devices, Devices::Stored(_)),
         );
@@ -301,6 +325,12 @@ impl TargetRun {
             Devices::Given(d) => self
                 .engine
                 .run(job, operation, &self.target.name, d, &counted)
+                .instrument(span)
+                .await
+                .map_err(anyhow::Error::from),
+            Devices::Journaled => self
+                .engine
+                .run_journaled(job, &counted)
                 .instrument(span)
                 .await
                 .map_err(anyhow::Error::from),
@@ -360,6 +390,8 @@ impl TargetRun {
 enum Devices<'a> {
     Given(Vec<DeviceIdentity>),
     Stored(&'a Arc<Verifier>),
+    /// Stored in the journal as they were read ([`TargetRun::run_job_streamed`]).
+    Journaled,
 }
 
 /// Progress that also counts finished devices into the metrics.
