@@ -227,6 +227,18 @@ impl TargetRun {
             .await?)
     }
 
+    /// [`TargetRun::enqueue`] for devices that arrive as a stream, stored a chunk at a time.
+    pub async fn enqueue_streamed(
+        &self,
+        operation: Operation,
+        chunks: journal::DeviceChunks<'_>,
+    ) -> anyhow::Result<OpenedJob> {
+        Ok(self
+            .engine
+            .open_streamed(operation, &self.target.name, chunks, self.params())
+            .await?)
+    }
+
     /// Finishes job `job_id` with the certificates stored in the journal. A provision job's
     /// certificates are verified again by `verifier` (today's trust store) first: one that no
     /// longer verifies is recorded failed with the reason and never sent (`app::resume`).
@@ -358,12 +370,11 @@ impl TargetRun {
             &job.id,
             operation,
             verifier,
-        )
-        .await?;
-        self.observed.check_job(&devices)?;
+            self.engine.window(),
+        );
         Ok(self
             .engine
-            .run(job, operation, &self.target.name, devices, progress)
+            .run_stream(job, operation, &self.target.name, devices, progress)
             .await?)
     }
 

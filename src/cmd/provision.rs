@@ -156,7 +156,12 @@ pub enum Output {
 /// Runs `provision`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.target.config()?;
-    if !args.dry_run && !args.enqueue && args.out.streams() {
+    if args.enqueue {
+        let ctx = args.target.open_with(&config, None).await?;
+        let streamed = stream_inputs(&args.input, &config, false)?;
+        return enqueue_streamed(Operation::Provision, &ctx, streamed).await;
+    }
+    if !args.dry_run && args.out.streams() {
         let ctx = args.target.open_lean(&config, None).await?;
         let streamed = stream_inputs(&args.input, &config, false)?;
         return execute_streamed(Operation::Provision, &ctx, streamed, &args.out).await;
@@ -176,7 +181,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    execute(Operation::Provision, &ctx, inputs, &args.out, args.enqueue).await
+    execute(Operation::Provision, &ctx, inputs, &args.out).await
 }
 
 /// Runs `deprovision`: only devices whose certificates verify, unless `--include-invalid`
@@ -215,7 +220,7 @@ pub async fn run_deprovision(args: DeprovisionArgs) -> anyhow::Result<ExitCode> 
             return Ok(ExitCode::from(1));
         }
     }
-    execute(Operation::Deprovision, &ctx, inputs, &args.out, false).await
+    execute(Operation::Deprovision, &ctx, inputs, &args.out).await
 }
 
 async fn execute(
@@ -223,7 +228,6 @@ async fn execute(
     ctx: &TargetRun,
     mut inputs: Inputs,
     out: &OutputArgs,
-    enqueue: bool,
 ) -> anyhow::Result<ExitCode> {
     if inputs.devices.is_empty() {
         eprintln!(
@@ -238,17 +242,6 @@ async fn execute(
         } else {
             ExitCode::from(1)
         });
-    }
-    if enqueue {
-        let opened = ctx.enqueue(operation, &inputs.devices).await?;
-        eprintln!(
-            "idbridge: job {} queued for workers ({} devices, {} refused)",
-            opened.id,
-            inputs.devices.len(),
-            inputs.refused.len()
-        );
-        println!("{}", opened.id);
-        return Ok(ExitCode::SUCCESS);
     }
     super::progress::catch_interrupt();
     out.serve_metrics().await?;
@@ -305,7 +298,7 @@ async fn execute_streamed(
                 refused: t.refused,
                 skipped: t.skipped,
             };
-            return execute(operation, ctx, inputs, out, false).await;
+            return execute(operation, ctx, inputs, out).await;
         }
     };
     super::progress::catch_interrupt();
@@ -322,9 +315,44 @@ async fn execute_streamed(
     Ok(interrupted.unwrap_or_else(|| exit_code(&report, &tally.refused)))
 }
 
+/// `--enqueue`: the job recorded in the journal as its devices stream in, not run.
+async fn enqueue_streamed(
+    operation: Operation,
+    ctx: &TargetRun,
+    streamed: app::StreamedInputs,
+) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    let app::StreamedInputs { mut chunks, tally } = streamed;
+    let Some(first) = chunks.next().await else {
+        let t = tally.await??;
+        eprintln!(
+            "idbridge: no device to {operation} ({} refused, {} skipped)",
+            t.refused.len(),
+            t.skipped
+        );
+        return Ok(if t.refused.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    };
+    let chunks = futures::stream::iter([first]).chain(chunks).boxed();
+    let opened = ctx.enqueue_streamed(operation, chunks).await;
+    let tally = tally.await??;
+    let opened = opened?;
+    eprintln!(
+        "idbridge: job {} queued for workers ({} devices, {} refused)",
+        opened.id,
+        tally.devices,
+        tally.refused.len()
+    );
+    println!("{}", opened.id);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// [`print_report`] for a report without its device records (table or JSON Lines): they are
 /// read from the journal a page at a time.
-async fn print_report_paged(
+pub async fn print_report_paged(
     journal: &dyn idbridge_core::journal::Journal,
     report: &JobReport,
     refused: &[Refused],

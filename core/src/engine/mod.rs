@@ -219,6 +219,12 @@ impl Engine {
         self.pacer.quotas()
     }
 
+    /// Devices a run reads ahead ([`EngineOptions::window`]): the page size of runs from the
+    /// journal.
+    pub fn window(&self) -> usize {
+        self.opts.window.max(1)
+    }
+
     /// The journal.
     pub fn journal(&self) -> &Arc<dyn Journal> {
         &self.journal
