@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use idbridge_core::engine::{DiffReport, Engine, EngineOptions, JobReport, Progress};
+use idbridge_core::engine::{DiffEntry, DiffReport, Engine, EngineOptions, JobReport, Progress};
 use idbridge_core::journal::DeviceUpdate;
 use idbridge_core::journal::{self, Journal, OpenedJob, Operation};
 use idbridge_core::lease::{self, LeasedProgress};
@@ -381,6 +381,22 @@ impl TargetRun {
     /// The backfill plan for `devices`: missing, identical, different, extra.
     pub async fn diff(&self, devices: &[DeviceIdentity]) -> anyhow::Result<DiffReport> {
         Ok(self.engine.diff(devices).await?)
+    }
+
+    /// [`TargetRun::diff`] for devices that arrive in chunks: each line of the plan goes to
+    /// `on_entry` as it is decided (input order, then extras); the report returned has the
+    /// counts only. Memory does not grow with the input.
+    pub async fn diff_streamed(
+        &self,
+        chunks: journal::DeviceChunks<'_>,
+        on_entry: &mut (dyn FnMut(DiffEntry) -> idbridge_core::Result<()> + Send),
+    ) -> anyhow::Result<DiffReport> {
+        use futures::{StreamExt, TryStreamExt};
+        let devices = chunks
+            .map_ok(|c| futures::stream::iter(c.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed();
+        Ok(self.engine.diff_each(devices, on_entry).await?)
     }
 
     /// As [`TargetRun::diff`], calling `on_lookup` as each device's lookup is answered (a
