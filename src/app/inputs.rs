@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use idbridge_core::DeviceIdentity;
 use idbridge_core::identity::VendorAttributes;
-use idbridge_core::journal::DeviceChunks;
 use idbridge_core::intake::{Intake, IntakeOptions, RejectKind, Verdict};
+use idbridge_core::journal::DeviceChunks;
 use serde::Serialize;
 
 /// An input entry that was not sent: invalid, not provisionable, unreadable.
@@ -204,9 +204,8 @@ pub fn stream_inputs(
         }
         Ok(tally)
     });
-    let chunks = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|c| (c, rx))
-    });
+    let chunks =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     StreamedInputs {
         chunks: Box::pin(chunks),
         tally,

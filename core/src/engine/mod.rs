@@ -301,7 +301,11 @@ impl Engine {
 
     /// Runs an opened job with the identities stored in the journal, a page at a time (as
     /// [`Engine::resume`]): the way to run a job opened by [`Engine::open_streamed`].
-    pub async fn run_journaled(&self, job: &OpenedJob, progress: &dyn Progress) -> Result<JobReport> {
+    pub async fn run_journaled(
+        &self,
+        job: &OpenedJob,
+        progress: &dyn Progress,
+    ) -> Result<JobReport> {
         let job_id = job.id.as_str();
         let info = self.journal.job(job_id).await?.ok_or_else(|| {
             Error::new(

@@ -535,7 +535,8 @@ pub trait Journal: Send + Sync + fmt::Debug {
         while let Some(chunk) = chunks.next().await {
             devices.extend(chunk?);
         }
-        let mut spec = JobSpec::for_devices(operation, target, devices.iter().map(|d| &d.device_id));
+        let mut spec =
+            JobSpec::for_devices(operation, target, devices.iter().map(|d| &d.device_id));
         spec.params = params;
         self.open_job(&spec, &devices).await
     }

@@ -155,7 +155,8 @@ impl Journal for SqliteJournal {
                 for d in &chunk {
                     key.add(&d.device_id);
                 }
-                let rows: Vec<NewDevice> = chunk.iter().map(NewDevice::of).collect::<Result<_>>()?;
+                let rows: Vec<NewDevice> =
+                    chunk.iter().map(NewDevice::of).collect::<Result<_>>()?;
                 drop(chunk);
                 let first = seq;
                 seq += rows.len() as u64;

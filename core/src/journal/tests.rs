@@ -432,14 +432,22 @@ async fn streamed_open(j: &dyn Journal) {
             Ok(vec![devs[2].clone(), devs[0].clone(), devs[3].clone()]),
         ];
         if fail {
-            v.push(Err(Error::new(ErrorKind::InvalidInput, "input.pem: unreadable")));
+            v.push(Err(Error::new(
+                ErrorKind::InvalidInput,
+                "input.pem: unreadable",
+            )));
         }
         v.push(Ok(vec![devs[4].clone()]));
         futures::stream::iter(v).boxed()
     };
     let jobs_before = j.jobs().await.unwrap().len();
     let opened = j
-        .open_job_streamed(Operation::Provision, "streamed", serde_json::json!({"a": 1}), chunks(false))
+        .open_job_streamed(
+            Operation::Provision,
+            "streamed",
+            serde_json::json!({"a": 1}),
+            chunks(false),
+        )
         .await
         .unwrap();
     assert!(!opened.resumed);
@@ -450,25 +458,47 @@ async fn streamed_open(j: &dyn Journal) {
     assert_eq!(info.spec.params, serde_json::json!({"a": 1}));
     let records = j.devices(&opened.id).await.unwrap();
     let ids: Vec<_> = records.iter().map(|r| r.device_id.clone()).collect();
-    assert_eq!(ids, devs.iter().map(|d| d.device_id.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        ids,
+        devs.iter().map(|d| d.device_id.clone()).collect::<Vec<_>>()
+    );
     assert!(records.windows(2).all(|w| w[0].seq < w[1].seq));
     let stored: Vec<_> = j.identities(&opened.id).await.unwrap();
     assert_eq!(stored, devs);
 
-    let again = j
-        .open_job(&spec("streamed", &devs), &devs)
-        .await
-        .unwrap();
-    assert_eq!(again, OpenedJob { id: opened.id.clone(), resumed: true });
+    let again = j.open_job(&spec("streamed", &devs), &devs).await.unwrap();
+    assert_eq!(
+        again,
+        OpenedJob {
+            id: opened.id.clone(),
+            resumed: true
+        }
+    );
     let streamed_again = j
-        .open_job_streamed(Operation::Provision, "streamed", serde_json::Value::Null, chunks(false))
+        .open_job_streamed(
+            Operation::Provision,
+            "streamed",
+            serde_json::Value::Null,
+            chunks(false),
+        )
         .await
         .unwrap();
-    assert_eq!(streamed_again, OpenedJob { id: opened.id.clone(), resumed: true });
+    assert_eq!(
+        streamed_again,
+        OpenedJob {
+            id: opened.id.clone(),
+            resumed: true
+        }
+    );
     assert_eq!(j.jobs().await.unwrap().len(), jobs_before + 1);
 
     let err = j
-        .open_job_streamed(Operation::Provision, "streamed-2", serde_json::Value::Null, chunks(true))
+        .open_job_streamed(
+            Operation::Provision,
+            "streamed-2",
+            serde_json::Value::Null,
+            chunks(true),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("input.pem"), "{err}");
@@ -482,7 +512,11 @@ fn job_key_builder_is_for_devices_key() {
     for d in devs.iter().rev().chain(devs.iter().take(2)) {
         b.add(&d.device_id);
     }
-    let want = JobSpec::for_devices(Operation::Deprovision, "t", devs.iter().map(|d| &d.device_id));
+    let want = JobSpec::for_devices(
+        Operation::Deprovision,
+        "t",
+        devs.iter().map(|d| &d.device_id),
+    );
     assert_eq!(b.finish(), want.key);
     let other = JobSpec::for_devices(Operation::Provision, "t", devs.iter().map(|d| &d.device_id));
     assert_ne!(other.key, want.key);

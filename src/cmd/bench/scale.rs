@@ -189,7 +189,10 @@ fn one_size(exe: &Path, dir: &Path, n: u64, concurrency: usize) -> anyhow::Resul
     let queued = dir.join("enqueued.txt");
     step(exe, "enqueue", &argv, Some(&queued), n)?;
     let job = std::fs::read_to_string(&queued)?.trim().to_owned();
-    anyhow::ensure!(job.starts_with("job-"), "provision --enqueue printed no job id");
+    anyhow::ensure!(
+        job.starts_with("job-"),
+        "provision --enqueue printed no job id"
+    );
     step(
         exe,
         "resume",
