@@ -303,7 +303,7 @@ async fn execute_streamed(
     };
     super::progress::catch_interrupt();
     out.serve_metrics().await?;
-    let progress = CliProgress::new(operation);
+    let progress = CliProgress::lean(operation);
     let chunks = futures::stream::iter([Ok(first)]).chain(chunks).boxed();
     let report = ctx.run_job_streamed(operation, chunks, &progress).await;
     // An unusable input ends the chunks with an error; the tally says it best.

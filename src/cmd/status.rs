@@ -300,7 +300,11 @@ pub async fn run_resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
     let ctx = TargetRun::with_journal(&config, target, journal, url, &overrides).await?;
     super::progress::catch_interrupt();
     args.out.serve_metrics().await?;
-    let progress = CliProgress::new(info.spec.operation);
+    let progress = if lean {
+        CliProgress::lean(info.spec.operation)
+    } else {
+        CliProgress::new(info.spec.operation)
+    };
     let report = ctx.resume_job(&info.id, &verifier, &progress).await?;
     progress.done();
     let interrupted = progress.interrupted();
