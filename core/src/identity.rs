@@ -99,6 +99,15 @@ impl BatchRef {
         }
     }
 
+    /// A batch known by its tag only (a job read back from the journal, which never stores
+    /// batch IDs): [`BatchRef::secret`] is empty.
+    pub fn from_tag(tag: &str) -> Self {
+        BatchRef {
+            secret: Arc::from(""),
+            tag: Arc::from(tag),
+        }
+    }
+
     /// The non-secret tag, safe to log, store and send to a cloud as an attribute.
     pub fn tag(&self) -> &str {
         &self.tag

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use idbridge_core::DeviceIdentity;
 use idbridge_core::identity::VendorAttributes;
 use idbridge_core::intake::{Intake, IntakeOptions, RejectKind, Verdict};
+use idbridge_core::journal::DeviceChunks;
 use serde::Serialize;
 
 /// An input entry that was not sent: invalid, not provisionable, unreadable.
@@ -111,4 +112,102 @@ pub async fn read_inputs(
         Ok(inputs)
     })
     .await?
+}
+
+/// What a streamed read of the inputs left besides its devices ([`stream_inputs`]).
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Devices handed on to send.
+    pub devices: u64,
+    /// Refused entries (reported, never sent).
+    pub refused: Vec<Refused>,
+    /// Entries skipped on purpose (duplicates, key blocks).
+    pub skipped: u64,
+}
+
+/// The inputs read and verified off the async workers as they are consumed: the devices to
+/// send in chunks of up to `chunk` (at most two chunks read ahead), and, once the chunks are
+/// over, the rest. Memory does not grow with the input: duplicate keys are checked in a
+/// compact index ([`idbridge_core::trust::DuplicateKeys`]). An unusable input ends the chunks
+/// with an error (so a job being opened from them is dropped) and is the tally's error too.
+pub struct StreamedInputs {
+    /// The devices to send.
+    pub chunks: DeviceChunks<'static>,
+    /// Refused and skipped entries, once `chunks` has ended.
+    pub tally: tokio::task::JoinHandle<anyhow::Result<Tally>>,
+}
+
+/// Reads `paths` as [`read_inputs`] does, handing the devices on in chunks as they are
+/// verified (see [`StreamedInputs`]).
+pub fn stream_inputs(
+    paths: Vec<PathBuf>,
+    opts: IntakeOptions,
+    any_verdict: bool,
+    chunk: usize,
+) -> StreamedInputs {
+    let chunk = chunk.max(1);
+    let (tx, rx) = tokio::sync::mpsc::channel::<idbridge_core::Result<Vec<DeviceIdentity>>>(2);
+    let tally = tokio::task::spawn_blocking(move || {
+        let unusable = |e: &anyhow::Error| {
+            idbridge_core::Error::new(idbridge_core::ErrorKind::InvalidInput, format!("{e:#}"))
+        };
+        let intake = match Intake::open(&paths, &opts) {
+            Ok(i) => i,
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                let _ = tx.blocking_send(Err(unusable(&e)));
+                return Err(e);
+            }
+        };
+        let mut tally = Tally::default();
+        let mut keys = idbridge_core::trust::DuplicateKeys::new();
+        let mut batch = Vec::with_capacity(chunk);
+        for item in intake {
+            match item {
+                Ok(checked) => match judge(checked.identity, &checked.verdict, any_verdict) {
+                    Ok(identity) => match keys.check(&identity) {
+                        None => {
+                            tally.devices += 1;
+                            batch.push(identity);
+                            if batch.len() >= chunk {
+                                let full = std::mem::replace(&mut batch, Vec::with_capacity(chunk));
+                                if tx.blocking_send(Ok(full)).is_err() {
+                                    // The reader stopped (an error downstream): nothing to do.
+                                    return Ok(tally);
+                                }
+                            }
+                        }
+                        Some(reason) => tally.refused.push(Refused {
+                            device_id: Some(identity.device_id.to_string()),
+                            status: "duplicate_key",
+                            reason,
+                            source: identity.source.to_string(),
+                            vendor: Some(Box::new(identity.vendor.clone())),
+                            serial: Some(identity.serial_hex.clone()),
+                        }),
+                    },
+                    Err(r) => tally.refused.push(r),
+                },
+                Err(r) if r.kind == RejectKind::Skipped => tally.skipped += 1,
+                Err(r) => tally.refused.push(Refused {
+                    device_id: None,
+                    status: r.kind.as_str(),
+                    reason: r.reason.clone(),
+                    source: r.source.to_string(),
+                    vendor: None,
+                    serial: None,
+                }),
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.blocking_send(Ok(batch));
+        }
+        Ok(tally)
+    });
+    let chunks =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    StreamedInputs {
+        chunks: Box::pin(chunks),
+        tally,
+    }
 }

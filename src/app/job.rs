@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use idbridge_core::engine::{DiffReport, Engine, EngineOptions, JobReport, Progress};
+use idbridge_core::engine::{DiffEntry, DiffReport, Engine, EngineOptions, JobReport, Progress};
 use idbridge_core::journal::DeviceUpdate;
 use idbridge_core::journal::{self, Journal, OpenedJob, Operation};
 use idbridge_core::lease::{self, LeasedProgress};
@@ -32,6 +32,9 @@ pub struct EngineOverrides {
     pub batch_size: Option<usize>,
     /// Seconds one call may take before its outcome is unknown.
     pub timeout: Option<f64>,
+    /// Whether reports hold every device's record ([`EngineOptions::report_devices`]); None
+    /// keeps the engine's default (they do).
+    pub report_devices: Option<bool>,
 }
 
 impl EngineOverrides {
@@ -62,6 +65,9 @@ impl EngineOverrides {
                 "--timeout must be a positive number"
             );
             opts.attempt_timeout = Duration::from_secs_f64(t);
+        }
+        if let Some(r) = self.report_devices {
+            opts.report_devices = r;
         }
         if let Some(m) = e.max_attempts {
             opts.retry.max_attempts = m.max(1);
@@ -197,6 +203,24 @@ impl TargetRun {
             .await
     }
 
+    /// Runs a provision or deprovision job for the devices `chunks` yields: each chunk is
+    /// stored in the journal as it is read, then the job runs from the journal a page at a time
+    /// (the journal is the queue), so memory does not grow with the job. The unfinished job
+    /// with the same operation, target and devices is continued.
+    pub async fn run_job_streamed(
+        &self,
+        operation: Operation,
+        chunks: journal::DeviceChunks<'_>,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<JobReport> {
+        let opened = self
+            .engine
+            .open_streamed(operation, &self.target.name, chunks, self.params())
+            .await?;
+        self.run_leased(&opened, operation, Devices::Journaled, progress)
+            .await
+    }
+
     /// Records the job for `devices` in the journal without running it (`--enqueue`): an
     /// `idbridge worker` on the same journal runs it.
     pub async fn enqueue(
@@ -217,6 +241,18 @@ impl TargetRun {
         Ok(self
             .engine
             .open(operation, &self.target.name, devices, params)
+            .await?)
+    }
+
+    /// [`TargetRun::enqueue`] for devices that arrive as a stream, stored a chunk at a time.
+    pub async fn enqueue_streamed(
+        &self,
+        operation: Operation,
+        chunks: journal::DeviceChunks<'_>,
+    ) -> anyhow::Result<OpenedJob> {
+        Ok(self
+            .engine
+            .open_streamed(operation, &self.target.name, chunks, self.params())
             .await?)
     }
 
@@ -305,7 +341,7 @@ impl TargetRun {
             target_name = %self.target.name,
             devices = match &devices {
                 Devices::Given(d) => d.len(),
-                Devices::Stored(_) => 0,
+                Devices::Stored(_) | Devices::Journaled => 0,
             },
             resumed = job.resumed || matches!(devices, Devices::Stored(_)),
         );
@@ -318,6 +354,12 @@ impl TargetRun {
             Devices::Given(d) => self
                 .engine
                 .run(job, operation, &self.target.name, d, &counted)
+                .instrument(span)
+                .await
+                .map_err(anyhow::Error::from),
+            Devices::Journaled => self
+                .engine
+                .run_journaled(job, &counted)
                 .instrument(span)
                 .await
                 .map_err(anyhow::Error::from),
@@ -347,6 +389,22 @@ impl TargetRun {
         Ok(self.engine.diff(devices).await?)
     }
 
+    /// [`TargetRun::diff`] for devices that arrive in chunks: each line of the plan goes to
+    /// `on_entry` as it is decided (input order, then extras); the report returned has the
+    /// counts only. Memory does not grow with the input.
+    pub async fn diff_streamed(
+        &self,
+        chunks: journal::DeviceChunks<'_>,
+        on_entry: &mut (dyn FnMut(DiffEntry) -> idbridge_core::Result<()> + Send),
+    ) -> anyhow::Result<DiffReport> {
+        use futures::{StreamExt, TryStreamExt};
+        let devices = chunks
+            .map_ok(|c| futures::stream::iter(c.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed();
+        Ok(self.engine.diff_each(devices, on_entry).await?)
+    }
+
     /// As [`TargetRun::diff`], calling `on_lookup` as each device's lookup is answered (a
     /// progress bar for `diff`, `--dry-run` and the deprovision plan).
     pub async fn diff_with_progress(
@@ -365,6 +423,8 @@ impl TargetRun {
 enum Devices<'a> {
     Given(Vec<DeviceIdentity>),
     Stored(&'a Arc<Verifier>),
+    /// Stored in the journal as they were read ([`TargetRun::run_job_streamed`]).
+    Journaled,
 }
 
 /// Progress that also counts finished devices into the metrics.

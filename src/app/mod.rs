@@ -31,6 +31,6 @@ pub mod resume;
 pub mod targets;
 
 pub use config::{Config, DEFAULT_JOURNAL, DEMO, EngineSection, TargetConfig};
-pub use inputs::{Inputs, Refused, judge, read_inputs};
+pub use inputs::{Inputs, Refused, StreamedInputs, Tally, judge, read_inputs, stream_inputs};
 pub use job::{EngineOverrides, ProgressFn, TargetRun, journal_url, open_journal};
 pub use report::Summary;

@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use idbridge_core::engine::{JobReport, Progress};
 use idbridge_core::journal::{DeviceState, DeviceUpdate, OpenedJob, Operation, Outcome};
 use idbridge_core::trust::Verifier;
@@ -26,8 +28,8 @@ use super::inputs::judge;
 use super::job::TargetRun;
 
 /// Runs the opened job `job` of `run`'s target with its stored certificates, each verified
-/// again by `verifier` first ([`devices_to_send`]). The caller holds the job's and the
-/// target's leases (a worker's claim, or [`TargetRun::resume_job`]).
+/// again by `verifier` first ([`devices_to_send`], a page at a time). The caller holds the
+/// job's and the target's leases (a worker's claim, or [`TargetRun::resume_job`]).
 pub async fn run_verified(
     run: &TargetRun,
     job: &OpenedJob,
@@ -35,30 +37,72 @@ pub async fn run_verified(
     verifier: &Arc<Verifier>,
     progress: &dyn Progress,
 ) -> anyhow::Result<JobReport> {
-    let devices = devices_to_send(run, &job.id, operation, verifier).await?;
-    run.engine.caller().connector().check_job(&devices)?;
+    let devices = devices_to_send(run, &job.id, operation, verifier, run.engine.window());
     Ok(run
         .engine
-        .run(job, operation, &run.target.name, devices, progress)
+        .run_stream(job, operation, &run.target.name, devices, progress)
         .await?)
 }
 
-/// The devices of job `job_id` to send on resume: its stored identities, for a provision job
-/// only those that `verifier` admits today. The others are recorded in the journal (see the
-/// module docs). Call it holding the job's lease.
-pub(crate) async fn devices_to_send(
+/// The devices of job `job_id` to send on resume, read from the journal a page at a time as
+/// the run needs them (so a million-device job is never held): its stored identities, for a
+/// provision job only those that `verifier` admits today. The others are recorded in the
+/// journal (see the module docs); each page is checked by the connector's `check_job`. Call
+/// it holding the job's lease.
+pub(crate) fn devices_to_send<'a>(
+    run: &'a TargetRun,
+    job_id: &'a str,
+    operation: Operation,
+    verifier: &'a Arc<Verifier>,
+    page: usize,
+) -> BoxStream<'a, idbridge_core::Result<DeviceIdentity>> {
+    let page = page.max(1);
+    futures::stream::try_unfold(Some(None), move |cursor: Option<Option<u64>>| async move {
+        let Some(after) = cursor else {
+            return Ok(None);
+        };
+        let rows = run
+            .engine
+            .journal()
+            .identities_page(job_id, after, page)
+            .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let next = if rows.len() < page {
+            None
+        } else {
+            rows.last().map(|(seq, _)| Some(*seq))
+        };
+        let identities: Vec<DeviceIdentity> = rows.into_iter().map(|(_, d)| d).collect();
+        let send = page_to_send(run, job_id, operation, verifier, identities)
+            .await
+            .map_err(|e| {
+                idbridge_core::Error::new(ErrorKind::Unexpected, format!("resuming: {e:#}"))
+            })?;
+        run.engine.caller().connector().check_job(&send)?;
+        Ok(Some((send, next)))
+    })
+    .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok)))
+    .try_flatten()
+    .boxed()
+}
+
+/// One page of [`devices_to_send`]: what may be sent of `identities`.
+async fn page_to_send(
     run: &TargetRun,
     job_id: &str,
     operation: Operation,
     verifier: &Arc<Verifier>,
+    identities: Vec<DeviceIdentity>,
 ) -> anyhow::Result<Vec<DeviceIdentity>> {
-    let journal = run.engine.journal();
-    let identities = journal.identities(job_id).await?;
     if operation != Operation::Provision {
         return Ok(identities);
     }
+    let journal = run.engine.journal();
+    let ids: Vec<DeviceId> = identities.iter().map(|d| d.device_id.clone()).collect();
     let records: HashMap<DeviceId, (DeviceState, u32)> = journal
-        .devices(job_id)
+        .records_of(job_id, &ids)
         .await?
         .into_iter()
         .map(|r| (r.device_id, (r.state, r.attempts)))

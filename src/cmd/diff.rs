@@ -5,12 +5,14 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use idbridge_core::engine::{DiffReport, DiffStatus};
+use idbridge_core::engine::{DiffEntry, DiffReport, DiffStatus};
 
 use super::input::InputArgs;
 use idbridge::app::Inputs;
 
-use super::provision::{Output, OutputArgs, PlanBar, TargetArgs, read_inputs, write_json};
+use super::provision::{
+    Output, OutputArgs, PlanBar, TargetArgs, read_inputs, stream_inputs, write_json,
+};
 
 /// Arguments of `idbridge diff`.
 #[derive(Debug, clap::Args)]
@@ -29,6 +31,9 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.target.config()?;
     let ctx = args.target.open_with(&config, None).await?;
+    if args.out.streams() {
+        return run_streamed(&args, &config, &ctx).await;
+    }
     let inputs = read_inputs(&args.input, &config, false).await?;
     let bar = PlanBar::new("diff", inputs.devices.len() as u64);
     let report = ctx.diff_with_progress(&inputs.devices, bar.hook()).await?;
@@ -40,6 +45,49 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             &serde_json::json!({"plan": report, "refused": inputs.refused}),
         )?;
     }
+    Ok(
+        if report.missing + report.different + report.errors == 0 && inputs.refused.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
+}
+
+/// The plan of a large input (a table or JSON Lines, no `--report` file): the devices stream
+/// from the inputs through the lookups, each line printed as it is decided.
+async fn run_streamed(
+    args: &Args,
+    config: &idbridge::app::Config,
+    ctx: &idbridge::app::TargetRun,
+) -> anyhow::Result<ExitCode> {
+    let streamed = stream_inputs(&args.input, config, false)?;
+    let output = args.out.output;
+    let mut print_entry = |e: DiffEntry| -> idbridge_core::Result<()> {
+        let stdout = std::io::stdout();
+        let mut w = stdout.lock();
+        let r = if output == Output::Jsonl {
+            serde_json::to_writer(&mut w, &e)
+                .map_err(std::io::Error::other)
+                .and_then(|()| writeln!(w))
+        } else {
+            write_entry(&mut w, &e, "missing")
+        };
+        r.map_err(|e| {
+            idbridge_core::Error::new(idbridge_core::ErrorKind::Unexpected, "cannot write stdout")
+                .with_source(e)
+        })
+    };
+    let report = ctx.diff_streamed(streamed.chunks, &mut print_entry).await;
+    let tally = streamed.tally.await??;
+    let report = report?;
+    let inputs = Inputs {
+        devices: Vec::new(),
+        refused: tally.refused,
+        skipped: tally.skipped,
+    };
+    // The entries are printed: what is left is the refused entries and the counts.
+    print(&report, &inputs, output, "missing")?;
     Ok(
         if report.missing + report.different + report.errors == 0 && inputs.refused.is_empty() {
             ExitCode::SUCCESS
@@ -115,18 +163,7 @@ pub fn print(
         }
         Output::Table => {
             for e in &report.entries {
-                let status = status_word(&e.status, missing_word);
-                writeln!(
-                    w,
-                    "{:<14} {:<13} {:<30} {}",
-                    e.device_id.as_ref().map_or("-", |d| d.short()),
-                    status,
-                    e.source
-                        .as_deref()
-                        .or(e.remote.as_ref().map(|r| r.name.as_str()))
-                        .unwrap_or(""),
-                    e.details.join("; ")
-                )?;
+                write_entry(&mut w, e, missing_word)?;
             }
             for r in &inputs.refused {
                 writeln!(
@@ -157,6 +194,21 @@ pub fn print(
         }
     }
     Ok(())
+}
+
+/// One line of the plan's table.
+fn write_entry(w: &mut impl Write, e: &DiffEntry, missing_word: &str) -> std::io::Result<()> {
+    writeln!(
+        w,
+        "{:<14} {:<13} {:<30} {}",
+        e.device_id.as_ref().map_or("-", |d| d.short()),
+        status_word(&e.status, missing_word),
+        e.source
+            .as_deref()
+            .or(e.remote.as_ref().map(|r| r.name.as_str()))
+            .unwrap_or(""),
+        e.details.join("; ")
+    )
 }
 
 fn status_word<'a>(status: &DiffStatus, missing_word: &'a str) -> &'a str {

@@ -24,6 +24,9 @@ pub struct CliProgress {
     last: std::sync::Mutex<Instant>,
     job: Mutex<Option<String>>,
     finished_at: Mutex<HashMap<String, String>>,
+    /// Whether `finished_at` is kept (a report prints it); off for streamed runs, whose
+    /// reports page the journal: a million devices' timestamps are ~200 MB.
+    keep_finished_at: bool,
 }
 
 impl CliProgress {
@@ -49,6 +52,16 @@ impl CliProgress {
             last: std::sync::Mutex::new(Instant::now()),
             job: Mutex::new(None),
             finished_at: Mutex::new(HashMap::new()),
+            keep_finished_at: true,
+        }
+    }
+
+    /// A progress that keeps no per-device timestamps (for a streamed run: its report is
+    /// paged from the journal and prints none).
+    pub fn lean(operation: Operation) -> Self {
+        CliProgress {
+            keep_finished_at: false,
+            ..CliProgress::new(operation)
         }
     }
 
@@ -127,7 +140,8 @@ impl Progress for CliProgress {
     }
 
     fn finished(&self, update: &DeviceUpdate) {
-        if matches!(update.state, DeviceState::Done | DeviceState::Failed) {
+        if self.keep_finished_at && matches!(update.state, DeviceState::Done | DeviceState::Failed)
+        {
             let now = time::OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default();

@@ -16,7 +16,7 @@ use idbridge::app::{
 };
 use idbridge_core::DeviceIdentity;
 use idbridge_core::engine::{DiffReport, DiffStatus, JobReport};
-use idbridge_core::journal::{DeviceState, Operation};
+use idbridge_core::journal::{DeviceState, Operation, Outcome};
 
 use super::input::InputArgs;
 pub use super::progress::{CliProgress, PlanBar};
@@ -137,6 +137,12 @@ impl OutputArgs {
     pub fn wants_rows(&self) -> bool {
         self.output == Output::Csv || self.report.is_some()
     }
+
+    /// Whether the job can run streamed, its report paged from the journal: outputs that
+    /// print device by device (a table, JSON Lines) and no `--report` file.
+    pub fn streams(&self) -> bool {
+        !self.wants_rows() && matches!(self.output, Output::Table | Output::Jsonl)
+    }
 }
 
 /// Output format.
@@ -155,6 +161,16 @@ pub enum Output {
 /// Runs `provision`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.target.config()?;
+    if args.enqueue {
+        let ctx = args.target.open_with(&config, None).await?;
+        let streamed = stream_inputs(&args.input, &config, false)?;
+        return enqueue_streamed(Operation::Provision, &ctx, streamed).await;
+    }
+    if !args.dry_run && args.out.streams() {
+        let ctx = args.target.open_lean(&config, None).await?;
+        let streamed = stream_inputs(&args.input, &config, false)?;
+        return execute_streamed(Operation::Provision, &ctx, streamed, &args.out).await;
+    }
     let ctx = args.target.open_with(&config, None).await?;
     let inputs = read_inputs(&args.input, &config, false).await?;
     if args.dry_run {
@@ -170,7 +186,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    execute(Operation::Provision, &ctx, inputs, &args.out, args.enqueue).await
+    execute(Operation::Provision, &ctx, inputs, &args.out).await
 }
 
 /// Runs `deprovision`: only devices whose certificates verify, unless `--include-invalid`
@@ -181,6 +197,11 @@ pub async fn run_deprovision(args: DeprovisionArgs) -> anyhow::Result<ExitCode> 
     let config = args.target.config()?;
     let mut target = config.target(&args.target.target)?;
     let revokes = app::targets::deprovision_revokes(&mut target, args.revoke)?;
+    if !args.dry_run && args.yes && args.out.streams() {
+        let ctx = args.target.open_lean(&config, Some(target)).await?;
+        let streamed = stream_inputs(&args.input, &config, args.include_invalid)?;
+        return execute_streamed(Operation::Deprovision, &ctx, streamed, &args.out).await;
+    }
     let ctx = args.target.open_with(&config, Some(target)).await?;
     let inputs = read_inputs(&args.input, &config, args.include_invalid).await?;
     if args.dry_run {
@@ -204,7 +225,7 @@ pub async fn run_deprovision(args: DeprovisionArgs) -> anyhow::Result<ExitCode> 
             return Ok(ExitCode::from(1));
         }
     }
-    execute(Operation::Deprovision, &ctx, inputs, &args.out, false).await
+    execute(Operation::Deprovision, &ctx, inputs, &args.out).await
 }
 
 async fn execute(
@@ -212,7 +233,6 @@ async fn execute(
     ctx: &TargetRun,
     mut inputs: Inputs,
     out: &OutputArgs,
-    enqueue: bool,
 ) -> anyhow::Result<ExitCode> {
     if inputs.devices.is_empty() {
         eprintln!(
@@ -227,17 +247,6 @@ async fn execute(
         } else {
             ExitCode::from(1)
         });
-    }
-    if enqueue {
-        let opened = ctx.enqueue(operation, &inputs.devices).await?;
-        eprintln!(
-            "idbridge: job {} queued for workers ({} devices, {} refused)",
-            opened.id,
-            inputs.devices.len(),
-            inputs.refused.len()
-        );
-        println!("{}", opened.id);
-        return Ok(ExitCode::SUCCESS);
     }
     super::progress::catch_interrupt();
     out.serve_metrics().await?;
@@ -267,6 +276,187 @@ async fn execute(
     };
     print_report(Some(&report), &inputs.refused, &rows, out)?;
     Ok(interrupted.unwrap_or_else(|| exit_code(&report, &inputs.refused)))
+}
+
+/// Runs a job whose devices stream from the inputs into the journal and from the journal to
+/// the target (`TargetRun::run_job_streamed`); the report is paged from the journal. Memory
+/// does not grow with the job.
+async fn execute_streamed(
+    operation: Operation,
+    ctx: &TargetRun,
+    streamed: app::StreamedInputs,
+    out: &OutputArgs,
+) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    let app::StreamedInputs { mut chunks, tally } = streamed;
+    let first = chunks.next().await;
+    let first = match first {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            tally.await??;
+            return Err(e.into());
+        }
+        None => {
+            let t = tally.await??;
+            let inputs = Inputs {
+                devices: Vec::new(),
+                refused: t.refused,
+                skipped: t.skipped,
+            };
+            return execute(operation, ctx, inputs, out).await;
+        }
+    };
+    super::progress::catch_interrupt();
+    out.serve_metrics().await?;
+    let progress = CliProgress::lean(operation);
+    let chunks = futures::stream::iter([Ok(first)]).chain(chunks).boxed();
+    let report = ctx.run_job_streamed(operation, chunks, &progress).await;
+    // An unusable input ends the chunks with an error; the tally says it best.
+    let tally = tally.await??;
+    let report = report?;
+    progress.done();
+    let interrupted = progress.interrupted();
+    print_report_paged(ctx.engine.journal().as_ref(), &report, &tally.refused, out).await?;
+    Ok(interrupted.unwrap_or_else(|| exit_code(&report, &tally.refused)))
+}
+
+/// `--enqueue`: the job recorded in the journal as its devices stream in, not run.
+async fn enqueue_streamed(
+    operation: Operation,
+    ctx: &TargetRun,
+    streamed: app::StreamedInputs,
+) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    let app::StreamedInputs { mut chunks, tally } = streamed;
+    let Some(first) = chunks.next().await else {
+        let t = tally.await??;
+        eprintln!(
+            "idbridge: no device to {operation} ({} refused, {} skipped)",
+            t.refused.len(),
+            t.skipped
+        );
+        return Ok(if t.refused.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    };
+    let chunks = futures::stream::iter([first]).chain(chunks).boxed();
+    let opened = ctx.enqueue_streamed(operation, chunks).await;
+    let tally = tally.await??;
+    let opened = opened?;
+    eprintln!(
+        "idbridge: job {} queued for workers ({} devices, {} refused)",
+        opened.id,
+        tally.devices,
+        tally.refused.len()
+    );
+    println!("{}", opened.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// [`print_report`] for a report without its device records (table or JSON Lines): they are
+/// read from the journal a page at a time.
+pub async fn print_report_paged(
+    journal: &dyn idbridge_core::journal::Journal,
+    report: &JobReport,
+    refused: &[Refused],
+    out: &OutputArgs,
+) -> anyhow::Result<()> {
+    const PAGE: usize = 4096;
+    let mut s = Summary::of(Some(report), refused);
+    let mut after = None;
+    let mut shown = 0usize;
+    loop {
+        let page = journal.devices_page(&report.job_id, after, PAGE).await?;
+        let stdout = std::io::stdout();
+        let mut w = stdout.lock();
+        for d in &page {
+            match d.outcome {
+                Some(Outcome::Created) => s.created += 1,
+                Some(Outcome::AlreadyPresent) => s.already_present += 1,
+                Some(Outcome::Deleted) => s.deleted += 1,
+                Some(Outcome::NotFound) => s.not_found += 1,
+                _ => {}
+            }
+            match out.output {
+                Output::Jsonl => {
+                    serde_json::to_writer(&mut w, d)?;
+                    writeln!(w)?;
+                }
+                _ if d.state != DeviceState::Done => {
+                    if shown == 0 {
+                        writeln!(
+                            w,
+                            "{:<14} {:<10} {:<30} REASON",
+                            "DEVICE", "STATE", "SOURCE"
+                        )?;
+                    }
+                    shown += 1;
+                    writeln!(
+                        w,
+                        "{:<14} {:<10} {:<30} {}",
+                        d.device_id.short(),
+                        d.state.as_str(),
+                        d.source,
+                        d.reason.as_deref().unwrap_or("")
+                    )?;
+                }
+                _ => {}
+            }
+        }
+        if page.len() < PAGE {
+            break;
+        }
+        after = page.last().map(|d| d.seq);
+    }
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    for x in refused {
+        if out.output == Output::Jsonl {
+            serde_json::to_writer(&mut w, x)?;
+        } else {
+            write!(
+                w,
+                "{:<14} {:<10} {:<30} {}",
+                x.device_id
+                    .as_deref()
+                    .map_or("-", |d| &d[..12.min(d.len())]),
+                x.status,
+                x.source,
+                x.reason
+            )?;
+        }
+        writeln!(w)?;
+    }
+    if out.output == Output::Jsonl {
+        serde_json::to_writer(&mut w, &s)?;
+        writeln!(w)?;
+    } else {
+        let r = report;
+        writeln!(
+            w,
+            "job {} ({} to {}{}): {} done ({} created, {} already present, {} deleted, \
+             {} not found), {} failed, {} unfinished, {} refused{}",
+            r.job_id,
+            r.operation,
+            r.target,
+            if r.resumed { ", resumed" } else { "" },
+            r.counts.done,
+            s.created,
+            s.already_present,
+            s.deleted,
+            s.not_found,
+            r.counts.failed,
+            r.counts.pending + r.counts.in_flight + r.counts.unknown,
+            refused.len(),
+            r.aborted
+                .as_deref()
+                .map(|a| format!("; stopped: {a}"))
+                .unwrap_or_default()
+        )?;
+    }
+    Ok(())
 }
 
 /// Asks the person at the terminal to confirm the removal, showing what will be removed.
@@ -423,12 +613,32 @@ impl TargetArgs {
             rate: self.rate,
             batch_size: self.batch_size,
             timeout: self.timeout,
+            report_devices: None,
         }
     }
 
     /// Loads the config file these flags name (or the default one).
     pub fn config(&self) -> anyhow::Result<Config> {
         Config::load(self.config.as_deref())
+    }
+
+    /// As [`TargetArgs::open_with`], for a streamed run: reports carry counts only.
+    pub async fn open_lean(
+        &self,
+        config: &Config,
+        target: Option<TargetConfig>,
+    ) -> anyhow::Result<TargetRun> {
+        let target = match target {
+            Some(t) => t,
+            None => config.target(&self.target)?,
+        };
+        let url = app::journal_url(self.journal.as_deref(), config);
+        let journal = app::open_journal(&url)?;
+        let overrides = EngineOverrides {
+            report_devices: Some(false),
+            ..self.overrides()
+        };
+        TargetRun::with_journal(config, target, journal, url, &overrides).await
     }
 
     /// Builds the target (`target`, else the config's table of `--target`) over the journal.
@@ -461,6 +671,23 @@ pub async fn read_inputs(
     )
     .await
 }
+
+/// Reads and verifies the inputs as they are consumed (see [`app::stream_inputs`]).
+pub fn stream_inputs(
+    input: &InputArgs,
+    config: &Config,
+    any_verdict: bool,
+) -> anyhow::Result<app::StreamedInputs> {
+    Ok(app::stream_inputs(
+        input.inputs.clone(),
+        input.intake_options_with(&config.trust)?,
+        any_verdict,
+        STREAM_CHUNK,
+    ))
+}
+
+/// Devices per journal transaction when a job is opened from a stream.
+const STREAM_CHUNK: usize = 4096;
 
 /// 0 all done, 1 otherwise.
 pub fn exit_code(report: &JobReport, refused: &[Refused]) -> ExitCode {

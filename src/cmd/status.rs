@@ -290,19 +290,29 @@ pub async fn run_resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
         Verifier::from_options(&args.trust.options_with(&config.trust)?)
             .context("cannot load the trust store")?,
     );
+    let lean = args.out.streams();
     let overrides = EngineOverrides {
         concurrency: args.concurrency,
         rate: args.rate,
+        report_devices: Some(!lean),
         ..EngineOverrides::default()
     };
     let ctx = TargetRun::with_journal(&config, target, journal, url, &overrides).await?;
     super::progress::catch_interrupt();
     args.out.serve_metrics().await?;
-    let progress = CliProgress::new(info.spec.operation);
+    let progress = if lean {
+        CliProgress::lean(info.spec.operation)
+    } else {
+        CliProgress::new(info.spec.operation)
+    };
     let report = ctx.resume_job(&info.id, &verifier, &progress).await?;
     progress.done();
     let interrupted = progress.interrupted();
     let journal = ctx.engine.journal();
+    if lean {
+        super::provision::print_report_paged(journal.as_ref(), &report, &[], &args.out).await?;
+        return Ok(interrupted.unwrap_or_else(|| exit_code(&report, &[])));
+    }
     let rows = if args.out.wants_rows() {
         let identities = journal.identities(&info.id).await?;
         report_rows(

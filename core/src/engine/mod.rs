@@ -94,6 +94,10 @@ pub struct EngineOptions {
     /// devices, whatever the size of the job ([`JobReport::peak_held`]): the calls in flight,
     /// one batch queued, one being handed over, and the window with a batch being formed.
     pub window: usize,
+    /// Whether [`JobReport::devices`] holds every device's record at the end of a run. Off,
+    /// the report carries the counts only and the records stay in the journal, to be paged
+    /// ([`Journal::devices_page`]): a million-device job never holds them all.
+    pub report_devices: bool,
 }
 
 /// The default [`EngineOptions::max_concurrency`].
@@ -114,6 +118,7 @@ impl Default for EngineOptions {
             retry: RetryPolicy::default(),
             seed: None,
             window: DEFAULT_WINDOW,
+            report_devices: true,
         }
     }
 }
@@ -166,7 +171,8 @@ pub struct JobReport {
     pub aborted: Option<String>,
     /// Devices by state.
     pub counts: StateCounts,
-    /// Every device, in input order.
+    /// Every device, in input order (empty when [`EngineOptions::report_devices`] is off:
+    /// page them from the journal).
     pub devices: Vec<DeviceRecord>,
     /// The most devices this run held in memory at once (read ahead or in flight): bounded by
     /// concurrency, batch size and window, not by the size of the job.
@@ -219,6 +225,12 @@ impl Engine {
         self.caller.pacer().quotas()
     }
 
+    /// Devices a run reads ahead ([`EngineOptions::window`]): the page size of runs from the
+    /// journal.
+    pub fn window(&self) -> usize {
+        self.opts.window.max(1)
+    }
+
     /// The journal.
     pub fn journal(&self) -> &Arc<dyn Journal> {
         &self.journal
@@ -261,11 +273,47 @@ impl Engine {
         self.journal.open_job(&spec, devices).await
     }
 
+    /// Opens the job for the devices `chunks` yields, as they are read: each chunk is checked
+    /// by the connector's `check_job` and stored in the journal (in one transaction where the
+    /// journal can), so the job's devices are never all in memory. The unfinished job with the
+    /// same operation, target and devices is continued. Run it with [`Engine::run_journaled`].
+    pub async fn open_streamed(
+        &self,
+        operation: Operation,
+        target: &str,
+        chunks: crate::journal::DeviceChunks<'_>,
+        params: serde_json::Value,
+    ) -> Result<OpenedJob> {
+        use futures::TryStreamExt;
+        let connector = self.connector.clone();
+        let checked = chunks
+            .and_then(move |c| futures::future::ready(connector.check_job(&c).map(|()| c)))
+            .boxed();
+        self.journal
+            .open_job_streamed(operation, target, params, checked)
+            .await
+    }
+
     /// Continues job `job_id` with the identities stored in the journal, read a page (one
     /// window) at a time as the run needs them. Each page is checked by the connector's
     /// `check_job` as it is read (the whole job was checked when it was opened); the first page
     /// before anything runs.
     pub async fn resume(&self, job_id: &str, progress: &dyn Progress) -> Result<JobReport> {
+        let opened = OpenedJob {
+            id: job_id.to_owned(),
+            resumed: true,
+        };
+        self.run_journaled(&opened, progress).await
+    }
+
+    /// Runs an opened job with the identities stored in the journal, a page at a time (as
+    /// [`Engine::resume`]): the way to run a job opened by [`Engine::open_streamed`].
+    pub async fn run_journaled(
+        &self,
+        job: &OpenedJob,
+        progress: &dyn Progress,
+    ) -> Result<JobReport> {
+        let job_id = job.id.as_str();
         let info = self.journal.job(job_id).await?.ok_or_else(|| {
             Error::new(
                 ErrorKind::NotFound,
@@ -293,7 +341,7 @@ impl Engine {
             .boxed();
         let opened = OpenedJob {
             id: info.id.clone(),
-            resumed: true,
+            resumed: job.resumed,
         };
         self.run_stream(
             &opened,
@@ -443,11 +491,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let mut devices = self.journal.devices(&job.id).await?;
-        let mut counts = StateCounts::default();
-        for d in &devices {
-            counts.add(d.state);
-        }
+        let (mut devices, counts) = self.report_devices(&job.id).await?;
         let mut finished = false;
         let complete = counts.done + counts.failed == counts.total();
         if aborted.is_none() && !complete && progress.cancelled() {
@@ -475,7 +519,7 @@ impl Engine {
                         run.stop(&e);
                     }
                     aborted = Some(format!("finishing the target failed: {e}"));
-                    devices = self.journal.devices(&job.id).await?;
+                    devices = self.report_devices(&job.id).await?.0;
                 }
             }
         }
@@ -490,6 +534,26 @@ impl Engine {
             devices,
             peak_held,
         })
+    }
+
+    /// The records a report holds (all, or none under `report_devices = false`) and the
+    /// job's counts by state.
+    async fn report_devices(&self, job: &str) -> Result<(Vec<DeviceRecord>, StateCounts)> {
+        if !self.opts.report_devices {
+            let counts = self
+                .journal
+                .job(job)
+                .await?
+                .map(|info| info.counts)
+                .unwrap_or_default();
+            return Ok((Vec::new(), counts));
+        }
+        let devices = self.journal.devices(job).await?;
+        let mut counts = StateCounts::default();
+        for d in &devices {
+            counts.add(d.state);
+        }
+        Ok((devices, counts))
     }
 
     /// Devices held by every run of this engine now (read ahead or in flight), and the most

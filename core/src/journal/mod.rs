@@ -31,6 +31,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -198,6 +200,76 @@ impl JobSpec {
             key: hex::encode(ctx.finish()),
             params: serde_json::Value::Null,
         }
+    }
+}
+
+/// A job's devices as they are read, a chunk at a time ([`Journal::open_job_streamed`]).
+pub type DeviceChunks<'a> = BoxStream<'a, Result<Vec<DeviceIdentity>>>;
+
+/// [`JobSpec::for_devices`]'s key built a device at a time, holding 32 bytes per device (the
+/// decoded SHA-256 device id) instead of the devices: the same key for the same set of ids.
+#[derive(Debug)]
+pub struct JobKeyBuilder {
+    operation: Operation,
+    target: String,
+    /// Device ids that are 64 lowercase hex digits (all of them, in practice), decoded.
+    digests: Vec<[u8; 32]>,
+    /// Any other id, as is.
+    other: Vec<String>,
+}
+
+impl JobKeyBuilder {
+    /// An empty set of devices for `operation` on `target`.
+    pub fn new(operation: Operation, target: &str) -> Self {
+        JobKeyBuilder {
+            operation,
+            target: target.to_owned(),
+            digests: Vec::new(),
+            other: Vec::new(),
+        }
+    }
+
+    /// Adds one device (repeats count once).
+    pub fn add(&mut self, id: &DeviceId) {
+        let s = id.as_str();
+        let mut d = [0u8; 32];
+        let lower_hex = s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if lower_hex && hex::decode_to_slice(s, &mut d).is_ok() {
+            self.digests.push(d);
+        } else {
+            self.other.push(s.to_owned());
+        }
+    }
+
+    /// The job's key, as [`JobSpec::for_devices`] computes it for the same ids.
+    pub fn finish(mut self) -> String {
+        // Lowercase hex sorts as its bytes do, so the decoded ids sort as their strings.
+        self.digests.sort_unstable();
+        self.digests.dedup();
+        self.other.sort_unstable();
+        self.other.dedup();
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(self.operation.as_str().as_bytes());
+        ctx.update(b"\0");
+        ctx.update(self.target.as_bytes());
+        let mut buf = [0u8; 64];
+        let mut other = self.other.iter().peekable();
+        for d in &self.digests {
+            let Ok(hexed) = hex::encode_to_slice(d, &mut buf).map(|()| &buf[..]) else {
+                continue; // 32 bytes always fit 64 hex digits
+            };
+            while let Some(o) = other.next_if(|o| o.as_bytes() < hexed) {
+                ctx.update(b"\0");
+                ctx.update(o.as_bytes());
+            }
+            ctx.update(b"\0");
+            ctx.update(hexed);
+        }
+        for o in other {
+            ctx.update(b"\0");
+            ctx.update(o.as_bytes());
+        }
+        hex::encode(ctx.finish())
     }
 }
 
@@ -451,6 +523,27 @@ pub struct OpenedJob {
 pub trait Journal: Send + Sync + fmt::Debug {
     /// Continues the unfinished job with `spec.key`, or creates one with `devices` pending.
     async fn open_job(&self, spec: &JobSpec, devices: &[DeviceIdentity]) -> Result<OpenedJob>;
+
+    /// [`Journal::open_job`] for devices that arrive as a stream: the unfinished job with the
+    /// same operation, target and set of devices is continued, else a new one holds every
+    /// device pending. A journal that can stores each chunk as it comes (one transaction per
+    /// chunk) so the devices are never all in memory; this default collects them first.
+    async fn open_job_streamed(
+        &self,
+        operation: Operation,
+        target: &str,
+        params: serde_json::Value,
+        mut chunks: DeviceChunks<'_>,
+    ) -> Result<OpenedJob> {
+        let mut devices = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            devices.extend(chunk?);
+        }
+        let mut spec =
+            JobSpec::for_devices(operation, target, devices.iter().map(|d| &d.device_id));
+        spec.params = params;
+        self.open_job(&spec, &devices).await
+    }
 
     /// One job.
     async fn job(&self, id: &str) -> Result<Option<JobInfo>>;

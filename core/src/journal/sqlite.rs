@@ -19,11 +19,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    DeviceRecord, DeviceState, DeviceUpdate, JobInfo, JobSpec, JobState, Journal, Lease,
-    LeaseClaim, OpenedJob, Outcome, StateCounts, job_lease, schema, target_lease,
+    DeviceChunks, DeviceRecord, DeviceState, DeviceUpdate, JobInfo, JobKeyBuilder, JobSpec,
+    JobState, Journal, Lease, LeaseClaim, OpenedJob, Operation, Outcome, StateCounts, job_lease,
+    schema, target_lease,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::identity::{DeviceId, DeviceIdentity, Source, VendorAttributes};
+use crate::identity::{BatchRef, DeviceId, DeviceIdentity, Source, VendorAttributes};
 
 /// The SQLite journal. Cheap to share (`Arc`); dropping the last handle stops its thread after
 /// committing what was queued.
@@ -124,6 +125,63 @@ impl Journal for SqliteJournal {
         let path = self.path.clone();
         self.exec(move |c| open_job(c, &spec, &rows).map_err(|e| db_error(&path, e)))
             .await?
+    }
+
+    async fn open_job_streamed(
+        &self,
+        operation: Operation,
+        target: &str,
+        params: serde_json::Value,
+        mut chunks: DeviceChunks<'_>,
+    ) -> Result<OpenedJob> {
+        use futures::StreamExt;
+        // Staged under a job of its own, invisible until sealed: the key is known only once
+        // the last device is read.
+        let id = format!("job-{:016x}", rand::random::<u64>());
+        let path = self.path.clone();
+        {
+            let (id, target, path) = (id.clone(), target.to_owned(), path.clone());
+            let params = params.to_string();
+            self.exec(move |c| {
+                stage_job(c, &id, operation, &target, &params).map_err(|e| db_error(&path, e))
+            })
+            .await?;
+        }
+        let mut key = JobKeyBuilder::new(operation, target);
+        let mut seq = 0u64;
+        let staged: Result<()> = async {
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
+                for d in &chunk {
+                    key.add(&d.device_id);
+                }
+                let rows: Vec<NewDevice> =
+                    chunk.iter().map(NewDevice::of).collect::<Result<_>>()?;
+                drop(chunk);
+                let first = seq;
+                seq += rows.len() as u64;
+                let (id, path) = (id.clone(), path.clone());
+                self.exec(move |c| {
+                    append_devices(c, &id, first, &rows).map_err(|e| db_error(&path, e))
+                })
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        let key = key.finish();
+        let (sid, spath) = (id.clone(), path.clone());
+        if let Err(e) = staged {
+            let _ = self
+                .exec(move |c| discard_staged(c, &sid).map_err(|e| db_error(&spath, e)))
+                .await;
+            return Err(e);
+        }
+        let target = target.to_owned();
+        self.exec(move |c| {
+            seal_job(c, &id, &key, operation, &target).map_err(|e| db_error(&path, e))
+        })
+        .await
     }
 
     async fn job(&self, id: &str) -> Result<Option<JobInfo>> {
@@ -615,31 +673,127 @@ fn open_job(
             stamp
         ],
     )?;
-    {
-        let mut st = tx.prepare_cached(
-            "INSERT OR IGNORE INTO devices (job, device_id, seq, state, source)
-             VALUES (?1, ?2, ?3, 'pending', ?4)",
-        )?;
-        let mut cert = tx.prepare_cached(
-            "INSERT INTO certificates (job, seq, device_id, source_json, vendor_json, batch_tag,
-             der) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        for (seq, d) in devices.iter().enumerate() {
-            if st.execute(params![id, d.device_id, seq as i64, d.source_display])? == 1 {
-                cert.execute(params![
-                    id,
-                    seq as i64,
-                    d.device_id,
-                    d.source,
-                    d.vendor,
-                    d.batch_tag,
-                    &d.der[..],
-                ])?;
-            }
-        }
-    }
+    insert_devices(&tx, &id, 0, devices)?;
     tx.commit()?;
     Ok(Ok(OpenedJob { id, resumed: false }))
+}
+
+/// A job being opened from a stream: state `opening` (no front end lists it), key unknown.
+fn stage_job(
+    c: &mut Connection,
+    id: &str,
+    operation: Operation,
+    target: &str,
+    params: &str,
+) -> rusqlite::Result<()> {
+    let stamp = now();
+    c.execute(
+        "INSERT INTO jobs (id, key, operation, target, params, state, created, updated)
+         VALUES (?1, ?1, ?2, ?3, ?4, 'opening', ?5, ?5)",
+        params![id, operation.as_str(), target, params, stamp],
+    )?;
+    Ok(())
+}
+
+/// One chunk of a staged job's devices, in one transaction, from input position `first`.
+fn append_devices(
+    c: &mut Connection,
+    id: &str,
+    first: u64,
+    devices: &[NewDevice],
+) -> rusqlite::Result<()> {
+    let tx = c.transaction()?;
+    insert_devices(&tx, id, first, devices)?;
+    tx.commit()
+}
+
+/// The staged job's key is known: continue the unfinished job with the same key (the staged
+/// rows are dropped), else the staged job becomes a running one. One write transaction, as
+/// in `open_job`.
+fn seal_job(
+    c: &mut Connection,
+    id: &str,
+    key: &str,
+    operation: Operation,
+    target: &str,
+) -> rusqlite::Result<OpenedJob> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT id FROM jobs WHERE key = ?1 AND operation = ?2 AND target = ?3
+             AND state = 'running' ORDER BY created DESC LIMIT 1",
+            params![key, operation.as_str(), target],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let opened = match existing {
+        Some(existing) => {
+            delete_job_rows(&tx, id)?;
+            OpenedJob {
+                id: existing,
+                resumed: true,
+            }
+        }
+        None => {
+            tx.execute(
+                "UPDATE jobs SET key = ?2, state = 'running', updated = ?3 WHERE id = ?1",
+                params![id, key, now()],
+            )?;
+            OpenedJob {
+                id: id.to_owned(),
+                resumed: false,
+            }
+        }
+    };
+    tx.commit()?;
+    Ok(opened)
+}
+
+/// Drops a staged job whose input failed.
+fn discard_staged(c: &mut Connection, id: &str) -> rusqlite::Result<()> {
+    let tx = c.transaction()?;
+    delete_job_rows(&tx, id)?;
+    tx.commit()
+}
+
+fn delete_job_rows(tx: &rusqlite::Transaction<'_>, id: &str) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM devices WHERE job = ?1", params![id])?;
+    tx.execute("DELETE FROM certificates WHERE job = ?1", params![id])?;
+    tx.execute("DELETE FROM jobs WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+/// Inserts devices pending from input position `first` (a device already in the job is
+/// skipped, keeping its first position).
+fn insert_devices(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    first: u64,
+    devices: &[NewDevice],
+) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(
+        "INSERT OR IGNORE INTO devices (job, device_id, seq, state, source)
+         VALUES (?1, ?2, ?3, 'pending', ?4)",
+    )?;
+    let mut cert = tx.prepare_cached(
+        "INSERT INTO certificates (job, seq, device_id, source_json, vendor_json, batch_tag,
+         der) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for (i, d) in devices.iter().enumerate() {
+        let seq = i64::try_from(first + i as u64).unwrap_or(i64::MAX);
+        if st.execute(params![id, d.device_id, seq, d.source_display])? == 1 {
+            cert.execute(params![
+                id,
+                seq,
+                d.device_id,
+                d.source,
+                d.vendor,
+                d.batch_tag,
+                &d.der[..],
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 fn load_jobs(c: &mut Connection, only: Option<&str>) -> rusqlite::Result<Result<Vec<JobInfo>>> {
@@ -672,7 +826,8 @@ fn load_jobs(c: &mut Connection, only: Option<&str>) -> rusqlite::Result<Result<
     let mut st = c.prepare(
         "SELECT j.id, j.key, j.operation, j.target, j.params, j.state, j.created, j.updated,
          l.owner, l.expires_ms FROM jobs j LEFT JOIN leases l ON l.name = 'job:' || j.id
-         WHERE ?1 IS NULL OR j.id = ?1 ORDER BY j.created DESC, j.id",
+         WHERE (?1 IS NULL OR j.id = ?1) AND j.state <> 'opening'
+         ORDER BY j.created DESC, j.id",
     )?;
     let rows = st.query_map(params![only], |r| {
         Ok((
@@ -811,8 +966,8 @@ fn device_row(r: &rusqlite::Row<'_>) -> Result<DeviceRecord> {
 
 fn load_identities(c: &mut Connection, job: &str) -> rusqlite::Result<Result<Vec<DeviceIdentity>>> {
     let mut st = c.prepare(
-        "SELECT seq, device_id, der, source_json, vendor_json FROM certificates WHERE job = ?1
-         ORDER BY seq",
+        "SELECT seq, device_id, der, source_json, vendor_json, batch_tag FROM certificates
+         WHERE job = ?1 ORDER BY seq",
     )?;
     let mut rows = st.query(params![job])?;
     let mut out = Vec::new();
@@ -832,8 +987,8 @@ fn load_identities_page(
     limit: usize,
 ) -> rusqlite::Result<Result<Vec<(u64, DeviceIdentity)>>> {
     let mut st = c.prepare_cached(
-        "SELECT seq, device_id, der, source_json, vendor_json FROM certificates WHERE job = ?1
-         AND seq > ?2 ORDER BY seq LIMIT ?3",
+        "SELECT seq, device_id, der, source_json, vendor_json, batch_tag FROM certificates
+         WHERE job = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
     let mut rows = st.query(params![job, after_param(after), limit_param(limit)])?;
     let mut out = Vec::new();
@@ -846,7 +1001,8 @@ fn load_identities_page(
     Ok(Ok(out))
 }
 
-/// One certificate row (seq, device_id, der, source_json, vendor_json) as an identity.
+/// One certificate row (seq, device_id, der, source_json, vendor_json, batch_tag) as an
+/// identity; its batch is known by its tag only (the batch ID is never stored).
 fn identity_row(r: &rusqlite::Row<'_>) -> Result<(u64, DeviceIdentity)> {
     let seq = u64::try_from(r.get::<_, i64>(0).map_err(row_error)?).unwrap_or(0);
     let id: String = r.get(1).map_err(row_error)?;
@@ -862,6 +1018,8 @@ fn identity_row(r: &rusqlite::Row<'_>) -> Result<(u64, DeviceIdentity)> {
         ));
     }
     identity.vendor = serde_json::from_str::<VendorAttributes>(&vendor_json).unwrap_or_default();
+    let tag: Option<String> = r.get(5).map_err(row_error)?;
+    identity.batch = tag.as_deref().map(BatchRef::from_tag);
     Ok((seq, identity))
 }
 

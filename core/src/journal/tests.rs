@@ -431,9 +431,111 @@ async fn pages(j: &dyn Journal) {
     assert!(j.records_of("job-none", &ask).await.unwrap().is_empty());
 }
 
+/// A job opened from a stream of chunks: the same key as `open_job` for the same devices
+/// (either way finds the other's job), repeats kept once at their first position, a second
+/// streamed open continues the job and leaves no staged copy, a failing stream leaves nothing.
+async fn streamed_open(j: &dyn Journal) {
+    let devs: Vec<_> = (400..405).map(cert).collect();
+    let chunks = |fail: bool| -> DeviceChunks<'static> {
+        let mut v: Vec<Result<Vec<DeviceIdentity>>> = vec![
+            Ok(vec![devs[0].clone(), devs[1].clone()]),
+            Ok(vec![devs[2].clone(), devs[0].clone(), devs[3].clone()]),
+        ];
+        if fail {
+            v.push(Err(Error::new(
+                ErrorKind::InvalidInput,
+                "input.pem: unreadable",
+            )));
+        }
+        v.push(Ok(vec![devs[4].clone()]));
+        futures::stream::iter(v).boxed()
+    };
+    let jobs_before = j.jobs().await.unwrap().len();
+    let opened = j
+        .open_job_streamed(
+            Operation::Provision,
+            "streamed",
+            serde_json::json!({"a": 1}),
+            chunks(false),
+        )
+        .await
+        .unwrap();
+    assert!(!opened.resumed);
+    let info = j.job(&opened.id).await.unwrap().unwrap();
+    assert_eq!(info.spec.key, spec("streamed", &devs).key);
+    assert_eq!(info.state, JobState::Running);
+    assert_eq!(info.counts.pending, 5);
+    assert_eq!(info.spec.params, serde_json::json!({"a": 1}));
+    let records = j.devices(&opened.id).await.unwrap();
+    let ids: Vec<_> = records.iter().map(|r| r.device_id.clone()).collect();
+    assert_eq!(
+        ids,
+        devs.iter().map(|d| d.device_id.clone()).collect::<Vec<_>>()
+    );
+    assert!(records.windows(2).all(|w| w[0].seq < w[1].seq));
+    let stored: Vec<_> = j.identities(&opened.id).await.unwrap();
+    assert_eq!(stored, devs);
+
+    let again = j.open_job(&spec("streamed", &devs), &devs).await.unwrap();
+    assert_eq!(
+        again,
+        OpenedJob {
+            id: opened.id.clone(),
+            resumed: true
+        }
+    );
+    let streamed_again = j
+        .open_job_streamed(
+            Operation::Provision,
+            "streamed",
+            serde_json::Value::Null,
+            chunks(false),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        streamed_again,
+        OpenedJob {
+            id: opened.id.clone(),
+            resumed: true
+        }
+    );
+    assert_eq!(j.jobs().await.unwrap().len(), jobs_before + 1);
+
+    let err = j
+        .open_job_streamed(
+            Operation::Provision,
+            "streamed-2",
+            serde_json::Value::Null,
+            chunks(true),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("input.pem"), "{err}");
+    assert_eq!(j.jobs().await.unwrap().len(), jobs_before + 1);
+}
+
+#[test]
+fn job_key_builder_is_for_devices_key() {
+    let devs: Vec<_> = (500..506).map(cert).collect();
+    let mut b = JobKeyBuilder::new(Operation::Deprovision, "t");
+    for d in devs.iter().rev().chain(devs.iter().take(2)) {
+        b.add(&d.device_id);
+    }
+    let want = JobSpec::for_devices(
+        Operation::Deprovision,
+        "t",
+        devs.iter().map(|d| &d.device_id),
+    );
+    assert_eq!(b.finish(), want.key);
+    let other = JobSpec::for_devices(Operation::Provision, "t", devs.iter().map(|d| &d.device_id));
+    assert_ne!(other.key, want.key);
+}
+
 async fn conformance(j: Arc<dyn Journal>) {
     jobs_devices_and_updates(&*j).await;
     pages(&*j).await;
+    streamed_open(&*j).await;
     many_updates(&*j).await;
     lease_expiry(&*j).await;
     claims(&*j).await;

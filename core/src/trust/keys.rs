@@ -10,11 +10,13 @@ use std::collections::HashMap;
 
 use crate::identity::DeviceIdentity;
 
-/// Public keys seen so far (SHA-256 of the subjectPublicKey bits), with the device id of the
-/// first certificate that carried each.
+/// Public keys seen so far, with the device that first carried each. Held compactly, since a
+/// million-device input keeps one entry per device: the first 16 bytes of the key's SHA-256
+/// (a chance collision among 10^6 keys is ~10^-27) and the first 8 bytes of the first device's
+/// id (the 16 hex digits the refusal names), 24 bytes an entry.
 #[derive(Debug, Default, Clone)]
 pub struct DuplicateKeys {
-    seen: HashMap<[u8; 32], String>,
+    seen: HashMap<[u8; 16], [u8; 8]>,
 }
 
 impl DuplicateKeys {
@@ -28,18 +30,33 @@ impl DuplicateKeys {
     pub fn check(&mut self, identity: &DeviceIdentity) -> Option<String> {
         let key = super::public_key_raw(&identity.der)?;
         let digest = super::sha256(&key);
-        let id = identity.device_id.to_string();
-        match self.seen.get(&digest) {
+        let mut short = [0u8; 16];
+        short.copy_from_slice(&digest[..16]);
+        let id = id_prefix(identity.device_id.as_str());
+        match self.seen.get(&short) {
             Some(first) if *first != id => Some(format!(
-                "its public key is already device {first} (another certificate for the same key: \
+                "its public key is already device {}… (another certificate for the same key: \
                  a re-encoded ECDSA signature or a re-issued certificate); refused so one chip \
-                 never becomes two devices"
+                 never becomes two devices",
+                hex::encode(first)
             )),
             Some(_) => None,
             None => {
-                self.seen.insert(digest, id);
+                self.seen.insert(short, id);
                 None
             }
         }
     }
+}
+
+/// The first 8 bytes of a device id (hex SHA-256; any other id is hashed first).
+fn id_prefix(id: &str) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    if id
+        .get(..16)
+        .is_none_or(|p| hex::decode_to_slice(p, &mut out).is_err())
+    {
+        out.copy_from_slice(&super::sha256(id.as_bytes())[..8]);
+    }
+    out
 }

@@ -1,5 +1,6 @@
 //! `idbridge bench scale`: N generated devices through `inspect`, `provision` into the mock
-//! cloud, `status` (the job list, then one job's devices) and `deprovision`, each run as a child
+//! cloud, `status` (the job list, then one job's devices), `diff`, `deprovision`, and
+//! `provision --enqueue` then `resume` of that job, each run as a child
 //! process of this very binary, reporting its wall time, CPU seconds and peak RSS.
 //!
 //! The devices are P-256 leaves (a key each) signed by one generated P-256 root (passed with
@@ -169,6 +170,9 @@ fn one_size(exe: &Path, dir: &Path, n: u64, concurrency: usize) -> anyhow::Resul
         None,
         n,
     )?;
+    let mut argv = vec!["diff".to_owned(), s(&batch)];
+    argv.extend(common_target.iter().cloned());
+    step(exe, "diff", &argv, None, n)?;
     let mut argv = vec!["deprovision".to_owned(), s(&batch), "--yes".to_owned()];
     argv.extend(common_target.iter().cloned());
     step(exe, "deprovision", &argv, None, n)?;
@@ -178,6 +182,33 @@ fn one_size(exe: &Path, dir: &Path, n: u64, concurrency: usize) -> anyhow::Resul
         .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
         .map(|m| m.len())
         .sum();
+    // A million-device job run by `resume`: recorded by `provision --enqueue`, run from the
+    // journal alone.
+    let mut argv = vec!["provision".to_owned(), s(&batch), "--enqueue".to_owned()];
+    argv.extend(common_target.iter().cloned());
+    let queued = dir.join("enqueued.txt");
+    step(exe, "enqueue", &argv, Some(&queued), n)?;
+    let job = std::fs::read_to_string(&queued)?.trim().to_owned();
+    anyhow::ensure!(
+        job.starts_with("job-"),
+        "provision --enqueue printed no job id"
+    );
+    step(
+        exe,
+        "resume",
+        &[
+            "resume".into(),
+            job,
+            "--config".into(),
+            s(&config),
+            "--trust".into(),
+            s(&root),
+            "--concurrency".into(),
+            concurrency.to_string(),
+        ],
+        None,
+        n,
+    )?;
     println!(
         "journal: {:.1} MiB for 2 jobs of {n} devices ({:.0} bytes per device per job); mock cloud peak RSS {}",
         bytes as f64 / (1024.0 * 1024.0),
