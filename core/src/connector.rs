@@ -162,6 +162,44 @@ pub trait Pacer: Send + Sync {
     async fn acquire(&self, api: &str, units: u32);
 }
 
+/// A whole job's check fed chunk by chunk ([`Connector::job_check`]).
+pub trait JobCheck: Send {
+    /// Checks the next chunk of the job's devices, given every earlier one. An error refuses
+    /// the whole job.
+    fn check(&mut self, devices: &[DeviceIdentity]) -> Result<()>;
+}
+
+/// A connector's job check over chunks: its [`JobCheck`] where it has one, else its
+/// `check_job` per chunk.
+pub struct ChunkedCheck {
+    connector: Arc<dyn Connector>,
+    across: Option<Box<dyn JobCheck>>,
+}
+
+impl ChunkedCheck {
+    /// A check of one job for `connector`.
+    pub fn new(connector: Arc<dyn Connector>) -> Self {
+        let across = connector.job_check();
+        ChunkedCheck { connector, across }
+    }
+
+    /// Checks the next chunk.
+    pub fn check(&mut self, devices: &[DeviceIdentity]) -> Result<()> {
+        match &mut self.across {
+            Some(c) => c.check(devices),
+            None => self.connector.check_job(devices),
+        }
+    }
+}
+
+impl fmt::Debug for ChunkedCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChunkedCheck")
+            .field("across_chunks", &self.across.is_some())
+            .finish()
+    }
+}
+
 /// Handed to every connector call by the engine.
 #[derive(Clone)]
 pub struct CallContext {
@@ -226,6 +264,14 @@ pub trait Connector: Send + Sync + fmt::Debug {
     fn check_job(&self, devices: &[DeviceIdentity]) -> Result<()> {
         let _ = devices;
         Ok(())
+    }
+
+    /// The same check for a job whose devices arrive in chunks (a streamed open, a resume
+    /// reading the journal a page at a time), for a target whose rule spans chunks: the
+    /// returned checker keeps what it needs of earlier chunks. `None` (the default): each
+    /// chunk's `check_job` is the whole check. Use it through [`ChunkedCheck`].
+    fn job_check(&self) -> Option<Box<dyn JobCheck>> {
+        None
     }
 
     /// Registers devices so the cloud admits them.

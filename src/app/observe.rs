@@ -132,6 +132,10 @@ impl Connector for Observed {
         self.inner.check_job(devices)
     }
 
+    fn job_check(&self) -> Option<Box<dyn idbridge_core::connector::JobCheck>> {
+        self.inner.job_check()
+    }
+
     async fn register(
         &self,
         ctx: &CallContext,

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use idbridge_core::connector::ChunkedCheck;
 use idbridge_core::engine::{JobReport, Progress};
 use idbridge_core::journal::{DeviceState, DeviceUpdate, OpenedJob, Operation, Outcome};
 use idbridge_core::trust::Verifier;
@@ -57,7 +58,11 @@ pub(crate) fn devices_to_send<'a>(
     page: usize,
 ) -> BoxStream<'a, idbridge_core::Result<DeviceIdentity>> {
     let page = page.max(1);
-    futures::stream::try_unfold(Some(None), move |cursor: Option<Option<u64>>| async move {
+    // One check across every page: a rule that spans the job (DPS: one device per CN) sees it
+    // all, a page at a time.
+    let check = ChunkedCheck::new(run.engine.caller().connector().clone());
+    let start: (Option<Option<u64>>, ChunkedCheck) = (Some(None), check);
+    futures::stream::try_unfold(start, move |(cursor, mut check)| async move {
         let Some(after) = cursor else {
             return Ok(None);
         };
@@ -80,8 +85,8 @@ pub(crate) fn devices_to_send<'a>(
             .map_err(|e| {
                 idbridge_core::Error::new(ErrorKind::Unexpected, format!("resuming: {e:#}"))
             })?;
-        run.engine.caller().connector().check_job(&send)?;
-        Ok(Some((send, next)))
+        check.check(&send)?;
+        Ok(Some((send, (next, check))))
     })
     .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok)))
     .try_flatten()

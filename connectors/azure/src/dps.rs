@@ -69,6 +69,34 @@ pub fn check_batch(devices: &[DeviceIdentity]) -> Result<()> {
     check_with(devices, &HashMap::new())
 }
 
+/// [`check_with`] across the chunks of one job: the registration ids of earlier chunks are kept.
+struct DpsJobCheck {
+    seen: HashMap<String, DeviceId>,
+    job: HashMap<String, DeviceId>,
+}
+
+impl idbridge_core::connector::JobCheck for DpsJobCheck {
+    fn check(&mut self, devices: &[DeviceIdentity]) -> Result<()> {
+        let mut problems = Vec::new();
+        for d in devices {
+            match registration_id(d) {
+                Err(why) => problems.push(format!("{} ({}) {why}", d.device_id, d.source)),
+                Ok(id) => match self.job.get(&id).or_else(|| self.seen.get(&id)) {
+                    Some(prev) if *prev != d.device_id => problems.push(format!(
+                        "{} ({}) has CN {id:?}, like certificate {prev}",
+                        d.device_id, d.source
+                    )),
+                    Some(_) => {}
+                    None => {
+                        self.job.insert(id, d.device_id.clone());
+                    }
+                },
+            }
+        }
+        refuse(problems)
+    }
+}
+
 fn check_with(devices: &[DeviceIdentity], seen: &HashMap<String, DeviceId>) -> Result<()> {
     let mut problems = Vec::new();
     let mut first: HashMap<String, &DeviceIdentity> = HashMap::new();
@@ -92,6 +120,11 @@ fn check_with(devices: &[DeviceIdentity], seen: &HashMap<String, DeviceId>) -> R
             }
         }
     }
+    refuse(problems)
+}
+
+/// The job's refusal naming the devices whose CN cannot be a registration id of their own.
+fn refuse(problems: Vec<String>) -> Result<()> {
     if problems.is_empty() {
         return Ok(());
     }
@@ -365,6 +398,13 @@ impl Connector for DpsConnector {
     fn check_job(&self, devices: &[DeviceIdentity]) -> Result<()> {
         let snapshot = self.seen().clone();
         check_with(devices, &snapshot)
+    }
+
+    fn job_check(&self) -> Option<Box<dyn idbridge_core::connector::JobCheck>> {
+        Some(Box::new(DpsJobCheck {
+            seen: self.seen().clone(),
+            job: HashMap::new(),
+        }))
     }
 
     async fn register(

@@ -396,3 +396,28 @@ async fn the_unique_cn_check_runs_on_every_job_before_any_call() {
         .unwrap();
     assert!(r.all_done(), "{r:?}");
 }
+
+#[tokio::test]
+async fn one_cn_per_device_is_checked_across_the_chunks_of_a_streamed_job() {
+    // A job read in chunks (a streamed open, a resume a page at a time): two devices with the
+    // same CN in different chunks must refuse the job before any call, as in one chunk.
+    let env = common::start(AzureMockConfig::default()).await;
+    let pki = TestPki::new("Test Root", "Test CA 301", "InfineonIoTNode").unwrap();
+    let ids: Vec<_> = common::same_cn_devices(&pki, 1, 2)
+        .into_iter()
+        .map(|d| d.1)
+        .collect();
+    let c: std::sync::Arc<dyn Connector> =
+        std::sync::Arc::new(DpsConnector::new(&env.dps_config()).unwrap());
+    // Each chunk alone passes the per-chunk check...
+    c.check_job(&ids[..1]).unwrap();
+    c.check_job(&ids[1..]).unwrap();
+    // ...the job's check across chunks does not.
+    let mut check = idbridge_core::connector::ChunkedCheck::new(c.clone());
+    check.check(&ids[..1]).unwrap();
+    check.check(&ids[..1]).unwrap(); // the same device again is no conflict
+    let e = check.check(&ids[1..]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("has CN \"infineoniotnode\""), "{e}");
+    assert_eq!(env.mock.dps().stats().requests, 0);
+}

@@ -285,9 +285,9 @@ impl Engine {
         params: serde_json::Value,
     ) -> Result<OpenedJob> {
         use futures::TryStreamExt;
-        let connector = self.connector.clone();
+        let mut check = crate::connector::ChunkedCheck::new(self.connector.clone());
         let checked = chunks
-            .and_then(move |c| futures::future::ready(connector.check_job(&c).map(|()| c)))
+            .and_then(move |c| futures::future::ready(check.check(&c).map(|()| c)))
             .boxed();
         self.journal
             .open_job_streamed(operation, target, params, checked)
@@ -328,14 +328,9 @@ impl Engine {
             first.last().map(|(seq, _)| Some(*seq))
         };
         let first: Vec<DeviceIdentity> = first.into_iter().map(|(_, d)| d).collect();
-        self.connector.check_job(&first)?;
-        let rest = stored_identities(
-            self.journal.clone(),
-            self.connector.clone(),
-            info.id.clone(),
-            after,
-            page,
-        );
+        let mut check = crate::connector::ChunkedCheck::new(self.connector.clone());
+        check.check(&first)?;
+        let rest = stored_identities(self.journal.clone(), check, info.id.clone(), after, page);
         let devices = futures::stream::iter(first.into_iter().map(Ok))
             .chain(rest)
             .boxed();
@@ -728,14 +723,14 @@ impl Seen {
 /// checked by the connector.
 fn stored_identities(
     journal: Arc<dyn Journal>,
-    connector: Arc<dyn Connector>,
+    check: crate::connector::ChunkedCheck,
     job: String,
     after: Option<Option<u64>>,
     page: usize,
 ) -> BoxStream<'static, Result<DeviceIdentity>> {
     use futures::TryStreamExt;
-    futures::stream::try_unfold(after, move |cursor| {
-        let (journal, connector, job) = (journal.clone(), connector.clone(), job.clone());
+    futures::stream::try_unfold((after, check), move |(cursor, mut check)| {
+        let (journal, job) = (journal.clone(), job.clone());
         async move {
             let Some(after) = cursor else {
                 return Ok(None);
@@ -750,8 +745,8 @@ fn stored_identities(
             if devices.is_empty() {
                 return Ok(None);
             }
-            connector.check_job(&devices)?;
-            Ok(Some((devices, next)))
+            check.check(&devices)?;
+            Ok(Some((devices, (next, check))))
         }
     })
     .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok)))
