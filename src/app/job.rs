@@ -22,9 +22,10 @@ use super::targets;
 /// flags); `None` keeps the table's value, else the engine's default.
 #[derive(Debug, Clone, Default)]
 pub struct EngineOverrides {
-    /// Calls in flight at the start (and at least).
+    /// Calls in flight: fixed, or with `max_concurrency` the start (and at least).
     pub concurrency: Option<usize>,
-    /// Calls in flight the engine may grow to (equal to `concurrency`: fixed).
+    /// Calls in flight the engine may grow to from `concurrency` (default 16) as the quota and
+    /// the cloud's latency need (default 256 when no concurrency is given).
     pub max_concurrency: Option<usize>,
     /// Devices per second for the whole target.
     pub rate: Option<f64>,
@@ -42,11 +43,17 @@ impl EngineOverrides {
     pub fn options(&self, target: &TargetConfig) -> anyhow::Result<EngineOptions> {
         let e = &target.engine;
         let mut opts = EngineOptions::default();
+        // A concurrency the operator gave is what runs, unless a ceiling is given too: then it
+        // is the start, and the engine grows from it as the quota and latency need.
+        let max = self.max_concurrency.or(e.max_concurrency);
         if let Some(c) = self.concurrency.or(e.concurrency) {
             anyhow::ensure!(c > 0, "--concurrency must be at least 1");
             opts.concurrency = c;
+            if max.is_none() {
+                opts.max_concurrency = c;
+            }
         }
-        if let Some(m) = self.max_concurrency.or(e.max_concurrency) {
+        if let Some(m) = max {
             anyhow::ensure!(m > 0, "--max-concurrency must be at least 1");
             opts.max_concurrency = m;
             opts.concurrency = opts.concurrency.min(m);

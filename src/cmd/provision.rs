@@ -90,12 +90,13 @@ pub struct TargetArgs {
     #[arg(long, env = "IDBRIDGE_JOURNAL", value_name = "URL")]
     pub journal: Option<String>,
 
-    /// Calls in flight at the start; where a quota binds, the engine grows this as the
-    /// cloud's latency needs, up to --max-concurrency.
+    /// Calls in flight at once, fixed. Without it the engine starts at 16 and, where a quota
+    /// binds, grows as the cloud's latency needs (up to --max-concurrency).
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
 
-    /// The most calls in flight (default 256; equal to --concurrency keeps it fixed).
+    /// The most calls in flight the engine may grow to (default 256); with --concurrency, that
+    /// is the start.
     #[arg(long, value_name = "N")]
     pub max_concurrency: Option<usize>,
 

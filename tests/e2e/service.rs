@@ -126,7 +126,9 @@ impl Service {
     async fn spawn(&mut self) {
         let config = self.config.display().to_string();
         let trust = self.fx.path("trust.pem").display().to_string();
-        let mut args = vec!["--config", &config, "--trust", &trust, "--no-builtin-roots"];
+        // The built-in vendor roots stay on: the console tests import a real Infineon bundle, and
+        // the process that runs a job verifies its stored certificates again.
+        let mut args = vec!["--config", &config, "--trust", &trust];
         args.extend(self.serve_args.iter().map(String::as_str));
         let (child, url) = spawn_serve(&args, &self.env).await;
         self.url = url;
@@ -294,7 +296,9 @@ impl Service {
 
     /// The target table of the mock cloud, as `PUT /api/v1/targets/{name}` takes it.
     pub fn cloud_target(&self) -> Value {
-        json!({"kind": "mock", "url": self.cloud.url, "allow_http": true, "token": CLOUD_TOKEN})
+        // 16 calls in flight, fixed: the tests that stop a job mid-way count on waves of 16.
+        json!({"kind": "mock", "url": self.cloud.url, "allow_http": true, "token": CLOUD_TOKEN,
+               "engine": {"concurrency": 16}})
     }
 
     /// PUTs the mock cloud as the account's default target `cloud`.
