@@ -773,7 +773,9 @@ pub(super) async fn job_events(
         let local =
             (elapsed >= 1.0 && finished > t.base).then(|| (finished - t.base) as f64 / elapsed);
         let mut p = Progress::of(&j, started_rate(&a.body, &j).or(local));
-        let end = j.finished();
+        // Every device may be recorded a moment before the job's state says it has ended
+        // (the target's `finish`, then the store): end the stream on the state only.
+        let end = j.state_ended();
         if end || t.n % 10 == 0 {
             p.errors = job_errors(&t.c, &t.caller, &t.id).await;
         }

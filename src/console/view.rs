@@ -147,8 +147,14 @@ impl Job {
         }
     }
 
-    /// Whether the job has ended.
+    /// Whether the job has ended, or every device has (its state may follow a moment later).
     pub fn finished(&self) -> bool {
+        self.state_ended() || (self.total > 0 && self.done + self.failed >= self.total)
+    }
+
+    /// Whether the job's state says it has ended: the live page stops updating only then, so
+    /// that it shows the final state, not the last one before it.
+    pub fn state_ended(&self) -> bool {
         matches!(
             self.state.as_str(),
             "done"
@@ -159,7 +165,7 @@ impl Job {
                 | "cancelled"
                 | "partial"
                 | "stopped"
-        ) || (self.total > 0 && self.done + self.failed >= self.total)
+        )
     }
 }
 
