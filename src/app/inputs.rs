@@ -47,14 +47,7 @@ pub fn judge(
     verdict: &Verdict,
     any_verdict: bool,
 ) -> Result<DeviceIdentity, Refused> {
-    let refused = |status: &'static str, reason: String| Refused {
-        device_id: Some(identity.device_id.to_string()),
-        status,
-        reason,
-        source: identity.source.to_string(),
-        vendor: Some(Box::new(identity.vendor.clone())),
-        serial: Some(identity.serial_hex.clone()),
-    };
+    let refused = |status: &'static str, reason: String| refusal(&identity, status, reason);
     match verdict {
         Verdict::Valid { .. } => Ok(identity),
         _ if any_verdict => Ok(identity),
@@ -69,6 +62,54 @@ pub fn judge(
     }
 }
 
+/// `identity` refused with `status` and `reason`.
+fn refusal(identity: &DeviceIdentity, status: &'static str, reason: String) -> Refused {
+    Refused {
+        device_id: Some(identity.device_id.to_string()),
+        status,
+        reason,
+        source: identity.source.to_string(),
+        vendor: Some(Box::new(identity.vendor.clone())),
+        serial: Some(identity.serial_hex.clone()),
+    }
+}
+
+/// Where one intake item goes: sent, refused (reported), or skipped on purpose.
+// Made and matched at once, one item at a time: the size of the device variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Sorted {
+    Send(DeviceIdentity),
+    Refuse(Refused),
+    Skip,
+}
+
+/// The one rule from an intake item to [`Sorted`]: [`judge`], then one device per public key
+/// (an ECDSA signature re-encoded s → n − s verifies too).
+fn sort(
+    item: Result<idbridge_core::intake::Checked, idbridge_core::intake::Rejected>,
+    keys: &mut idbridge_core::trust::DuplicateKeys,
+    any_verdict: bool,
+) -> Sorted {
+    match item {
+        Ok(checked) => match judge(checked.identity, &checked.verdict, any_verdict) {
+            Ok(identity) => match keys.check(&identity) {
+                None => Sorted::Send(identity),
+                Some(reason) => Sorted::Refuse(refusal(&identity, "duplicate_key", reason)),
+            },
+            Err(r) => Sorted::Refuse(r),
+        },
+        Err(r) if r.kind == RejectKind::Skipped => Sorted::Skip,
+        Err(r) => Sorted::Refuse(Refused {
+            device_id: None,
+            status: r.kind.as_str(),
+            reason: r.reason,
+            source: r.source.to_string(),
+            vendor: None,
+            serial: None,
+        }),
+    }
+}
+
 /// Reads and verifies `paths` off the async workers. Valid devices (or, with `any_verdict`,
 /// every certificate) are returned to send; the rest are refused. An error is an unusable
 /// input or configuration.
@@ -80,33 +121,12 @@ pub async fn read_inputs(
     tokio::task::spawn_blocking(move || {
         let intake = Intake::open(&paths, &opts)?;
         let mut inputs = Inputs::default();
-        // One public key, one device (an ECDSA signature re-encoded s → n − s verifies too).
         let mut keys = idbridge_core::trust::DuplicateKeys::new();
         for item in intake {
-            match item {
-                Ok(checked) => match judge(checked.identity, &checked.verdict, any_verdict) {
-                    Ok(identity) => match keys.check(&identity) {
-                        None => inputs.devices.push(identity),
-                        Some(reason) => inputs.refused.push(Refused {
-                            device_id: Some(identity.device_id.to_string()),
-                            status: "duplicate_key",
-                            reason,
-                            source: identity.source.to_string(),
-                            vendor: Some(Box::new(identity.vendor.clone())),
-                            serial: Some(identity.serial_hex.clone()),
-                        }),
-                    },
-                    Err(r) => inputs.refused.push(r),
-                },
-                Err(r) if r.kind == RejectKind::Skipped => inputs.skipped += 1,
-                Err(r) => inputs.refused.push(Refused {
-                    device_id: None,
-                    status: r.kind.as_str(),
-                    reason: r.reason.clone(),
-                    source: r.source.to_string(),
-                    vendor: None,
-                    serial: None,
-                }),
+            match sort(item, &mut keys, any_verdict) {
+                Sorted::Send(identity) => inputs.devices.push(identity),
+                Sorted::Refuse(r) => inputs.refused.push(r),
+                Sorted::Skip => inputs.skipped += 1,
             }
         }
         Ok(inputs)
@@ -163,40 +183,20 @@ pub fn stream_inputs(
         let mut keys = idbridge_core::trust::DuplicateKeys::new();
         let mut batch = Vec::with_capacity(chunk);
         for item in intake {
-            match item {
-                Ok(checked) => match judge(checked.identity, &checked.verdict, any_verdict) {
-                    Ok(identity) => match keys.check(&identity) {
-                        None => {
-                            tally.devices += 1;
-                            batch.push(identity);
-                            if batch.len() >= chunk {
-                                let full = std::mem::replace(&mut batch, Vec::with_capacity(chunk));
-                                if tx.blocking_send(Ok(full)).is_err() {
-                                    // The reader stopped (an error downstream): nothing to do.
-                                    return Ok(tally);
-                                }
-                            }
+            match sort(item, &mut keys, any_verdict) {
+                Sorted::Send(identity) => {
+                    tally.devices += 1;
+                    batch.push(identity);
+                    if batch.len() >= chunk {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(chunk));
+                        if tx.blocking_send(Ok(full)).is_err() {
+                            // The reader stopped (an error downstream): nothing to do.
+                            return Ok(tally);
                         }
-                        Some(reason) => tally.refused.push(Refused {
-                            device_id: Some(identity.device_id.to_string()),
-                            status: "duplicate_key",
-                            reason,
-                            source: identity.source.to_string(),
-                            vendor: Some(Box::new(identity.vendor.clone())),
-                            serial: Some(identity.serial_hex.clone()),
-                        }),
-                    },
-                    Err(r) => tally.refused.push(r),
-                },
-                Err(r) if r.kind == RejectKind::Skipped => tally.skipped += 1,
-                Err(r) => tally.refused.push(Refused {
-                    device_id: None,
-                    status: r.kind.as_str(),
-                    reason: r.reason.clone(),
-                    source: r.source.to_string(),
-                    vendor: None,
-                    serial: None,
-                }),
+                    }
+                }
+                Sorted::Refuse(r) => tally.refused.push(r),
+                Sorted::Skip => tally.skipped += 1,
             }
         }
         if !batch.is_empty() {

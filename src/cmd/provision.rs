@@ -434,30 +434,39 @@ pub async fn print_report_paged(
         serde_json::to_writer(&mut w, &s)?;
         writeln!(w)?;
     } else {
-        let r = report;
-        writeln!(
-            w,
-            "job {} ({} to {}{}): {} done ({} created, {} already present, {} deleted, \
-             {} not found), {} failed, {} unfinished, {} refused{}",
-            r.job_id,
-            r.operation,
-            r.target,
-            if r.resumed { ", resumed" } else { "" },
-            r.counts.done,
-            s.created,
-            s.already_present,
-            s.deleted,
-            s.not_found,
-            r.counts.failed,
-            r.counts.pending + r.counts.in_flight + r.counts.unknown,
-            refused.len(),
-            r.aborted
-                .as_deref()
-                .map(|a| format!("; stopped: {a}"))
-                .unwrap_or_default()
-        )?;
+        summary_line(&mut w, report, &s, refused.len())?;
     }
     Ok(())
+}
+
+/// The table output's last line: the job and what became of its devices.
+fn summary_line(
+    w: &mut impl Write,
+    r: &JobReport,
+    s: &Summary,
+    refused: usize,
+) -> std::io::Result<()> {
+    writeln!(
+        w,
+        "job {} ({} to {}{}): {} done ({} created, {} already present, {} deleted, \
+         {} not found), {} failed, {} unfinished, {} refused{}",
+        r.job_id,
+        r.operation,
+        r.target,
+        if r.resumed { ", resumed" } else { "" },
+        r.counts.done,
+        s.created,
+        s.already_present,
+        s.deleted,
+        s.not_found,
+        r.counts.failed,
+        r.counts.pending + r.counts.in_flight + r.counts.unknown,
+        refused,
+        r.aborted
+            .as_deref()
+            .map(|a| format!("; stopped: {a}"))
+            .unwrap_or_default()
+    )
 }
 
 /// Asks the person at the terminal to confirm the removal, showing what will be removed.
@@ -784,27 +793,7 @@ pub fn print_report(
             }
             let s = Summary::of(report, refused);
             match report {
-                Some(r) => writeln!(
-                    w,
-                    "job {} ({} to {}{}): {} done ({} created, {} already present, {} deleted, \
-                     {} not found), {} failed, {} unfinished, {} refused{}",
-                    r.job_id,
-                    r.operation,
-                    r.target,
-                    if r.resumed { ", resumed" } else { "" },
-                    r.counts.done,
-                    s.created,
-                    s.already_present,
-                    s.deleted,
-                    s.not_found,
-                    r.counts.failed,
-                    r.counts.pending + r.counts.in_flight + r.counts.unknown,
-                    refused.len(),
-                    r.aborted
-                        .as_deref()
-                        .map(|a| format!("; stopped: {a}"))
-                        .unwrap_or_default()
-                )?,
+                Some(r) => summary_line(&mut w, r, &s, refused.len())?,
                 None => writeln!(w, "nothing sent; {} refused", refused.len())?,
             }
         }

@@ -2,8 +2,6 @@
 //! but different, and (where the target can list) extra in it. Read-only: `diff` and
 //! `provision --dry-run` change nothing.
 
-use std::collections::HashSet;
-
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Serialize;
@@ -75,102 +73,15 @@ impl Engine {
     /// budget for the whole plan. A job-stopping error (credentials, permissions, the target
     /// disabled) stops the plan: no further call starts and the error is returned.
     pub async fn diff(&self, devices: &[DeviceIdentity]) -> Result<DiffReport> {
-        let caller = &self.caller;
-        let budget = &caller.budget(devices.len());
-        let concurrency = match self.caps.max_concurrency {
-            0 => self.opts.concurrency.max(1),
-            n => self.opts.concurrency.clamp(1, n),
-        };
-        let stop: &std::sync::Mutex<Option<Error>> = &std::sync::Mutex::new(None);
-        let stopped = || lock(stop).is_some();
-        // Positions, not references, go through the stream: its closures then take no
-        // borrowed argument, which keeps the future `Send` (a server spawns it).
-        let entries: Vec<DiffEntry> = futures::stream::iter(0..devices.len())
-            .take_while(|_| futures::future::ready(!stopped()))
-            .map(|i| async move {
-                let d = &devices[i];
-                let r = caller.lookup_within(budget, d).await;
-                let (status, remote, details) = match r {
-                    Ok(None) => (DiffStatus::Missing, None, Vec::new()),
-                    Ok(Some(remote)) => {
-                        let mut details = remote.differences.clone();
-                        if let Some(id) = &remote.device_id
-                            && *id != d.device_id
-                        {
-                            details.push(format!("holds certificate {id}"));
-                        }
-                        if details.is_empty() {
-                            (DiffStatus::Identical, Some(remote), details)
-                        } else {
-                            (DiffStatus::Different, Some(remote), details)
-                        }
-                    }
-                    Err(e) => {
-                        if classify(&e) == Verdict::Stop {
-                            lock(stop).get_or_insert_with(|| e.clone());
-                        }
-                        (DiffStatus::Error, None, vec![e.to_string()])
-                    }
-                };
-                DiffEntry {
-                    device_id: Some(d.device_id.clone()),
-                    status,
-                    source: Some(d.source.to_string()),
-                    remote,
-                    details,
-                }
+        let mut entries = Vec::with_capacity(devices.len());
+        let input = futures::stream::iter(devices.iter().cloned().map(Ok)).boxed();
+        let mut report = self
+            .plan(input, devices.len(), &mut |e| {
+                entries.push(e);
+                Ok(())
             })
-            .buffered(concurrency)
-            .collect()
-            .await;
-        if let Some(e) = lock(stop).take() {
-            return Err(e);
-        }
-        let mut report = DiffReport {
-            entries,
-            ..Default::default()
-        };
-        if self.caps.supports_list {
-            let known: HashSet<&DeviceId> = devices.iter().map(|d| &d.device_id).collect();
-            let mut cursor: Option<String> = None;
-            loop {
-                let c = &cursor;
-                let page = caller
-                    .retried(budget, None, "list", |ctx| async move {
-                        self.connector.list(&ctx, c.clone()).await
-                    })
-                    .await?;
-                for remote in page.devices {
-                    let extra = match &remote.device_id {
-                        Some(id) => !known.contains(id),
-                        None => false,
-                    };
-                    if extra {
-                        report.entries.push(DiffEntry {
-                            device_id: remote.device_id.clone(),
-                            status: DiffStatus::Extra,
-                            source: None,
-                            remote: Some(remote),
-                            details: Vec::new(),
-                        });
-                    }
-                }
-                match page.next {
-                    Some(n) => cursor = Some(n),
-                    None => break,
-                }
-            }
-            report.listed = true;
-        }
-        for e in &report.entries {
-            match e.status {
-                DiffStatus::Missing => report.missing += 1,
-                DiffStatus::Identical => report.identical += 1,
-                DiffStatus::Different => report.different += 1,
-                DiffStatus::Extra => report.extra += 1,
-                DiffStatus::Error => report.errors += 1,
-            }
-        }
+            .await?;
+        report.entries = entries;
         Ok(report)
     }
 }
@@ -189,9 +100,20 @@ impl Engine {
         devices: BoxStream<'_, Result<DeviceIdentity>>,
         on_entry: &mut (dyn FnMut(DiffEntry) -> Result<()> + Send),
     ) -> Result<DiffReport> {
-        let caller = &self.caller;
         // The length of a stream is not known: the budget of a million-device plan.
-        let budget = &caller.budget(1 << 20);
+        self.plan(devices, 1 << 20, on_entry).await
+    }
+
+    /// The plan of both: every lookup and list page through the engine's call path, retries
+    /// from one budget sized for `calls` lookups; a job-stopping error stops the plan.
+    async fn plan(
+        &self,
+        devices: BoxStream<'_, Result<DeviceIdentity>>,
+        calls: usize,
+        on_entry: &mut (dyn FnMut(DiffEntry) -> Result<()> + Send),
+    ) -> Result<DiffReport> {
+        let caller = &self.caller;
+        let budget = &caller.budget(calls);
         let concurrency = match self.caps.max_concurrency {
             0 => self.opts.concurrency.max(1),
             n => self.opts.concurrency.clamp(1, n),
